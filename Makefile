@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (the whole stack, foreground) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+export PORT
+
+.PHONY: run test call clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || \
+		{ echo "could not create a venv: on Debian, apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m common.stack
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+# One call against `make run`'s stack, with synthetic speech; what came back is in out/.
+call: $(VENV)/.installed
+	@mkdir -p out
+	$(PY) -m softphone call --url http://127.0.0.1:$(PORT) --say-tone --out out/reply.wav --summary out/reply.json
+
+clean:
+	rm -rf $(VENV) .run out *.egg-info

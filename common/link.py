@@ -1,0 +1,288 @@
+"""ZeroMQ links between stages: batching, Hello/Heartbeat, liveness (the ZeroMQ Guide's Paranoid Pirate).
+
+- ``RouterLink`` binds a ROUTER (the gateway's directory; each model_client's own endpoint). It keeps a
+  table of peers from their Hello/Heartbeat, heartbeats them back, and reports a peer silent for
+  ``LIVENESS`` intervals as lost.
+- ``DealerLink`` connects a DEALER to one ROUTER, says Hello on every (re)connect, heartbeats, and when
+  the other side falls silent it closes the socket and reconnects with doubling backoff. A changed
+  epoch on the other side is reported: "everything that peer held is gone".
+
+Both batch: messages queued during one event-loop pass leave as one ZeroMQ message per peer, and a
+receive drains everything already queued before handing it on. Nothing waits for a timer to batch.
+Sends never block: a full pipe drops the batch and counts it (``dropped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+import zmq.asyncio
+
+from common import messages as m
+from common.lifecycle import cancel_all, spawn
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP = 32  # heartbeat intervals
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+def _prepare_endpoint(endpoint: str) -> None:
+    """ipc:// sockets live in a directory only the service user can open."""
+    if endpoint.startswith("ipc://"):
+        os.makedirs(os.path.dirname(endpoint[6:]) or ".", mode=0o700, exist_ok=True)
+
+
+@dataclass
+class Peer:
+    route: bytes
+    role: str
+    epoch: str
+    capacity: int
+    endpoint: str
+    load: int = 0
+    last_seen: float = 0.0
+
+
+class _Link:
+    """What both link kinds share: one socket, an outbox flushed once per loop pass, a drain loop."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, heartbeat_s: float):
+        self.ctx, self.endpoint, self.heartbeat_s = ctx, endpoint, heartbeat_s
+        self.sock: zmq.asyncio.Socket | None = None
+        self.dropped = 0  # batches shed because a peer's pipe was full
+        self.rejected = 0  # frames that broke the wire schema
+        self._outbox: dict[bytes | None, list] = {}
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+
+    def _queue(self, route: bytes | None, msg) -> None:
+        self._outbox.setdefault(route, []).append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        if self.sock is None:
+            return
+        for route, batch in outbox.items():
+            frames = [m.pack(batch)] if route is None else [route, m.pack(batch)]
+            sent = self.sock.send_multipart(frames, flags=zmq.DONTWAIT, copy=False)
+            if sent.exception() is not None:  # zmq.Again: the peer is not keeping up
+                self.dropped += 1
+                log.warning("dropped a batch of %d messages to %s: %s",
+                            len(batch), route or self.endpoint, sent.exception())
+
+    async def _drain(self) -> list[list[bytes]]:
+        """Wait for one ZeroMQ message, then take everything else already queued."""
+        first = await self.sock.recv_multipart()
+        got = [first]
+        while True:
+            more = self.sock.recv_multipart(flags=zmq.DONTWAIT)
+            if more.exception() is not None:
+                return got
+            got.append(more.result())
+
+    def _unpack(self, frame: bytes, source) -> list:
+        try:
+            return m.unpack(frame)
+        except m.WireError as e:
+            self.rejected += 1
+            log.error("malformed internal message from %s dropped: %s", source, e)
+            return []
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    async def stop(self) -> None:
+        await cancel_all(self._tasks)
+        self._close_socket()
+
+
+class RouterLink(_Link):
+    """A bound ROUTER that tracks its peers. ``on_batch(peer, messages)`` gets everything but link
+    control; ``on_peer_lost(peer)`` fires when a peer goes silent or says Hello with a new epoch."""
+
+    def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
+                 on_batch: Callable[[Peer, list], None],
+                 on_peer_lost: Callable[[Peer], None] = lambda peer: None):
+        super().__init__(ctx, endpoint, heartbeat_s)
+        self.hello, self.on_batch, self.on_peer_lost = hello, on_batch, on_peer_lost
+        self.peers: dict[bytes, Peer] = {}
+
+    async def start(self) -> None:
+        _prepare_endpoint(self.endpoint)
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its route
+        self.sock.bind(self.endpoint)
+        spawn(self._recv_loop(), f"router:{self.endpoint}", self._tasks)
+        spawn(self._heartbeat_loop(), f"router-heartbeat:{self.endpoint}", self._tasks)
+
+    def send(self, route: bytes, msg) -> None:
+        self._queue(route, msg)
+
+    async def _recv_loop(self) -> None:
+        while True:
+            for frames in await self._drain():
+                if len(frames) != 2:
+                    self.rejected += 1
+                    log.error("malformed internal message: %d frames", len(frames))
+                    continue
+                self._handle(frames[0], frames[1])
+
+    def _handle(self, route: bytes, frame: bytes) -> None:
+        batch = self._unpack(frame, route)
+        now = time.monotonic()
+        rest = []
+        for msg in batch:
+            if isinstance(msg, m.Hello):
+                self._handle_hello(route, msg, now)
+            elif isinstance(msg, m.Heartbeat):
+                self._handle_heartbeat(route, msg, now)
+            else:
+                rest.append(msg)
+        peer = self.peers.get(route)
+        if peer is not None:
+            peer.last_seen = now
+            if rest:
+                self.on_batch(peer, rest)
+        elif rest:
+            # A peer we don't know (we restarted, or it was declared dead): ask it to say Hello.
+            log.warning("%d messages from an unknown peer %r; asking it to say hello", len(rest), route)
+            self.send(route, self.hello())
+
+    def _handle_hello(self, route: bytes, hello: m.Hello, now: float) -> None:
+        if hello.version != m.PROTOCOL_VERSION:
+            log.error("peer %r speaks protocol %d, we speak %d: ignored", route, hello.version,
+                      m.PROTOCOL_VERSION)
+            return
+        old = self.peers.get(route)
+        if old is not None and old.epoch != hello.epoch:
+            self._lose(old, "restarted with a new epoch")
+        if old is None or old.epoch != hello.epoch:
+            log.info("%s %s joined (epoch %s, capacity %d)", hello.role, hello.endpoint or route.decode(
+                errors="replace"), hello.epoch, hello.capacity)
+        self.peers[route] = Peer(route, hello.role, hello.epoch, hello.capacity, hello.endpoint,
+                                 last_seen=now)
+        self.send(route, self.hello())
+
+    def _handle_heartbeat(self, route: bytes, beat: m.Heartbeat, now: float) -> None:
+        peer = self.peers.get(route)
+        if peer is None or peer.epoch != beat.epoch:
+            self.send(route, self.hello())  # we don't know it (any more): it must say Hello again
+            return
+        peer.load = beat.load
+
+    def _lose(self, peer: Peer, why: str) -> None:
+        log.warning("%s %s lost: %s", peer.role, peer.endpoint or peer.route.decode(errors="replace"), why)
+        self.peers.pop(peer.route, None)
+        self.on_peer_lost(peer)
+
+    async def _heartbeat_loop(self) -> None:
+        hello = self.hello()
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            deadline = time.monotonic() - m.LIVENESS * self.heartbeat_s
+            for peer in list(self.peers.values()):
+                if peer.last_seen < deadline:
+                    self._lose(peer, f"silent for {m.LIVENESS} heartbeats")
+                else:
+                    self.send(peer.route, m.Heartbeat(hello.epoch, 0))
+
+
+class DealerLink(_Link):
+    """A DEALER connected to one ROUTER. ``on_batch(messages)`` gets everything but link control;
+    ``on_remote_restart(old_epoch)`` fires when the other side comes back with a new epoch."""
+
+    def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
+                 load: Callable[[], int], on_batch: Callable[[list], None],
+                 on_remote_restart: Callable[[str], None] = lambda old: None):
+        super().__init__(ctx, endpoint, heartbeat_s)
+        self.hello, self.load, self.on_batch = hello, load, on_batch
+        self.on_remote_restart = on_remote_restart
+        self.remote_epoch = ""
+        self.last_heard = 0.0
+        self._recv_task: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self.last_heard < m.LIVENESS * self.heartbeat_s
+
+    async def start(self) -> None:
+        self._connect()
+        spawn(self._heartbeat_loop(), f"dealer-heartbeat:{self.endpoint}", self._tasks)
+
+    def send(self, msg) -> None:
+        self._queue(None, msg)
+
+    def _connect(self) -> None:
+        _prepare_endpoint(self.endpoint)
+        hello = self.hello()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, f"{hello.role}-{hello.epoch}".encode())
+        self.sock.connect(self.endpoint)
+        self.last_heard = time.monotonic()  # grace: a fresh connection gets a full liveness window
+        self._recv_task = spawn(self._recv_loop(), f"dealer:{self.endpoint}", self._tasks)
+        self.send(hello)
+
+    async def _recv_loop(self) -> None:
+        while True:
+            for frames in await self._drain():
+                self._handle(frames[-1])
+
+    def _handle(self, frame: bytes) -> None:
+        batch = self._unpack(frame, self.endpoint)
+        self.last_heard = time.monotonic()
+        rest = []
+        for msg in batch:
+            if isinstance(msg, (m.Hello, m.Heartbeat)):
+                self._check_epoch(msg)
+            else:
+                rest.append(msg)
+        if rest:
+            self.on_batch(rest)
+
+    def _check_epoch(self, msg) -> None:
+        if isinstance(msg, m.Hello) and msg.version != m.PROTOCOL_VERSION:
+            log.error("%s speaks protocol %d, we speak %d", self.endpoint, msg.version, m.PROTOCOL_VERSION)
+            return
+        old, self.remote_epoch = self.remote_epoch, msg.epoch
+        if old and old != msg.epoch:
+            log.warning("%s restarted (epoch %s → %s)", self.endpoint, old, msg.epoch)
+            self.on_remote_restart(old)
+        if isinstance(msg, m.Heartbeat) and not old:
+            self.send(self.hello())  # it heard from us before we heard from it: make sure it knows us
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = 1
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.alive:
+                backoff = 1
+                self.send(m.Heartbeat(self.hello().epoch, self.load()))
+                continue
+            # Paranoid Pirate: a silent peer may have died with our messages queued to it; a fresh
+            # socket purges them. Back off so a long outage is not a reconnect storm.
+            log.warning("%s silent for %d heartbeats; reconnecting in %.1fs", self.endpoint,
+                        m.LIVENESS, backoff * self.heartbeat_s)
+            await cancel_all([self._recv_task])
+            self._close_socket()
+            await asyncio.sleep(backoff * self.heartbeat_s)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+            self._connect()

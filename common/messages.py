@@ -1,0 +1,238 @@
+"""The one wire schema between our processes: a closed set of message types, packed with msgpack.
+
+A ZeroMQ message carries one *batch*: a msgpack array of messages, each ``[tag, field, ...]`` with
+fields in declaration order. Batches are how a stage sends everything that is ready in one pass (DESIGN
+§2, "batch-first"). The decoder maps the integer tag to a type from ``TYPES`` and checks every field's
+type; anything else is a ``WireError``. A type is never picked by a name read off the wire.
+
+Audio rides as raw bytes. Audio messages carry ``seq`` (per call, per direction) and ``t_in``, the
+``time.monotonic_ns()`` at which the frame entered the pipeline (the gateway for the up path, the
+model_client for the down path); CLOCK_MONOTONIC is system-wide, so every hop on one host can be timed.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+HEARTBEAT_INTERVAL_S = 1.0  # default; Settings.heartbeat_s overrides it (tests run faster)
+LIVENESS = 3  # a peer silent for this many heartbeat intervals is dead (Paranoid Pirate)
+
+ROLE_TRANSCODER = "transcoder"
+ROLE_MODEL_CLIENT = "model_client"
+ROLE_GATEWAY = "gateway"
+
+
+class WireError(ValueError):
+    """A batch that does not follow this schema. Between our own processes that is a bug."""
+
+
+# --- link control -----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Hello:
+    """Sent on every (re)connect. A new ``epoch`` means "everything I held is gone"."""
+    TAG: ClassVar[int] = 1
+    role: str
+    epoch: str
+    capacity: int
+    endpoint: str  # where this peer can be reached ("" if it binds nothing)
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    TAG: ClassVar[int] = 2
+    epoch: str
+    load: int  # calls currently held
+
+
+# --- per call ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class CallStart:
+    TAG: ClassVar[int] = 3
+    call: str
+    call_sid: str
+    stream_sid: str
+    params: dict  # Twilio customParameters, str -> str
+    model: str  # the model_client endpoint the transcoder forwards to
+    resume_handle: str = ""
+    resume: bool = False
+
+
+@dataclass(slots=True)
+class AudioIn:
+    """gateway → transcoder: caller audio, µ-law 8 kHz."""
+    TAG: ClassVar[int] = 4
+    call: str
+    seq: int
+    t_in: int
+    audio: bytes
+    ts: int = 0  # Twilio media.timestamp, ms since the stream started
+
+
+@dataclass(slots=True)
+class AudioUp:
+    """transcoder → model_client: caller audio, PCM16 LE 16 kHz."""
+    TAG: ClassVar[int] = 5
+    call: str
+    seq: int
+    t_in: int
+    audio: bytes
+
+
+@dataclass(slots=True)
+class AudioDown:
+    """model_client → transcoder: model audio, PCM16 LE 24 kHz."""
+    TAG: ClassVar[int] = 6
+    call: str
+    seq: int
+    t_in: int
+    audio: bytes
+    turn: int
+
+
+@dataclass(slots=True)
+class AudioOut:
+    """transcoder → gateway: model audio, µ-law 8 kHz."""
+    TAG: ClassVar[int] = 7
+    call: str
+    seq: int
+    t_in: int
+    audio: bytes
+    turn: int
+
+
+@dataclass(slots=True)
+class Interrupt:
+    """The caller barged in: drop every queued piece of ``turn``; the gateway sends Twilio ``clear``."""
+    TAG: ClassVar[int] = 8
+    call: str
+    turn: int
+
+
+@dataclass(slots=True)
+class TurnDone:
+    """The model finished ``turn``: flush the resampler tail; the gateway sends a Twilio ``mark``."""
+    TAG: ClassVar[int] = 9
+    call: str
+    turn: int
+
+
+@dataclass(slots=True)
+class Played:
+    """A mark came back: the caller's playback passed ``mark`` of ``turn`` (or it was cleared)."""
+    TAG: ClassVar[int] = 10
+    call: str
+    turn: int
+    mark: str
+    cleared: bool = False
+
+
+@dataclass(slots=True)
+class Dtmf:
+    TAG: ClassVar[int] = 11
+    call: str
+    digit: str
+
+
+@dataclass(slots=True)
+class Transcript:
+    TAG: ClassVar[int] = 12
+    call: str
+    role: str  # "caller" or "model"
+    text: str
+    final: bool
+
+
+@dataclass(slots=True)
+class Resumption:
+    """The latest resumable Gemini session handle; the gateway keeps it for re-assignment."""
+    TAG: ClassVar[int] = 13
+    call: str
+    handle: str
+
+
+@dataclass(slots=True)
+class Action:
+    TAG: ClassVar[int] = 14
+    call: str
+    kind: str  # "hangup" | "transfer" | "say"
+    target: str = ""
+
+
+@dataclass(slots=True)
+class CallEnd:
+    TAG: ClassVar[int] = 15
+    call: str
+    reason: str
+
+
+Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
+           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd)
+
+TYPES: dict[int, type] = {cls.TAG: cls for cls in (
+    Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
+    Dtmf, Transcript, Resumption, Action, CallEnd)}
+assert len(TYPES) == 15, "duplicate tag"
+
+_PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict}
+
+
+def _layout(cls: type) -> tuple[operator.attrgetter, tuple[type, ...], int]:
+    """(getter of all fields in order, each field's type, how many fields are required)."""
+    fs = fields(cls)
+    names = [f.name for f in fs]
+    required = sum(1 for f in fs if f.default is f.default_factory)  # both MISSING
+    return operator.attrgetter(*names), tuple(_PY_TYPES[f.type] for f in fs), required
+
+
+_LAYOUT = {tag: _layout(cls) for tag, cls in TYPES.items()}
+
+
+def _fields_of(msg) -> tuple:
+    got = _LAYOUT[msg.TAG][0](msg)
+    return got if isinstance(got, tuple) else (got,)
+
+
+def pack(batch: list) -> bytes:
+    """One ZeroMQ frame holding every message in ``batch``."""
+    return msgpack.packb([(m.TAG, *_fields_of(m)) for m in batch], use_bin_type=True)
+
+
+def unpack(frame: bytes) -> list:
+    """The messages in one frame. Raises WireError for anything outside the schema."""
+    try:
+        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise WireError(f"not msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(items, list):
+        raise WireError(f"batch must be an array, got {type(items).__name__}")
+    return [_decode(item) for item in items]
+
+
+def _decode(item) -> Message:
+    if not isinstance(item, list) or not item or type(item[0]) is not int:
+        raise WireError(f"message must be [tag, ...], got {_short(item)}")
+    tag, values = item[0], item[1:]
+    layout = _LAYOUT.get(tag)
+    if layout is None:
+        raise WireError(f"unknown message tag {tag}")
+    cls = TYPES[tag]
+    _, types, required = layout
+    if not required <= len(values) <= len(types):
+        raise WireError(f"{cls.__name__} takes {required}..{len(types)} fields, got {len(values)}")
+    for value, expected in zip(values, types):
+        if type(value) is not expected:
+            raise WireError(f"{cls.__name__}: {_short(value)} is not {expected.__name__}")
+    return cls(*values)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

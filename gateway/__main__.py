@@ -1,0 +1,4 @@
+from common.lifecycle import main
+from gateway.stage import GatewayStage
+
+main("gateway", GatewayStage)

@@ -1,0 +1,106 @@
+"""The gateway's aiohttp application: Twilio webhooks, the media WebSocket, health.
+
+App factory + typed AppKeys + a cleanup context for the ZeroMQ pipeline, and ``on_shutdown`` closing
+every Twilio socket with GOING_AWAY (aiohttp's graceful-shutdown pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from aiohttp import WSCloseCode, web
+
+from common import messages as m
+from common.settings import Settings
+from gateway import media_ws, twiml
+from gateway.admission import Admissions
+from gateway.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+ADMISSIONS = web.AppKey("admissions", Admissions)
+COUNTERS = web.AppKey("counters", dict)
+
+BUSY_MESSAGE = "Sorry, all of our agents are busy right now. Please call again later."
+XML = "text/xml"
+
+
+async def twiml_webhook(request: web.Request) -> web.Response:
+    """Twilio's voice webhook: admit the call and answer with <Connect><Stream>, or refuse politely."""
+    form = await request.post()
+    call_sid = form.get("CallSid", "")
+    if not isinstance(call_sid, str) or not call_sid:
+        log.warning("voice webhook without a CallSid refused")
+        raise web.HTTPBadRequest(text="CallSid missing")
+    app = request.app
+    if not app[PIPELINE].can_take_call():
+        _count(app, "calls_refused")
+        log.error("call %s refused: no live transcoder or model_client", call_sid)
+        return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
+    call, token = app[ADMISSIONS].issue(call_sid)
+    settings = app[SETTINGS]
+    log.info("call %s (%s) admitted", call, call_sid)
+    body = twiml.connect_stream_twiml(settings.stream_url, {"token": token},
+                                      after_url=settings.public_url + "/twiml/after")
+    return web.Response(text=body, content_type=XML)
+
+
+async def twiml_after(request: web.Request) -> web.Response:
+    """What Twilio does once the stream has ended: hang up (never leave the line open)."""
+    await request.post()
+    return web.Response(text=twiml.hangup_twiml(), content_type=XML)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    peers = [{"role": p.role, "epoch": p.epoch, "endpoint": p.endpoint or p.route.decode(errors="replace"),
+              "load": p.load} for p in pipeline.router.peers.values()]
+    ready = pipeline.can_take_call()
+    return web.json_response({
+        "status": "ok" if ready else "degraded",
+        "calls": len(pipeline.calls),
+        "transcoders": len(pipeline.live(m.ROLE_TRANSCODER)),
+        "model_clients": len(pipeline.live(m.ROLE_MODEL_CLIENT)),
+        "peers": peers,
+        "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
+                     "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call},
+    })
+
+
+def _count(app: web.Application, name: str) -> None:
+    app[COUNTERS][name] = app[COUNTERS].get(name, 0) + 1
+
+
+async def _pipeline_ctx(app: web.Application):
+    pipeline = Pipeline(app[SETTINGS])
+    await pipeline.start()
+    app[PIPELINE] = pipeline
+    yield
+    await pipeline.stop()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[media_ws.OPEN_SOCKETS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+
+def make_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[ADMISSIONS] = Admissions()
+    app[COUNTERS] = {}
+    app[media_ws.OPEN_SOCKETS] = set()
+    app.cleanup_ctx.append(_pipeline_ctx)
+    app.on_shutdown.append(_close_sockets)
+
+    async def media(request: web.Request) -> web.WebSocketResponse:
+        return await media_ws.handle(request, app[PIPELINE], app[ADMISSIONS], app[COUNTERS])
+
+    app.router.add_post("/twiml", twiml_webhook)
+    app.router.add_post("/twiml/after", twiml_after)
+    app.router.add_get("/ws/twilio", media)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,137 @@
+"""One Twilio Media Streams WebSocket: connected → start (token checked) → media/dtmf/mark → stop.
+
+Malformed input from Twilio's side is logged, counted and dropped; it never ends other calls. Nothing
+is sent to Twilio before ``start`` has given us the streamSid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import WSMsgType, web
+
+from common import messages as m
+from common.lifecycle import spawn
+from common.logs import call_context
+from gateway import twilio_codec as tw
+from gateway.admission import Admissions
+from gateway.calls import Call
+from gateway.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+MAX_WS_MESSAGE = 64 * 1024  # a 20 ms media frame is ~300 bytes of JSON
+
+
+class MediaStream:
+    """The state machine of one Twilio stream socket."""
+
+    def __init__(self, ws: web.WebSocketResponse, pipeline: Pipeline, admissions: Admissions,
+                 counters: dict[str, int]):
+        self.ws, self.pipeline, self.admissions, self.counters = ws, pipeline, admissions, counters
+        self.call: Call | None = None
+        self.ended = False
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def on_text(self, text: str) -> None:
+        try:
+            event = tw.parse_event(text)
+        except tw.TwilioProtocolError as e:
+            self._count("twilio_rejected")
+            log.warning("malformed Twilio message dropped: %s", e.reason)
+            return
+        if isinstance(event, tw.Start):
+            self._start(event)
+        elif isinstance(event, tw.Connected):
+            pass
+        elif self.call is None:
+            self._count("twilio_rejected")
+            log.warning("Twilio %s before start dropped", type(event).__name__.lower())
+        elif event.stream_sid != self.call.stream_sid:
+            self._count("twilio_rejected")
+            log.warning("message for stream %s on stream %s dropped", event.stream_sid, self.call.stream_sid)
+        else:
+            self._handle(event)
+
+    def _handle(self, event) -> None:
+        call = self.call
+        if isinstance(event, tw.Media):
+            self.pipeline.caller_audio(call, event.payload, event.timestamp_ms)
+        elif isinstance(event, tw.Mark):
+            self._mark(event.name)
+        elif isinstance(event, tw.Dtmf):
+            log.info("dtmf %s", event.digit)
+            self.pipeline.send(call, m.Dtmf(call.id, event.digit))
+        elif isinstance(event, tw.Stop):
+            self.end("caller hung up")
+            call.close()
+
+    def _start(self, event: tw.Start) -> None:
+        if self.call is not None:
+            self._count("twilio_rejected")
+            log.warning("second start on one stream dropped")
+            return
+        admitted = self.admissions.admit(event.custom_parameters.get("token", ""), event.call_sid)
+        if admitted is None:
+            self._count("stream_refused")
+            log.warning("stream for %s refused: unknown, expired or reused token", event.call_sid)
+            self._close()
+            return
+        call = Call(admitted, event.call_sid, event.stream_sid, self.ws)
+        with call_context(call.id):
+            params = {k: v for k, v in event.custom_parameters.items() if k != "token"}
+            if not self.pipeline.start_call(call, params):
+                self._count("stream_refused")
+                log.error("stream refused: no live transcoder or model_client")
+                self._close()
+                return
+            self.call = call
+            call.start_writer()
+            log.info("stream %s started for %s", event.stream_sid, event.call_sid)
+
+    def _mark(self, name: str) -> None:
+        call = self.call
+        turn = call.marks.pop(name, None)
+        if turn is None:
+            log.debug("unknown mark %r ignored", name)  # reference §4: ignore names we did not send
+            return
+        cleared = name in call.cleared_marks
+        call.cleared_marks.discard(name)
+        self.pipeline.send(call, m.Played(call.id, turn, name, cleared))
+
+    def _close(self) -> None:
+        spawn(self.ws.close(), "twilio-ws-close")
+
+    def end(self, reason: str) -> None:
+        """End the call everywhere, once (a ``stop`` is usually followed by a close)."""
+        if self.call is not None and not self.ended:
+            self.ended = True
+            with call_context(self.call.id):
+                self.pipeline.end_call(self.call, reason)
+                log.info("call ended: %s", reason)
+
+
+async def handle(request: web.Request, pipeline: Pipeline, admissions: Admissions,
+                 counters: dict[str, int]) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE)
+    await ws.prepare(request)
+    stream = MediaStream(ws, pipeline, admissions, counters)
+    request.app[OPEN_SOCKETS].add(ws)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                stream.on_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                counters["twilio_rejected"] = counters.get("twilio_rejected", 0) + 1
+                log.warning("binary WebSocket frame dropped (Twilio sends text only)")
+    finally:
+        request.app[OPEN_SOCKETS].discard(ws)
+        stream.end("stream closed")
+        if stream.call is not None:
+            await stream.call.stop_writer()
+    return ws
+
+
+OPEN_SOCKETS = web.AppKey("open_sockets", set)

@@ -1,0 +1,36 @@
+"""The gateway process: the aiohttp app on PORT, run as a stage (start/run/stop, SIGTERM-clean)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from common.settings import Settings
+from gateway.app import make_app
+
+log = logging.getLogger(__name__)
+
+
+class GatewayStage:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(make_app(self.settings), shutdown_timeout=3.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+        log.info("listening on %s:%d, public URL %s", self.settings.host, self.settings.port,
+                 self.settings.public_url)
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()  # stop taking calls, close sockets GOING_AWAY, then the pipeline

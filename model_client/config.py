@@ -1,0 +1,61 @@
+"""The google-genai client and the Live session config, built with the SDK's real types (pure).
+
+Corrections to the seed's config are in the wire reference §10: voice under ``speech_config``, VAD under
+``realtime_input_config.automatic_activity_detection``, resumption as ``session_resumption``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+from google import genai
+from google.genai import types
+
+from common.settings import Settings
+
+INPUT_MIME = "audio/pcm;rate=16000"
+
+# Compression keeps a call going past the 15-minute audio-only limit (wire reference §8).
+COMPRESSION = types.ContextWindowCompressionConfig(
+    trigger_tokens=25600, sliding_window=types.SlidingWindow(target_tokens=12800))
+
+
+def make_client(settings: Settings) -> genai.Client:
+    """One client per process. permessage-deflate is off: on these links it costs 10–40% CPU (DESIGN §7)."""
+    args: dict = {"compression": None}
+    options = dict(api_version="v1beta")
+    if settings.backend == "emulator":
+        if not os.path.exists(settings.emulator_cert):
+            raise FileNotFoundError(
+                f"emulator certificate {settings.emulator_cert} not found: is the emulator running?")
+        args["ssl"] = ssl.create_default_context(cafile=settings.emulator_cert)
+        options["base_url"] = settings.emulator_base_url
+    http = types.HttpOptions(async_client_args=args, **options)
+    if settings.backend == "vertex":
+        return genai.Client(vertexai=True, project=settings.gcp_project or None,
+                            location=settings.gcp_location, http_options=http)
+    return genai.Client(api_key=settings.api_key or "emulator", http_options=http)
+
+
+def live_config(settings: Settings, handle: str = "") -> types.LiveConnectConfig:
+    return types.LiveConnectConfig(
+        response_modalities=[types.Modality.AUDIO],
+        speech_config=types.SpeechConfig(
+            voice_config=types.VoiceConfig(
+                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.voice)),
+            language_code=settings.language),
+        system_instruction=settings.system_instruction,
+        realtime_input_config=types.RealtimeInputConfig(
+            automatic_activity_detection=types.AutomaticActivityDetection(
+                disabled=False, silence_duration_ms=settings.silence_ms, prefix_padding_ms=20),
+            activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS),
+        session_resumption=types.SessionResumptionConfig(handle=handle or None),
+        context_window_compression=COMPRESSION,
+        input_audio_transcription=types.AudioTranscriptionConfig(),
+        output_audio_transcription=types.AudioTranscriptionConfig(),
+    )
+
+
+def audio_blob(pcm16k: bytes) -> types.Blob:
+    return types.Blob(data=pcm16k, mime_type=INPUT_MIME)

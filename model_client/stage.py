@@ -1,0 +1,142 @@
+"""The model_client process: one Gemini Live session per call, for the transcoders that call on it.
+
+It binds its own ROUTER (``MODEL_CLIENT_ENDPOINT`` with its process number) where transcoders connect,
+and says Hello to the gateway's directory so the gateway can assign calls to it. It answers each call
+on the route it last heard that call from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq.asyncio
+from google import genai
+
+from common import messages as m
+from common.lifecycle import cancel_all
+from common.link import DealerLink, Peer, RouterLink, new_epoch
+from common.logs import call_context
+from common.settings import Settings
+from model_client.config import make_client
+from model_client.session import GeminiSession
+
+log = logging.getLogger(__name__)
+
+# Sessions per process: the SDK costs ~1% of a core per session (DESIGN §7); past ~90% CPU the loop
+# falls off a cliff, so the gateway must not assign more than this.
+CAPACITY = 80
+
+
+class ModelClientStage:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.epoch = new_epoch()
+        self.endpoint = settings.model_client_endpoint_for(settings.process_num)
+        self.sessions: dict[str, GeminiSession] = {}
+        self.routes: dict[str, bytes] = {}
+        self._client: genai.Client | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._router: RouterLink | None = None
+        self._gateway: DealerLink | None = None
+        self._stopped = asyncio.Event()
+
+    def hello(self) -> m.Hello:
+        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, CAPACITY, self.endpoint)
+
+    async def start(self) -> None:
+        self._ctx = zmq.asyncio.Context()
+        hb = self.settings.heartbeat_s
+        self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder)
+        self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, hb, self.hello,
+                                   lambda: len(self.sessions), self._from_gateway, self._gateway_restarted)
+        await self._router.start()
+        await self._gateway.start()
+        log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
+                 self.settings.model)
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        if self._ctx is None:
+            return
+        self._stopped.set()
+        log.info("stopping with %d sessions", len(self.sessions))
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())))
+        await cancel_all([])
+        await self._gateway.stop()
+        await self._router.stop()
+        if self._client is not None:
+            await self._client.aio.aclose()
+        self._ctx.destroy(linger=0)
+        self._ctx = None
+
+    # --- messages in --------------------------------------------------------------------------
+
+    def _from_transcoder(self, peer: Peer, batch: list) -> None:
+        for msg in batch:
+            if isinstance(msg, m.CallStart):
+                self._handle_call_start(peer.route, msg)
+                continue
+            session = self.sessions.get(msg.call)
+            if session is None:
+                continue  # normal for frames still in flight when a call ends
+            self.routes[msg.call] = peer.route
+            if isinstance(msg, m.AudioUp):
+                session.send_audio(msg.audio)
+            elif isinstance(msg, m.Dtmf):
+                session.dtmf(msg.digit)
+            elif isinstance(msg, m.Played):
+                session.played(msg)
+            elif isinstance(msg, m.CallEnd):
+                self._end(msg.call, msg.reason)
+            else:
+                log.error("unexpected %s from a transcoder dropped", type(msg).__name__)
+
+    def _from_gateway(self, batch: list) -> None:
+        for msg in batch:
+            if isinstance(msg, m.CallEnd) and msg.call in self.sessions:
+                self._end(msg.call, msg.reason)
+
+    def _handle_call_start(self, route: bytes, msg: m.CallStart) -> None:
+        self.routes[msg.call] = route
+        with call_context(msg.call):
+            if msg.call in self.sessions:
+                log.info("call re-pinned to another transcoder; session kept")
+                return
+            try:
+                client = self._client or make_client(self.settings)
+            except Exception as e:
+                log.error("cannot create the Gemini client: %s", e)
+                self._emit(m.CallEnd(msg.call, "model unavailable"))
+                return
+            self._client = client
+            session = GeminiSession(msg.call, client, self.settings, self._emit, self._session_ended,
+                                    msg.resume_handle)
+            self.sessions[msg.call] = session
+            session.start()
+            log.info("session starting; %d sessions", len(self.sessions))
+
+    def _end(self, call: str, reason: str) -> None:
+        session = self.sessions.pop(call, None)
+        if session is not None:
+            with call_context(call):
+                log.info("call ended (%s); %d sessions", reason, len(self.sessions))
+            asyncio.ensure_future(session.close())
+        self.routes.pop(call, None)
+
+    def _session_ended(self, call: str) -> None:
+        self.sessions.pop(call, None)
+        self.routes.pop(call, None)
+
+    def _gateway_restarted(self, old_epoch: str) -> None:
+        for call in list(self.sessions):
+            self._end(call, "gateway restarted")
+
+    # --- messages out -------------------------------------------------------------------------
+
+    def _emit(self, msg) -> None:
+        route = self.routes.get(msg.call)
+        if route is not None:
+            self._router.send(route, msg)

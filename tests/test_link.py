@@ -1,0 +1,119 @@
+"""Links over real ipc sockets: Hello, batching, liveness, reconnect after a restart (Paranoid Pirate)."""
+
+import asyncio
+
+import pytest
+import zmq.asyncio
+
+from common import messages as m
+from common.link import DealerLink, RouterLink, new_epoch
+
+HB = 0.05  # seconds; fast heartbeats keep the test short
+
+
+async def until(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def ctx():
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def make_router(ctx, endpoint, got, lost):
+    epoch = new_epoch()
+    return RouterLink(ctx, endpoint, HB, lambda: m.Hello(m.ROLE_GATEWAY, epoch, 0, endpoint),
+                      lambda peer, batch: got.append((peer.role, batch)), lost.append)
+
+
+def make_dealer(ctx, endpoint, got, restarts, role=m.ROLE_TRANSCODER):
+    epoch = new_epoch()
+    return DealerLink(ctx, endpoint, HB, lambda: m.Hello(role, epoch, 10, ""), lambda: 0, got.extend,
+                      restarts.append)
+
+
+async def test_hello_then_batched_messages_both_ways(ctx, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    to_router, to_dealer, lost, restarts = [], [], [], []
+    router = make_router(ctx, endpoint, to_router, lost)
+    dealer = make_dealer(ctx, endpoint, to_dealer, restarts)
+    await router.start()
+    await dealer.start()
+    try:
+        await until(lambda: router.peers and dealer.remote_epoch)
+        (peer,) = router.peers.values()
+        assert (peer.role, peer.capacity) == (m.ROLE_TRANSCODER, 10)
+        for i in range(5):  # queued in one loop pass: one ZeroMQ message
+            dealer.send(m.Dtmf("c1", str(i)))
+        await until(lambda: to_router)
+        assert to_router == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", str(i)) for i in range(5)])]
+        router.send(peer.route, m.CallEnd("c1", "bye"))
+        await until(lambda: to_dealer)
+        assert to_dealer == [m.CallEnd("c1", "bye")]
+        assert not lost and not restarts
+    finally:
+        await dealer.stop()
+        await router.stop()
+
+
+async def test_silent_peer_is_lost(ctx, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    lost = []
+    router = make_router(ctx, endpoint, [], lost)
+    dealer = make_dealer(ctx, endpoint, [], [])
+    await router.start()
+    await dealer.start()
+    try:
+        await until(lambda: router.peers)
+        await dealer.stop()  # dies without a word
+        await until(lambda: lost, timeout=2)
+        assert lost[0].role == m.ROLE_TRANSCODER and not router.peers
+    finally:
+        await router.stop()
+
+
+async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    restarts = []
+    dealer = make_dealer(ctx, endpoint, [], restarts)
+    first = make_router(ctx, endpoint, [], [])
+    await first.start()
+    await dealer.start()
+    try:
+        await until(lambda: dealer.remote_epoch)
+        old = dealer.remote_epoch
+        await first.stop()
+        second = make_router(ctx, endpoint, [], [])
+        await second.start()
+        await until(lambda: dealer.remote_epoch != old and second.peers, timeout=5)
+        assert restarts == [old]
+        await second.stop()
+    finally:
+        await dealer.stop()
+
+
+async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    got = []
+    router = make_router(ctx, endpoint, got, [])
+    dealer = make_dealer(ctx, endpoint, [], [])
+    await router.start()
+    await dealer.start()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(endpoint)
+    try:
+        await until(lambda: router.peers)
+        await raw.send_multipart([b"\xc1garbage"])
+        await raw.send_multipart([b"a", b"b"])
+        await until(lambda: router.rejected == 2)
+        dealer.send(m.Dtmf("c1", "5"))
+        await until(lambda: got)  # the router still serves everyone else
+    finally:
+        raw.close(linger=0)
+        await dealer.stop()
+        await router.stop()

@@ -1,0 +1,64 @@
+"""The wire schema: every type round-trips; anything outside the schema is a WireError."""
+
+import msgpack
+import pytest
+
+from common import messages as m
+
+EXAMPLES = [
+    m.Hello(m.ROLE_TRANSCODER, "e1", 100, ""),
+    m.Hello(m.ROLE_MODEL_CLIENT, "e2", 80, "ipc:///tmp/x/model_client-0.ipc", m.PROTOCOL_VERSION),
+    m.Heartbeat("e1", 3),
+    m.CallStart("c1", "CA1", "MZ1", {"FirstName": "Jane"}, "ipc:///tmp/mc.ipc"),
+    m.CallStart("c1", "CA1", "MZ1", {}, "tcp://10.0.0.2:7000", "handle-1", True),
+    m.AudioIn("c1", 1, 123456789, b"\xff" * 160, 20),
+    m.AudioUp("c1", 1, 123456789, b"\x00\x01" * 320),
+    m.AudioDown("c1", 7, 5, b"\x01\x00" * 480, 2),
+    m.AudioOut("c1", 7, 5, b"\x7f" * 160, 2),
+    m.Interrupt("c1", 2),
+    m.TurnDone("c1", 2),
+    m.Played("c1", 2, "2.1"),
+    m.Played("c1", 2, "2.2", True),
+    m.Dtmf("c1", "#"),
+    m.Transcript("c1", "caller", "hello", True),
+    m.Resumption("c1", "handle-2"),
+    m.Action("c1", "transfer", "+15550001111"),
+    m.CallEnd("c1", "caller hung up"),
+]
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_round_trip(msg):
+    assert m.unpack(m.pack([msg])) == [msg]
+
+
+def test_batch_keeps_order():
+    assert m.unpack(m.pack(EXAMPLES)) == EXAMPLES
+
+
+def test_every_type_has_an_example():
+    assert {type(msg) for msg in EXAMPLES} == set(m.TYPES.values())
+
+
+def _frame(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (b"\xc1", "not msgpack"),
+    (b"", "not msgpack"),
+    (_frame({"a": 1}), "must be an array"),
+    (_frame([5]), "must be [tag"),
+    (_frame([[]]), "must be [tag"),
+    (_frame([["AudioIn", "c"]]), "must be [tag"),
+    (_frame([[99, "c"]]), "unknown message tag 99"),
+    (_frame([[m.Interrupt.TAG, "c"]]), "takes 2..2 fields, got 1"),
+    (_frame([[m.Interrupt.TAG, "c", 1, 2]]), "takes 2..2 fields, got 3"),
+    (_frame([[m.Interrupt.TAG, "c", "1"]]), "is not int"),
+    (_frame([[m.AudioIn.TAG, "c", 1, 2, "not bytes"]]), "is not bytes"),
+    (_frame([[m.Hello.TAG, "transcoder", "e", 1.5, ""]]), "is not int"),
+    (_frame([[m.CallStart.TAG, "c", "CA", "MZ", [], "ipc://x"]]), "is not dict"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_malformed_frames_are_rejected(frame, reason):
+    with pytest.raises(m.WireError, match=reason.replace("[", r"\[").replace(".", r"\.")):
+        m.unpack(frame)

@@ -1,0 +1,4 @@
+from common.lifecycle import main
+from transcoder.stage import TranscoderStage
+
+main("transcoder", TranscoderStage)

@@ -1,0 +1,136 @@
+"""The transcoder process: per-call codec and resampler state between the gateway and model_clients.
+
+It binds nothing. It connects a DEALER to the gateway (the directory) and, per model_client endpoint
+named in a CallStart, one cached DEALER to that model_client. Audio and control pass straight through;
+everything that arrives in one wake-up is processed, then leaves as one batch per peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import zmq.asyncio
+
+from common import messages as m
+from common.link import DealerLink, new_epoch
+from common.logs import call_context
+from common.settings import Settings
+from transcoder.call_audio import CallAudio
+
+log = logging.getLogger(__name__)
+
+CAPACITY = 1000  # calls; the gateway spreads calls by load, this is only an upper bound
+
+
+class TranscoderStage:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.epoch = new_epoch()
+        self.calls: dict[str, CallAudio] = {}
+        self.models: dict[str, DealerLink] = {}
+        self.unknown_call = 0  # messages for calls we don't hold (normal right after a call ends)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._gateway: DealerLink | None = None
+        self._stopped = asyncio.Event()
+
+    def hello(self) -> m.Hello:
+        return m.Hello(m.ROLE_TRANSCODER, self.epoch, CAPACITY, "")
+
+    async def start(self) -> None:
+        self._ctx = zmq.asyncio.Context()
+        self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, self.settings.heartbeat_s,
+                                   self.hello, lambda: len(self.calls), self._from_gateway,
+                                   self._gateway_restarted)
+        await self._gateway.start()
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        if self._ctx is None:
+            return
+        self._stopped.set()
+        log.info("stopping with %d calls held", len(self.calls))
+        for link in [self._gateway, *self.models.values()]:
+            await link.stop()
+        self._ctx.destroy(linger=0)
+        self._ctx = None
+
+    def _model_link(self, endpoint: str) -> DealerLink:
+        link = self.models.get(endpoint)
+        if link is None:
+            link = DealerLink(self._ctx, endpoint, self.settings.heartbeat_s, self.hello,
+                              lambda: len(self.calls), self._from_model)
+            self.models[endpoint] = link
+            asyncio.ensure_future(link.start())
+        return link
+
+    # --- gateway → model_client ---------------------------------------------------------------
+
+    def _from_gateway(self, batch: list) -> None:
+        for msg in batch:
+            if isinstance(msg, m.CallStart):
+                self._handle_call_start(msg)
+                continue
+            audio = self.calls.get(msg.call)
+            if audio is None:
+                self.unknown_call += 1
+                continue
+            if isinstance(msg, m.AudioIn):
+                pcm = audio.caller_audio(msg.audio)
+                self.models[audio.model].send(m.AudioUp(msg.call, audio.seq_up, msg.t_in, pcm))
+            elif isinstance(msg, (m.Played, m.Dtmf)):
+                self.models[audio.model].send(msg)
+            elif isinstance(msg, m.CallEnd):
+                self.models[audio.model].send(msg)
+                self._free(msg.call, msg.reason)
+            else:
+                log.error("unexpected %s from the gateway dropped", type(msg).__name__)
+
+    def _handle_call_start(self, msg: m.CallStart) -> None:
+        with call_context(msg.call):
+            if msg.call in self.calls:
+                log.warning("CallStart for a call already held: state rebuilt")
+            self.calls[msg.call] = CallAudio(msg.call, msg.model)
+            self._model_link(msg.model).send(msg)
+            log.info("call pinned here (model_client %s); %d calls held", msg.model, len(self.calls))
+
+    def _free(self, call: str, reason: str) -> None:
+        with call_context(call):
+            del self.calls[call]
+            log.info("call ended (%s); %d calls held", reason, len(self.calls))
+
+    def _gateway_restarted(self, old_epoch: str) -> None:
+        # Every call we hold belonged to the old gateway's WebSockets, which are gone.
+        for call, audio in list(self.calls.items()):
+            self.models[audio.model].send(m.CallEnd(call, "gateway restarted"))
+            self._free(call, "gateway restarted")
+
+    # --- model_client → gateway ---------------------------------------------------------------
+
+    def _from_model(self, batch: list) -> None:
+        gateway = self._gateway
+        for msg in batch:
+            audio = self.calls.get(msg.call)
+            if audio is None:
+                self.unknown_call += 1
+                continue
+            if isinstance(msg, m.AudioDown):
+                ulaw = audio.model_audio(msg.audio, msg.turn)
+                if ulaw:
+                    gateway.send(m.AudioOut(msg.call, audio.seq_down, msg.t_in, ulaw, msg.turn))
+            elif isinstance(msg, m.TurnDone):
+                tail = audio.turn_done(msg.turn)
+                if tail:
+                    gateway.send(m.AudioOut(msg.call, audio.seq_down, time.monotonic_ns(), tail, msg.turn))
+                gateway.send(msg)
+            elif isinstance(msg, m.Interrupt):
+                audio.interrupt(msg.turn)
+                gateway.send(msg)
+            elif isinstance(msg, m.CallEnd):
+                gateway.send(msg)
+                self._free(msg.call, msg.reason)
+            else:  # Transcript, Resumption, Action: the gateway's business
+                gateway.send(msg)
