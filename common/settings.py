@@ -17,6 +17,7 @@ class SettingsError(ValueError):
 
 
 DEFAULT_MODEL = "gemini-3.8-live"
+MAX_RUN_DIR = 80  # ipc:// paths are Unix socket paths: 107 bytes at most, with the file name
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     run_dir = env.get("BRIDGE_RUN_DIR", "").strip() or os.path.join(
         tempfile.gettempdir(), f"gemini-bridge-{os.getuid()}")
+    if len(run_dir) > MAX_RUN_DIR:
+        raise SettingsError(f"BRIDGE_RUN_DIR is too long for ipc:// socket paths (max {MAX_RUN_DIR} "
+                            f"characters): {run_dir!r}")
     port = _int(env, "PORT", 8080, lo=1)
     backend, key = _backend(env)
     level = env.get("LOG_LEVEL", "INFO").strip().upper()

@@ -44,6 +44,8 @@ class Call:
         self._writer = spawn(self._write_loop(), f"twilio-writer:{self.id}")
 
     def send_audio(self, ulaw: bytes, turn: int) -> None:
+        if not ulaw:
+            return
         last = self._out[-1] if self._out else None
         if last is not None and last[0] == "media" and last[1] == turn and len(last[2]) < MAX_COALESCE_BYTES:
             last[2].extend(ulaw)

@@ -1,0 +1,207 @@
+"""One emulated Gemini Live session: one WebSocket, from setup to close.
+
+The reader task feeds the caller's audio to the VAD; a start of speech barges in on the running
+turn, an end of speech queues a new one (``emulator.turns``). Fault knobs run as timers.
+
+Closing happens in one place (``run``'s ``finally``): the reader, turns and timers are cancelled
+first, then the close frame goes out with the code the reason for closing asked for: 1000 after a
+goAway, 1007 for a malformed frame, 1001 when the emulator stops. A drop aborts the TCP connection
+instead, with no close frame at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import WSMsgType, web
+
+from common.lifecycle import cancel_all, spawn
+from common.settings import Settings
+from emulator import persona, wire
+from emulator.resumption import HandleStore
+from emulator.turns import TOKENS_PER_S, Gone, Options, TurnPlayer
+from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted
+
+log = logging.getLogger(__name__)
+
+GOAWAY_GRACE_S = 5.0  # goAway's timeLeft; never more than the goAway delay itself (fast tests)
+SETUP_TIMEOUT_S = 30.0
+MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
+
+
+class LiveSession:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings,
+                 handles: HandleStore, number: int):
+        self.number, self.ended_by = number, "client closed"
+        self._ws, self._request, self._settings, self._handles = ws, request, settings, handles
+        self._label = f"session {number}"
+        self._tasks: set[asyncio.Task] = set()
+        self._close = asyncio.Event()
+        self._close_code, self._close_reason = 1000, "bye"
+        self._dropped = False
+        self._vad: EnergyVad | None = None
+        self._player: TurnPlayer | None = None
+        self._handlers = {"realtime_input": self._handle_realtime_input,
+                          "client_content": self._handle_client_content,
+                          "tool_response": self._handle_ignored, "context_update": self._handle_ignored}
+
+    @property
+    def turns(self) -> int:
+        return self._player.turns if self._player else 0
+
+    async def run(self) -> None:
+        try:
+            if await self._setup():
+                spawn(self._read_loop(), f"emulator.s{self.number}.read", self._tasks)
+                self._start_timers()
+                await self._close.wait()
+        except wire.Malformed as e:
+            self._reject(str(e))
+        finally:
+            await cancel_all(self._tasks)
+            await self._finish()
+
+    def shutdown(self) -> None:
+        """The emulator is stopping: close with 1001 (going away)."""
+        self._end(1001, "emulator shutting down", "emulator stopped")
+
+    def _end(self, code: int, reason: str, ended_by: str) -> None:
+        if not self._close.is_set():
+            self._close_code, self._close_reason, self.ended_by = code, reason, ended_by
+            self._close.set()
+
+    def _reject(self, reason: str) -> None:
+        log.warning("%s: malformed client frame, closing with 1007: %s", self._label, reason)
+        self._end(1007, reason, f"malformed frame: {reason}")
+
+    async def _finish(self) -> None:
+        if self._dropped or self._ws.closed:
+            return
+        try:
+            await self._ws.close(code=self._close_code,
+                                 message=self._close_reason.encode()[:MAX_CLOSE_REASON])
+        except ConnectionError:
+            pass
+
+    async def _send(self, text: str) -> None:
+        if self._ws.closed or self._dropped:
+            raise Gone()
+        try:
+            await self._ws.send_str(text)
+        except ConnectionError:
+            raise Gone() from None
+
+    # Setup
+
+    async def _setup(self) -> bool:
+        try:
+            msg = await self._ws.receive(timeout=SETUP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise wire.Malformed(f"no setup within {SETUP_TIMEOUT_S:g} s") from None
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return False
+        kind, setup = wire.parse(msg.data)
+        if kind != "setup":
+            raise wire.Malformed(f"the first frame must be setup, got {kind}")
+        if not isinstance(setup.get("model"), str) or not setup["model"]:
+            raise wire.Malformed("setup.model is missing")
+        opts = Options.from_setup(setup)
+        turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
+        self._vad = EnergyVad(opts.vad)
+        self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns)
+        log.debug("%s: setup for %s, %s", self._label, setup["model"], opts)
+        try:
+            await self._send(wire.setup_complete())
+        except Gone:
+            return False
+        return True
+
+    def _resumed_turns(self, handle: object) -> int:
+        if not handle:
+            return 0
+        turns = self._handles.get(handle) if isinstance(handle, str) else None
+        if turns is None:  # the real service's code for this is not settled (wire reference §13)
+            raise wire.Malformed("unknown or expired session resumption handle")
+        log.debug("%s: resumed after %d turns", self._label, turns)
+        return turns
+
+    # Client frames
+
+    async def _read_loop(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break
+                kind, body = wire.parse(msg.data)
+                if kind == "setup":
+                    raise wire.Malformed("setup sent twice")
+                self._handlers[kind](body)
+        except wire.Malformed as e:
+            self._reject(str(e))
+        finally:
+            self._end(1000, "bye", self.ended_by)
+
+    def _handle_realtime_input(self, body: dict) -> None:
+        events = []
+        for pcm in wire.audio_of(body):
+            events += self._vad.feed(pcm)
+        if "activity_start" in body:
+            events += self._vad.activity_start()
+        if "activity_end" in body:
+            events += self._vad.activity_end()
+        if body.get("audio_stream_end"):
+            events += self._vad.stream_end()
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._player.barge_in()
+            elif isinstance(event, SpeechEnded):
+                self._speech_turn(event)
+        if isinstance(body.get("text"), str):
+            self._text_turn(body["text"])
+
+    def _handle_client_content(self, body: dict) -> None:
+        if body.get("turn_complete", False):
+            self._text_turn(wire.text_of(body))
+
+    def _handle_ignored(self, body: dict) -> None:
+        log.debug("%s: ignoring %s", self._label, sorted(body))
+
+    def _speech_turn(self, speech: SpeechEnded) -> None:
+        who = self._settings.emulator_persona
+        self._player.start(persona.heard(speech.utterance), speech.seconds,
+                           lambda: persona.reply(who, speech.utterance))
+
+    def _text_turn(self, text: str) -> None:
+        who = self._settings.emulator_persona
+        self._player.barge_in()
+        self._player.start("", len(text) / 4 / TOKENS_PER_S, lambda: persona.reply_to_text(who, text))
+
+    # Fault knobs
+
+    def _start_timers(self) -> None:
+        if self._settings.emulator_goaway_after_s > 0:
+            spawn(self._go_away_later(self._settings.emulator_goaway_after_s),
+                  f"emulator.s{self.number}.goaway", self._tasks)
+        if self._settings.emulator_drop_after_s > 0:
+            spawn(self._drop_later(self._settings.emulator_drop_after_s),
+                  f"emulator.s{self.number}.drop", self._tasks)
+
+    async def _go_away_later(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        grace = min(GOAWAY_GRACE_S, after_s)
+        try:
+            await self._send(wire.go_away(grace))
+        except Gone:
+            return
+        log.info("%s: goAway sent, closing in %g s", self._label, grace)
+        await asyncio.sleep(grace)
+        self._end(1000, "connection lifetime reached", "goAway")
+
+    async def _drop_later(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        log.info("%s: dropping the connection (no close frame)", self._label)
+        self._dropped = True
+        if self._request.transport is not None:
+            self._request.transport.abort()
+        self._end(1006, "", "dropped")

@@ -1,0 +1,154 @@
+"""The model's turns within one session: sequencing, pacing, barge-in, the closing frames.
+
+Turns run one after another (a turn first waits for the one before it), and each turn's frames come
+from its own task only, so an interrupted turn can never interleave with the next. A barge-in sets
+the running turn's ``barge`` event; the turn notices it between two chunks and ends itself with
+``interrupted`` + ``turnComplete`` (no ``generationComplete``), as the real service does.
+
+A turn: ``inputTranscription`` (finished) for what the caller said, then the reply's audio in
+``CHUNK_MS`` chunks sent ``PACE`` times faster than real time with ``outputTranscription`` pieces
+spread over them, ``generationComplete``, ``turnComplete`` (with ``usageMetadata``) and, when setup
+asked for resumption, a fresh ``sessionResumptionUpdate`` handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from common.lifecycle import spawn
+from emulator import persona, wire
+from emulator.resumption import HandleStore
+from emulator.vad import VadConfig
+
+log = logging.getLogger(__name__)
+
+CHUNK_MS = 80  # 3,840 bytes of 24 kHz PCM16 per frame (~5 kB of JSON)
+CHUNK_BYTES = persona.OUTPUT_RATE * CHUNK_MS // 1000 * 2
+PACE = 4.0  # audio goes out 4x faster than real time: streamed, yet well ahead of playback
+TOKENS_PER_S = 25  # Gemini counts audio at 25 tokens a second
+
+
+class Gone(Exception):
+    """The client went away while we were sending."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the client's setup asked for."""
+    vad: VadConfig
+    resumable: bool
+    interrupts: bool
+    input_transcripts: bool
+    output_transcripts: bool
+
+    @classmethod
+    def from_setup(cls, setup: dict) -> "Options":
+        """From a setup whose keys are normalised to snake_case."""
+        handling = (setup.get("realtime_input_config") or {}).get("activity_handling")
+        return cls(vad=VadConfig.from_setup(setup), resumable="session_resumption" in setup,
+                   interrupts=handling != "NO_INTERRUPTION",
+                   input_transcripts="input_audio_transcription" in setup,
+                   output_transcripts="output_audio_transcription" in setup)
+
+
+@dataclass
+class _Turn:
+    number: int
+    barge: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TurnPlayer:
+    def __init__(self, send: Callable[[str], Awaitable[None]], opts: Options, handles: HandleStore,
+                 label: str, tasks: set[asyncio.Task], turns: int = 0):
+        self._send, self._opts, self._handles, self._label, self._tasks = send, opts, handles, label, tasks
+        self.turns = turns
+        self._turn: _Turn | None = None
+
+    def barge_in(self) -> None:
+        """The caller started speaking: cut the running turn short (unless setup said NO_INTERRUPTION)."""
+        if self._turn is not None and not self._turn.finished.is_set() and self._opts.interrupts:
+            self._turn.barge.set()
+
+    def start(self, heard: str, heard_s: float, make_reply: Callable[[], persona.Reply | None]) -> None:
+        """Queue a turn: ``heard`` is the input transcription ("" for none), ``make_reply`` runs in a
+        thread (resampling a long utterance takes a while)."""
+        previous, self.turns = self._turn, self.turns + 1
+        self._turn = turn = _Turn(self.turns)
+        spawn(self._play(turn, previous, heard, heard_s, make_reply),
+              f"{self._label}.turn{turn.number}", self._tasks)
+
+    async def _play(self, turn: _Turn, previous: _Turn | None, heard: str, heard_s: float,
+                    make_reply: Callable[[], persona.Reply | None]) -> None:
+        try:
+            if previous is not None:
+                await previous.finished.wait()
+            if heard and self._opts.input_transcripts:
+                await self._send(wire.input_transcription(heard))
+            reply = await asyncio.to_thread(make_reply)
+            if reply is not None:
+                await self._reply(turn, reply, heard_s)
+        except Gone:
+            pass
+        finally:
+            turn.finished.set()
+
+    async def _reply(self, turn: _Turn, reply: persona.Reply, heard_s: float) -> None:
+        started = time.monotonic()
+        complete = await self._stream(turn, reply)
+        await self._send(wire.generation_complete() if complete else wire.interrupted())
+        await self._send(wire.turn_complete(round(heard_s * TOKENS_PER_S),
+                                            round(reply.seconds * TOKENS_PER_S)))
+        log.debug("%s turn %d: %s %.2f s of audio in %.2f s", self._label, turn.number,
+                  "sent" if complete else "interrupted:", reply.seconds, time.monotonic() - started)
+        if self._opts.resumable:
+            await self._send(wire.resumption_update(self._handles.issue(self.turns)))
+
+    async def _stream(self, turn: _Turn, reply: persona.Reply) -> bool:
+        """Send the reply's audio, paced, with its transcript spread over it; False if barged in."""
+        chunks = [reply.audio[i:i + CHUNK_BYTES] for i in range(0, len(reply.audio), CHUNK_BYTES)]
+        pieces = _pieces(reply.text) if self._opts.output_transcripts else []
+        if not chunks and pieces:
+            chunks = [b""]  # no audio: the transcript still goes out
+        slots = _spread(pieces, len(chunks))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, chunk in enumerate(chunks):
+            for piece in slots[i]:
+                await self._send(wire.output_transcription(piece))
+            if turn.barge.is_set():
+                return False
+            if chunk:
+                await self._send(wire.audio(chunk))
+            if await _within(turn.barge, start + (i + 1) * CHUNK_MS / 1000 / PACE - loop.time()):
+                return False
+        return True
+
+
+def _pieces(text: str) -> list[str]:
+    """A transcript as the incremental pieces the service streams: words, each but the first with
+    its leading space, so the pieces concatenate back to the text."""
+    words = text.split()
+    return words[:1] + [" " + w for w in words[1:]]
+
+
+def _spread(pieces: list[str], chunks: int) -> list[list[str]]:
+    """The transcript pieces to send before each of ``chunks`` audio chunks, spread evenly."""
+    slots: list[list[str]] = [[] for _ in range(chunks)]
+    for j, piece in enumerate(pieces):
+        slots[j * chunks // len(pieces)].append(piece)
+    return slots
+
+
+async def _within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True if it is set."""
+    if seconds > 0 and not event.is_set():
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+    return event.is_set()

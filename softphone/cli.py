@@ -1,0 +1,93 @@
+"""``python -m softphone call``: place one call from the command line and keep what was heard."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import wave
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from softphone.caller import CallError, place_call
+from softphone.speech import speech_like
+from transcoder.g711 import decode_ulaw
+
+RATE = 8000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m softphone", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    call = commands.add_parser("call", help="place a call the way Twilio would")
+    call.add_argument("--url", required=True, help="the bridge's base URL; Twilio POSTs {url}/twiml")
+    said = call.add_mutually_exclusive_group(required=True)
+    said.add_argument("--wav", type=Path, help="what the caller says: a mono PCM16 WAV at any rate")
+    said.add_argument("--say-tone", action="store_true",
+                      help="say a synthetic speech-like signal (voiced, f0 120–220 Hz) instead")
+    call.add_argument("--seconds", type=float, default=2.0, help="length of --say-tone (default 2)")
+    call.add_argument("--seed", type=int, default=0, help="seed of --say-tone")
+    call.add_argument("--out", type=Path, required=True, help="WAV (PCM16 8 kHz mono) of what was heard")
+    call.add_argument("--summary", type=Path, help="also write the JSON summary here")
+    call.add_argument("--fast", action="store_true", help="send as fast as possible on a virtual clock")
+    call.add_argument("--listen", type=float, default=3.0, help="seconds of silence after speaking")
+    call.add_argument("--auth-token", help="sign the webhook (default: $TWILIO_AUTH_TOKEN)")
+    call.add_argument("--dtmf", action="append", default=[], type=_dtmf, metavar="SECONDS:DIGIT",
+                      help="press a key at that call time, e.g. 1.5:5 (repeatable)")
+    call.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    return parser
+
+
+def main(argv: list[str], env: Mapping[str, str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        audio = read_wav(args.wav) if args.wav else speech_like(args.seconds, seed=args.seed)
+        result = asyncio.run(place_call(
+            args.url, audio, realtime=not args.fast, listen_s=args.listen, dtmf=args.dtmf,
+            auth_token=args.auth_token or env.get("TWILIO_AUTH_TOKEN") or None, timeout_s=args.timeout))
+        write_wav(args.out, decode_ulaw(result.heard))
+        summary = json.dumps(result.summary(), indent=2)
+        if args.summary:
+            args.summary.write_text(summary + "\n")
+    except (CallError, ValueError, OSError, wave.Error, aiohttp.ClientError) as exc:
+        print(f"softphone: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A mono PCM16 WAV as int16 at 8 kHz (resampled if needed); anything else is refused clearly."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getnchannels() != 1 or wav.getsampwidth() != 2 or wav.getcomptype() != "NONE":
+            raise ValueError(f"{path}: need mono 16-bit PCM, got {wav.getnchannels()} channel(s) of "
+                             f"{8 * wav.getsampwidth()}-bit {wav.getcomptype()}")
+        rate, data = wav.getframerate(), wav.readframes(wav.getnframes())
+    pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
+    if rate == RATE or not len(pcm):
+        return pcm
+    import samplerate  # only needed for WAVs at another rate
+    resampled = samplerate.resample(pcm.astype(np.float32) / 32768, RATE / rate, "sinc_best")
+    return np.clip(np.round(resampled * 32768), -32768, 32767).astype(np.int16)
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+
+
+def _dtmf(text: str) -> tuple[float, str]:
+    seconds, sep, digit = text.partition(":")
+    try:
+        if not sep or len(digit) != 1:
+            raise ValueError
+        return float(seconds), digit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS:DIGIT such as 1.5:5, got {text!r}") from None

@@ -1,0 +1,49 @@
+"""Settings are read once; a malformed value names its variable; secrets stay out of repr."""
+
+import pytest
+
+from common.settings import SettingsError, load
+
+
+def test_defaults_use_the_emulator():
+    s = load({})
+    assert (s.backend, s.port, s.public_url) == ("emulator", 8080, "http://127.0.0.1:8080")
+    assert s.stream_url == "ws://127.0.0.1:8080/ws/twilio"
+    assert s.model_client_endpoint_for(3).endswith("/model_client-3.ipc")
+
+
+@pytest.mark.parametrize("env, backend", [
+    ({"GEMINI_API_KEY": "k"}, "gemini"),
+    ({"GOOGLE_API_KEY": "k"}, "gemini"),
+    ({"GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_CLOUD_PROJECT": "p"}, "vertex"),
+    ({"GOOGLE_GENAI_USE_VERTEXAI": "false"}, "emulator"),
+])
+def test_backend_follows_credentials(env, backend):
+    assert load(env).backend == backend
+
+
+def test_public_https_url_gives_a_wss_stream():
+    assert load({"PUBLIC_URL": "https://bridge.example.com/"}).stream_url == \
+        "wss://bridge.example.com/ws/twilio"
+
+
+def test_api_key_never_in_repr():
+    assert "sekrit" not in repr(load({"GEMINI_API_KEY": "sekrit"}))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PORT": "x"}, "PORT must be an integer"),
+    ({"PORT": "0"}, "PORT must be >= 1"),
+    ({"PUBLIC_URL": "ftp://x"}, "PUBLIC_URL must start with http"),
+    ({"GATEWAY_ENDPOINT": "udp://x"}, "GATEWAY_ENDPOINT must be an ipc:// or tcp://"),
+    ({"BRIDGE_HEARTBEAT_S": "-1"}, "BRIDGE_HEARTBEAT_S must be >= 0"),
+    ({"BRIDGE_TRANSCODERS": "0"}, "BRIDGE_TRANSCODERS must be >= 1"),
+    ({"GOOGLE_GENAI_USE_VERTEXAI": "maybe"}, "GOOGLE_GENAI_USE_VERTEXAI must be true or false"),
+    ({"GOOGLE_GENAI_USE_VERTEXAI": "1"}, "needs GOOGLE_CLOUD_PROJECT"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
+    ({"EMULATOR_PERSONA": "pirate"}, "EMULATOR_PERSONA must be"),
+    ({"BRIDGE_RUN_DIR": "/" + "x" * 120}, "BRIDGE_RUN_DIR is too long"),
+])
+def test_malformed_values_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=message):
+        load(env)
