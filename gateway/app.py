@@ -6,8 +6,8 @@ every Twilio socket with GOING_AWAY (aiohttp's graceful-shutdown pattern).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from functools import partial
 
 from aiohttp import WSCloseCode, web
 
@@ -82,9 +82,12 @@ async def _pipeline_ctx(app: web.Application):
     await pipeline.stop()
 
 
-async def _close_sockets(app: web.Application) -> None:
-    for ws in list(app[media_ws.OPEN_SOCKETS]):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+async def close_sockets(app: web.Application) -> None:
+    sockets = list(app[media_ws.OPEN_SOCKETS])
+    if sockets:
+        log.info("closing %d Twilio streams (going away)", len(sockets))
+    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+                           for ws in sockets))
 
 
 def make_app(settings: Settings) -> web.Application:
@@ -94,7 +97,7 @@ def make_app(settings: Settings) -> web.Application:
     app[COUNTERS] = {}
     app[media_ws.OPEN_SOCKETS] = set()
     app.cleanup_ctx.append(_pipeline_ctx)
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(close_sockets)
 
     async def media(request: web.Request) -> web.WebSocketResponse:
         return await media_ws.handle(request, app[PIPELINE], app[ADMISSIONS], app[COUNTERS])

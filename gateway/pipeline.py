@@ -114,8 +114,7 @@ class Pipeline:
             log.info("barge-in: turn %d cleared", msg.turn)
             call.clear(msg.turn)
         elif isinstance(msg, m.Transcript):
-            if msg.final or msg.role == "model":
-                log.info("%s: %s", msg.role, msg.text)
+            log.log(logging.INFO if msg.final else logging.DEBUG, "%s: %s", msg.role, msg.text)
         elif isinstance(msg, m.Resumption):
             call.resume_handle = msg.handle
         elif isinstance(msg, m.CallEnd):

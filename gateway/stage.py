@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from common.settings import Settings
-from gateway.app import make_app
+from gateway.app import close_sockets, make_app
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ class GatewayStage:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        logging.getLogger("aiohttp.access").addFilter(lambda r: "/healthz" not in r.getMessage())
         self._runner = web.AppRunner(make_app(self.settings), shutdown_timeout=3.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
@@ -32,5 +33,11 @@ class GatewayStage:
     async def stop(self) -> None:
         self._stopped.set()
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()  # stop taking calls, close sockets GOING_AWAY, then the pipeline
+        if runner is None:
+            return
+        for site in list(runner.sites):
+            await site.stop()  # no new calls
+        # Close the Twilio sockets before cleanup(): once aiohttp is shutting down it ignores what
+        # clients send, so a close handshake begun in on_shutdown would wait out its timeout.
+        await close_sockets(runner.app)
+        await runner.cleanup()

@@ -43,3 +43,17 @@ async def test_echo_call_round_trip(stack):
         health = stack.health()
         return health["calls"] == 0 and all(p["load"] == 0 for p in health["peers"])
     wait_for(no_call_state, 10, "every stage to free the call", stack.log)
+
+
+async def test_sigterm_mid_call_closes_the_stream_and_stops_cleanly(stack):
+    import asyncio
+    import signal
+
+    call = asyncio.create_task(place_call(stack.url, speech_like(1.0, seed=3), listen_s=20, timeout_s=30))
+    await asyncio.to_thread(wait_for, lambda: stack.health()["calls"] == 1, 10, "the call to start", stack.log)
+    started = asyncio.get_running_loop().time()
+    stack.proc.send_signal(signal.SIGTERM)
+    result = await asyncio.wait_for(call, 15)
+    assert result.closed_by == "server"
+    assert asyncio.get_running_loop().time() - started < 5
+    # The fixture then checks supervisord exits 0 and every stage logged a clean stop.
