@@ -21,7 +21,8 @@ RATE = 8000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m softphone", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m softphone",
+                                     description="Place a call to the bridge the way Twilio would.")
     commands = parser.add_subparsers(dest="command", required=True)
     call = commands.add_parser("call", help="place a call the way Twilio would")
     call.add_argument("--url", required=True, help="the bridge's base URL; Twilio POSTs {url}/twiml")
