@@ -33,7 +33,12 @@ async def _main(stage: Stage, name: str) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stage.start()
+    try:
+        await stage.start()
+    except (ValueError, OSError) as e:  # configuration the settings could not check (a tools module…)
+        log.error("%s cannot start: %s", name, e)
+        await stage.stop()
+        return 2
     log.info("%s started", name)
     runner = asyncio.create_task(stage.run(), name=f"{name}.run")
     waiter = asyncio.create_task(stopping.wait(), name=f"{name}.signal")

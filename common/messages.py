@@ -126,12 +126,14 @@ class TurnDone:
 
 @dataclass(slots=True)
 class Played:
-    """A mark came back: the caller's playback passed ``mark`` of ``turn`` (or it was cleared)."""
+    """A mark came back: the caller's playback passed ``mark`` of ``turn`` (or a clear flushed it).
+    ``heard_ms`` is how much of the turn the caller has heard so far."""
     TAG: ClassVar[int] = 10
     call: str
     turn: int
     mark: str
     cleared: bool = False
+    heard_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ class Transcript:
     role: str  # "caller" or "model"
     text: str
     final: bool
+    turn: int = 0  # for the model's words: the turn they belong to
 
 
 @dataclass(slots=True)
@@ -173,13 +176,23 @@ class CallEnd:
     reason: str
 
 
+@dataclass(slots=True)
+class CallerSpeech:
+    """tc/mc → gw: the caller started speaking (local VAD, or Gemini's voice-activity signal). If the
+    model's audio is still playing, the gateway barges in itself: Gemini sends no ``interrupted``
+    for a turn it has already finished generating."""
+    TAG: ClassVar[int] = 16
+    call: str
+    source: str  # "vad" | "gemini"
+
+
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
-           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd)
+           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd)}
-assert len(TYPES) == 15, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech)}
+assert len(TYPES) == 16, "duplicate tag"
 
 _PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict}
 

@@ -6,8 +6,10 @@ Every variable is documented in the README's configuration table; keep the two i
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -47,12 +49,25 @@ class Settings:
     language: str = "en-US"
     system_instruction: str = "You are a friendly, concise phone agent."
     silence_ms: int = 500
+    start_sensitivity: str = ""  # "" = the service's default; else START_SENSITIVITY_HIGH/_LOW
+    end_sensitivity: str = ""
+    prefix_padding_ms: int = 20
+    temperature: float | None = None
+    # Conversation.
+    prewarm: bool = True  # open the Gemini session at the webhook, before the stream starts
+    greeting: str = ""  # text prompt that makes the model speak first ("" = wait for the caller)
+    playback_ahead_ms: int = 1000  # how far model audio may run ahead of the caller's playback
+    transcript_dir: str = ""
+    dtmf_text: str = "The caller pressed {digit} on the phone keypad."
+    transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
+    tools_module: str = ""  # dotted path of a module of async functions offered to the model as tools
     # Emulator (used when no Gemini credentials are set).
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8443
     emulator_persona: str = "echo"
     emulator_goaway_after_s: float = 0.0
     emulator_drop_after_s: float = 0.0
+    emulator_tool_script: tuple[tuple[str, str, str], ...] = ()  # (text trigger, tool name, JSON args)
 
     @property
     def emulator_base_url(self) -> str:
@@ -65,6 +80,11 @@ class Settings:
     @property
     def emulator_key(self) -> str:
         return os.path.join(self.run_dir, "emulator-key.pem")
+
+    def transfer_allowed(self, target: str) -> bool:
+        """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""
+        return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
+                                   .lstrip("+").isdigit()) for t in self.transfer_targets)
 
     def model_client_endpoint_for(self, n: int) -> str:
         return self.model_client_endpoint.format(n=n)
@@ -137,9 +157,80 @@ def _backend(env: Mapping[str, str]) -> tuple[str, str]:
     return "emulator", ""
 
 
+# A persona file (TOML) may set these; the environment still wins over it.
+PERSONA_KEYS = {"system_instruction": "SYSTEM_INSTRUCTION", "voice": "GEMINI_VOICE",
+                "language": "GEMINI_LANGUAGE", "silence_ms": "GEMINI_SILENCE_MS",
+                "start_sensitivity": "GEMINI_START_SENSITIVITY", "end_sensitivity": "GEMINI_END_SENSITIVITY",
+                "prefix_padding_ms": "GEMINI_PREFIX_PADDING_MS", "temperature": "GEMINI_TEMPERATURE",
+                "greeting": "BRIDGE_GREETING"}
+SENSITIVITIES = {"GEMINI_START_SENSITIVITY": ("START_SENSITIVITY_HIGH", "START_SENSITIVITY_LOW"),
+                 "GEMINI_END_SENSITIVITY": ("END_SENSITIVITY_HIGH", "END_SENSITIVITY_LOW")}
+
+
+def _with_persona_file(env: Mapping[str, str]) -> Mapping[str, str]:
+    path = env.get("BRIDGE_PERSONA_FILE", "").strip()
+    if not path:
+        return env
+    try:
+        with open(path, "rb") as f:
+            persona = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SettingsError(f"BRIDGE_PERSONA_FILE {path!r} cannot be read: {e}") from None
+    unknown = sorted(set(persona) - set(PERSONA_KEYS))
+    if unknown:
+        raise SettingsError(f"BRIDGE_PERSONA_FILE {path!r}: unknown keys {unknown}; "
+                            f"known: {sorted(PERSONA_KEYS)}")
+    from_file = {PERSONA_KEYS[k]: str(v) for k, v in persona.items()}
+    return {**from_file, **{k: v for k, v in env.items() if v.strip()}}
+
+
+def _choice(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip().upper()
+    if value and value not in SENSITIVITIES[name]:
+        raise SettingsError(f"{name} must be one of {', '.join(SENSITIVITIES[name])}, got {value!r}")
+    return value
+
+
+def _temperature(env: Mapping[str, str]) -> float | None:
+    if not env.get("GEMINI_TEMPERATURE", "").strip():
+        return None
+    value = _float(env, "GEMINI_TEMPERATURE", 0.0)
+    if value > 2:
+        raise SettingsError(f"GEMINI_TEMPERATURE must be between 0 and 2, got {value}")
+    return value
+
+
+def _targets(env: Mapping[str, str]) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in env.get("BRIDGE_TRANSFER_TARGETS", "").split(",") if t.strip())
+    for t in targets:
+        if not (t.startswith(("+", "sip:", "sips:")) or t.rstrip("*").isdigit()):
+            raise SettingsError(f"BRIDGE_TRANSFER_TARGETS: {t!r} is not a phone number (+1555...), "
+                                f"a sip: URI or a prefix ending in *")
+    return targets
+
+
+def _dtmf_text(env: Mapping[str, str]) -> str:
+    text = env.get("BRIDGE_DTMF_TEXT", "").strip() or Settings.dtmf_text
+    if "{digit}" not in text:
+        raise SettingsError(f"BRIDGE_DTMF_TEXT must contain {{digit}}, got {text!r}")
+    return text
+
+
+def _tool_script(env: Mapping[str, str]) -> tuple[tuple[str, str, str], ...]:
+    raw = env.get("EMULATOR_TOOL_SCRIPT", "").strip()
+    if not raw:
+        return ()
+    try:
+        steps = json.loads(raw)
+        return tuple((str(s["when"]), str(s["call"]), json.dumps(s.get("args", {}))) for s in steps)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SettingsError('EMULATOR_TOOL_SCRIPT must be a JSON list of {"when": text, "call": tool, '
+                            f'"args": {{...}}}}: {e}') from None
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting once. Pass ``env`` in tests; processes pass nothing (os.environ)."""
-    env = os.environ if env is None else env
+    env = _with_persona_file(os.environ if env is None else env)
     run_dir = env.get("BRIDGE_RUN_DIR", "").strip() or os.path.join(
         tempfile.gettempdir(), f"gemini-bridge-{os.getuid()}")
     if len(run_dir) > MAX_RUN_DIR:
@@ -175,9 +266,21 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         language=env.get("GEMINI_LANGUAGE", "").strip() or "en-US",
         system_instruction=env.get("SYSTEM_INSTRUCTION", "").strip() or Settings.system_instruction,
         silence_ms=_int(env, "GEMINI_SILENCE_MS", 500, lo=50),
+        start_sensitivity=_choice(env, "GEMINI_START_SENSITIVITY"),
+        end_sensitivity=_choice(env, "GEMINI_END_SENSITIVITY"),
+        prefix_padding_ms=_int(env, "GEMINI_PREFIX_PADDING_MS", 20),
+        temperature=_temperature(env),
+        prewarm=env.get("BRIDGE_PREWARM", "true").strip().lower() not in ("0", "false", "no", "off"),
+        greeting=env.get("BRIDGE_GREETING", "").strip(),
+        playback_ahead_ms=_int(env, "BRIDGE_PLAYBACK_AHEAD_MS", 1000, lo=200),
+        transcript_dir=env.get("BRIDGE_TRANSCRIPT_DIR", "").strip() or os.path.join(run_dir, "transcripts"),
+        dtmf_text=_dtmf_text(env),
+        transfer_targets=_targets(env),
+        tools_module=env.get("BRIDGE_TOOLS_MODULE", "").strip(),
         emulator_host=env.get("EMULATOR_HOST", "127.0.0.1").strip(),
         emulator_port=_int(env, "EMULATOR_PORT", 8443, lo=1),
         emulator_persona=persona,
         emulator_goaway_after_s=_float(env, "EMULATOR_GOAWAY_AFTER_S", 0.0),
         emulator_drop_after_s=_float(env, "EMULATOR_DROP_AFTER_S", 0.0),
+        emulator_tool_script=_tool_script(env),
     )

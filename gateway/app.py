@@ -25,6 +25,7 @@ ADMISSIONS = web.AppKey("admissions", Admissions)
 COUNTERS = web.AppKey("counters", dict)
 
 BUSY_MESSAGE = "Sorry, all of our agents are busy right now. Please call again later."
+SORRY_MESSAGE = "Sorry, we are having technical difficulties. Please call again later."
 XML = "text/xml"
 
 
@@ -43,15 +44,30 @@ async def twiml_webhook(request: web.Request) -> web.Response:
     call, token = app[ADMISSIONS].issue(call_sid)
     settings = app[SETTINGS]
     log.info("call %s (%s) admitted", call, call_sid)
+    if settings.prewarm:
+        app[PIPELINE].prewarm(call, call_sid)
     body = twiml.connect_stream_twiml(settings.stream_url, {"token": token},
                                       after_url=settings.public_url + "/twiml/after")
     return web.Response(text=body, content_type=XML)
 
 
 async def twiml_after(request: web.Request) -> web.Response:
-    """What Twilio does once the stream has ended: hang up (never leave the line open)."""
-    await request.post()
-    return web.Response(text=twiml.hangup_twiml(), content_type=XML)
+    """What Twilio does once the stream has ended: the call's disposition (gateway/dispositions.py)."""
+    form = await request.post()
+    call_sid = form.get("CallSid", "")
+    if not isinstance(call_sid, str) or not call_sid:
+        raise web.HTTPBadRequest(text="CallSid missing")
+    done = request.app[PIPELINE].dispositions.after(call_sid)
+    log.info("stream of %s ended: %s%s", call_sid, done.kind, f" to {done.target}" if done.target else "")
+    if done.kind == "transfer":
+        body = twiml.dial_twiml(done.target)
+    elif done.kind == "resume":
+        return await twiml_webhook(request)  # a fresh stream for the same call
+    elif done.kind == "apologise":
+        body = twiml.say_hangup_twiml(SORRY_MESSAGE)
+    else:
+        body = twiml.hangup_twiml()
+    return web.Response(text=body, content_type=XML)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,14 +1,15 @@
-"""A call as the gateway holds it: the Twilio WebSocket, its pins, and the outbound queue to Twilio.
+"""A call as the gateway holds it: the Twilio WebSocket, its pins, playback and the queue to Twilio.
 
 Everything the gateway sends to Twilio for a call goes through one ordered queue drained by one
-writer task, so media, marks and clear keep their order and adjacent audio of a turn is coalesced
-into one ``media`` message (Twilio plays any size; fewer, larger messages cost less on both ends).
+writer task, so media, marks and clear keep their order. How far audio runs ahead of the caller's
+playback is decided by the call's ``Playout`` (gateway/playout.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -16,10 +17,13 @@ from aiohttp import web
 from common.lifecycle import spawn
 from common.logs import call_context
 from gateway import twilio_codec as tw
+from gateway.playout import Echo, Playout
+from gateway.transcripts import TranscriptLog
 
 log = logging.getLogger(__name__)
 
-MAX_COALESCE_BYTES = 8000  # 1 s of µ-law per media message at most
+HANGUP_GRACE_S = 3.0  # after end_call/transfer: wait this long for the goodbye to start
+HANGUP_MAX_S = 30.0  # ... and never longer than this for it to finish playing
 
 
 @dataclass
@@ -28,49 +32,98 @@ class Call:
     call_sid: str
     stream_sid: str
     ws: web.WebSocketResponse
+    playout: Playout
+    transcript: TranscriptLog
     transcoder: bytes = b""  # route of the transcoder the call is pinned to
     model: str = ""  # endpoint of the model_client holding its Gemini session
     resume_handle: str = ""
     seq_in: int = 0
-    marks_sent: int = 0
-    marks: dict[str, int] = field(default_factory=dict)  # pending mark name -> turn
-    cleared_marks: set[str] = field(default_factory=set)  # flushed by a clear, echo still due
+    digits: str = ""
+    started: float = field(default_factory=time.monotonic)
+    first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
     _out: list = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task | None = None
     _closing: bool = False
+    _leaving: asyncio.Task | None = None
 
     def start_writer(self) -> None:
         self._writer = spawn(self._write_loop(), f"twilio-writer:{self.id}")
 
+    # --- model → caller -----------------------------------------------------------------------
+
     def send_audio(self, ulaw: bytes, turn: int) -> None:
-        if not ulaw:
-            return
-        last = self._out[-1] if self._out else None
-        if last is not None and last[0] == "media" and last[1] == turn and len(last[2]) < MAX_COALESCE_BYTES:
-            last[2].extend(ulaw)
-        else:
-            self._out.append(["media", turn, bytearray(ulaw)])
-        self._wake.set()
+        if ulaw and self.playout.add(ulaw, turn):
+            self._pump()
 
-    def send_mark(self, turn: int) -> str:
-        self.marks_sent += 1
-        name = f"{turn}.{self.marks_sent}"
-        self.marks[name] = turn
-        self._out.append(["mark", turn, name])
-        self._wake.set()
-        return name
+    def turn_done(self, turn: int) -> None:
+        self.playout.turn_done(turn)
+        self._pump()
+        self._finish_turns()
 
-    def clear(self, turn: int) -> None:
-        """Barge-in: audio not yet written is dropped here; Twilio drops what it has queued."""
+    def mark_echoed(self, name: str) -> Echo | None:
+        echo = self.playout.echoed(name)
+        if echo is not None:
+            self._pump()
+            self._finish_turns()
+        return echo
+
+    def barge_in(self) -> int:
+        """Drop everything not yet heard and send Twilio ``clear``; returns the interrupted turn."""
+        turn = self.playout.clear()
+        # Queued media goes; queued marks stay (Twilio echoes them at once, closing the books).
         self._out = [item for item in self._out if item[0] != "media"]
-        self.cleared_marks.update(self.marks)
-        self._out.append(["clear", turn, None])
-        self._wake.set()
+        self._queue("clear", None)
+        self._finish_turns()
+        return turn
+
+    def _pump(self) -> None:
+        for kind, data in self.playout.pump():
+            if kind == "media" and self.first_audio_s is None:
+                self.first_audio_s = time.monotonic() - self.started
+                log.info("first model audio %.0f ms after the stream started", self.first_audio_s * 1000)
+            self._queue(kind, data)
+
+    def _finish_turns(self) -> None:
+        for turn, state in list(self.playout.turns.items()):
+            if state.finished:
+                self.transcript.turn_finished(turn, state)
+                self.playout.forget(turn)
+
+    # --- ending -------------------------------------------------------------------------------
+
+    def leave_after_playback(self) -> None:
+        """End the stream once the model's goodbye has played (end_call, transfer)."""
+        if self._leaving is None:
+            self._leaving = spawn(self._leave_when_played(), f"call-leave:{self.id}")
+
+    async def _leave_when_played(self) -> None:
+        with call_context(self.id):
+            asked = time.monotonic()
+            turn_at_ask = self.playout.latest
+            while time.monotonic() - asked < HANGUP_MAX_S:
+                idle = not self.playout.playing and not self.playout.generating
+                said_more = self.playout.latest > turn_at_ask  # the goodbye came after the tool call
+                if idle and (said_more or time.monotonic() - asked > HANGUP_GRACE_S):
+                    break
+                await asyncio.sleep(0.05)
+            log.info("leaving the stream after %.1f s (playback %s)", time.monotonic() - asked,
+                     "finished" if not self.playout.playing else "cut short")
+            self.close()
 
     def close(self) -> None:
         """Close the socket once everything queued before has been written."""
         self._closing = True
+        self._wake.set()
+
+    def ended(self) -> None:
+        """The call is over: write what is left of the transcript."""
+        self.transcript.close(self.playout.turns)
+
+    # --- writing to Twilio ----------------------------------------------------------------------
+
+    def _queue(self, kind: str, data) -> None:
+        self._out.append((kind, data))
         self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -80,7 +133,7 @@ class Call:
                 self._wake.clear()
                 out, self._out = self._out, []
                 try:
-                    for kind, _turn, data in out:
+                    for kind, data in out:
                         await self.ws.send_str(self._encode(kind, data))
                 except ConnectionResetError:
                     return  # the caller is gone; the handler's finally ends the call
@@ -90,12 +143,13 @@ class Call:
 
     def _encode(self, kind: str, data) -> str:
         if kind == "media":
-            return tw.media_message(self.stream_sid, bytes(data))
+            return tw.media_message(self.stream_sid, data)
         if kind == "mark":
             return tw.mark_message(self.stream_sid, data)
         return tw.clear_message(self.stream_sid)
 
     async def stop_writer(self) -> None:
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        for task in (self._writer, self._leaving):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -16,6 +16,8 @@ from common.logs import call_context
 from gateway import twilio_codec as tw
 from gateway.admission import Admissions
 from gateway.calls import Call
+from gateway.playout import Playout
+from gateway.transcripts import TranscriptLog
 from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class MediaStream:
             self._mark(event.name)
         elif isinstance(event, tw.Dtmf):
             log.info("dtmf %s", event.digit)
+            call.digits += event.digit
             self.pipeline.send(call, m.Dtmf(call.id, event.digit))
         elif isinstance(event, tw.Stop):
             self.end("caller hung up")
@@ -80,7 +83,10 @@ class MediaStream:
             log.warning("stream for %s refused: unknown, expired or reused token", event.call_sid)
             self._close()
             return
-        call = Call(admitted, event.call_sid, event.stream_sid, self.ws)
+        settings = self.pipeline.settings
+        call = Call(admitted, event.call_sid, event.stream_sid, self.ws,
+                    Playout(ahead_ms=settings.playback_ahead_ms),
+                    TranscriptLog(settings.transcript_dir, event.call_sid))
         with call_context(call.id):
             params = {k: v for k, v in event.custom_parameters.items() if k != "token"}
             if not self.pipeline.start_call(call, params):
@@ -94,13 +100,11 @@ class MediaStream:
 
     def _mark(self, name: str) -> None:
         call = self.call
-        turn = call.marks.pop(name, None)
-        if turn is None:
+        echo = call.mark_echoed(name)
+        if echo is None:
             log.debug("unknown mark %r ignored", name)  # reference §4: ignore names we did not send
             return
-        cleared = name in call.cleared_marks
-        call.cleared_marks.discard(name)
-        self.pipeline.send(call, m.Played(call.id, turn, name, cleared))
+        self.pipeline.send(call, m.Played(call.id, echo.turn, name, echo.flushed, echo.heard_ms))
 
     def _close(self) -> None:
         spawn(self.ws.close(), "twilio-ws-close")
@@ -111,6 +115,7 @@ class MediaStream:
             self.ended = True
             with call_context(self.call.id):
                 self.pipeline.end_call(self.call, reason)
+                self.call.ended()
                 log.info("call ended: %s", reason)
 
 

@@ -7,6 +7,7 @@ from the transcoders is turned into Twilio messages on the call's queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -14,10 +15,14 @@ import time
 import zmq.asyncio
 
 from common import messages as m
+from common.lifecycle import cancel_all, spawn
 from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
 from gateway.calls import Call
+from gateway.dispositions import Dispositions
+
+PREWARM_TTL_S = 60.0  # a pre-warmed session whose stream never came is closed after this
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,11 @@ class Pipeline:
         self.settings = settings
         self.epoch = new_epoch()
         self.calls: dict[str, Call] = {}
+        self.prewarmed: dict[str, tuple[str, float]] = {}  # call id -> (model endpoint, deadline)
+        self.dispositions = Dispositions()
         self.unknown_call = 0
+        self.barge_ins = 0
+        self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
         self.router = RouterLink(self._ctx, settings.gateway_endpoint, settings.heartbeat_s, self.hello,
                                  self._on_batch, self._on_peer_lost)
@@ -37,8 +46,10 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.router.start()
+        spawn(self._sweep_loop(), "prewarm-sweep", self._tasks)
 
     async def stop(self) -> None:
+        await cancel_all(self._tasks)
         await self.router.stop()
         self._ctx.destroy(linger=0)
 
@@ -62,12 +73,43 @@ class Pipeline:
     def can_take_call(self) -> bool:
         return bool(self.live(m.ROLE_TRANSCODER)) and bool(self.live(m.ROLE_MODEL_CLIENT))
 
+    def prewarm(self, call_id: str, call_sid: str) -> None:
+        """Open the call's Gemini session now, while the phone rings (Twilio reference §12.3)."""
+        model = self._least_loaded(m.ROLE_MODEL_CLIENT)
+        if model is None:
+            return
+        self.prewarmed[call_id] = (model.endpoint, time.monotonic() + PREWARM_TTL_S)
+        self.router.send(model.route, m.CallStart(call_id, call_sid, "", {}, model.endpoint))
+
+    def _model_for(self, call_id: str) -> str:
+        endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
+        if endpoint and any(p.endpoint == endpoint for p in self.live(m.ROLE_MODEL_CLIENT)):
+            return endpoint
+        model = self._least_loaded(m.ROLE_MODEL_CLIENT)
+        return model.endpoint if model else ""
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            now = time.monotonic()
+            for call_id, (endpoint, deadline) in list(self.prewarmed.items()):
+                if deadline < now:
+                    del self.prewarmed[call_id]
+                    with call_context(call_id):
+                        log.info("pre-warmed session unused (no stream came): closed")
+                    self._tell_model(endpoint, m.CallEnd(call_id, "stream never started"))
+
+    def _tell_model(self, endpoint: str, msg) -> None:
+        for peer in self.live(m.ROLE_MODEL_CLIENT):
+            if peer.endpoint == endpoint:
+                self.router.send(peer.route, msg)
+
     def start_call(self, call: Call, params: dict) -> bool:
         transcoder = self._least_loaded(m.ROLE_TRANSCODER)
-        model = self._least_loaded(m.ROLE_MODEL_CLIENT)
-        if transcoder is None or model is None:
+        model = self._model_for(call.id)
+        if transcoder is None or not model:
             return False
-        call.transcoder, call.model = transcoder.route, model.endpoint
+        call.transcoder, call.model = transcoder.route, model
         self.calls[call.id] = call
         self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, params,
                                                       call.model, call.resume_handle, False))
@@ -90,9 +132,7 @@ class Pipeline:
         if call.transcoder in self.router.peers:
             self.router.send(call.transcoder, end)
         else:  # no transcoder to carry it: tell the model_client over the directory
-            for peer in self.live(m.ROLE_MODEL_CLIENT):
-                if peer.endpoint == call.model:
-                    self.router.send(peer.route, end)
+            self._tell_model(call.model, end)
 
     # --- pipeline → calls ---------------------------------------------------------------------
 
@@ -100,7 +140,10 @@ class Pipeline:
         for msg in batch:
             call = self.calls.get(msg.call)
             if call is None:
-                self.unknown_call += 1
+                if isinstance(msg, m.CallEnd) and self.prewarmed.pop(msg.call, None):
+                    log.warning("pre-warmed session failed (%s); the stream will open a new one", msg.reason)
+                else:
+                    self.unknown_call += 1
                 continue
             with call_context(call.id):
                 self._dispatch(call, msg)
@@ -109,20 +152,46 @@ class Pipeline:
         if isinstance(msg, m.AudioOut):
             call.send_audio(msg.audio, msg.turn)
         elif isinstance(msg, m.TurnDone):
-            call.send_mark(msg.turn)
+            call.turn_done(msg.turn)
         elif isinstance(msg, m.Interrupt):
-            log.info("barge-in: turn %d cleared", msg.turn)
-            call.clear(msg.turn)
+            self._barge_in(call, "the model was interrupted")
+        elif isinstance(msg, m.CallerSpeech):
+            if call.playout.playing:  # the model finished generating; the caller still hears it
+                self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
-            log.log(logging.INFO if msg.final else logging.DEBUG, "%s: %s", msg.role, msg.text)
+            if msg.role == "caller":
+                call.transcript.caller(msg.text, msg.final)
+            else:
+                call.transcript.model(msg.turn, msg.text)
         elif isinstance(msg, m.Resumption):
             call.resume_handle = msg.handle
+        elif isinstance(msg, m.Action):
+            self._action(call, msg)
         elif isinstance(msg, m.CallEnd):
             log.info("pipeline ended the call: %s", msg.reason)
             self.calls.pop(call.id, None)
             call.close()
         else:
             log.error("unexpected %s from the pipeline dropped", type(msg).__name__)
+
+    def _barge_in(self, call: Call, why: str) -> None:
+        if not call.playout.playing and not call.playout.generating:
+            return
+        self.barge_ins += 1
+        turn = call.barge_in()
+        log.info("barge-in (%s): turn %d cleared", why, turn)
+
+    def _action(self, call: Call, msg: m.Action) -> None:
+        if msg.kind == "hangup":
+            self.dispositions.set(call.call_sid, "hangup")
+        elif msg.kind == "transfer" and self.settings.transfer_allowed(msg.target):
+            self.dispositions.set(call.call_sid, "transfer", msg.target)
+        else:
+            log.error("action %s %r refused", msg.kind, msg.target)
+            return
+        log.info("%s requested%s: leaving once playback ends", msg.kind,
+                 f" to {msg.target}" if msg.target else "")
+        call.leave_after_playback()
 
     def _on_peer_lost(self, peer: Peer) -> None:
         for call in list(self.calls.values()):

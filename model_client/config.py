@@ -38,9 +38,12 @@ def make_client(settings: Settings) -> genai.Client:
     return genai.Client(api_key=settings.api_key or "emulator", http_options=http)
 
 
-def live_config(settings: Settings, handle: str = "") -> types.LiveConnectConfig:
+def live_config(settings: Settings, handle: str = "",
+                tools: list[types.Tool] | None = None) -> types.LiveConnectConfig:
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
+        temperature=settings.temperature,
+        tools=tools,
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.voice)),
@@ -48,7 +51,10 @@ def live_config(settings: Settings, handle: str = "") -> types.LiveConnectConfig
         system_instruction=settings.system_instruction,
         realtime_input_config=types.RealtimeInputConfig(
             automatic_activity_detection=types.AutomaticActivityDetection(
-                disabled=False, silence_duration_ms=settings.silence_ms, prefix_padding_ms=20),
+                disabled=False, silence_duration_ms=settings.silence_ms,
+                prefix_padding_ms=settings.prefix_padding_ms,
+                start_of_speech_sensitivity=settings.start_sensitivity or None,
+                end_of_speech_sensitivity=settings.end_sensitivity or None),
             activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS),
         session_resumption=types.SessionResumptionConfig(handle=handle or None),
         context_window_compression=COMPRESSION,

@@ -14,18 +14,20 @@ import zmq.asyncio
 from google import genai
 
 from common import messages as m
-from common.lifecycle import cancel_all
+from common.lifecycle import cancel_all, spawn
 from common.link import DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
 from model_client.config import make_client
 from model_client.session import GeminiSession
+from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
 
 # Sessions per process: the SDK costs ~1% of a core per session (DESIGN §7); past ~90% CPU the loop
 # falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 80
+BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
 
 class ModelClientStage:
@@ -35,16 +37,22 @@ class ModelClientStage:
         self.endpoint = settings.model_client_endpoint_for(settings.process_num)
         self.sessions: dict[str, GeminiSession] = {}
         self.routes: dict[str, bytes] = {}
+        self.backlog: dict[str, list] = {}  # output of pre-warmed sessions with no transcoder yet
+        self.toolbox: Toolbox | None = None
         self._client: genai.Client | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._router: RouterLink | None = None
         self._gateway: DealerLink | None = None
         self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
 
     def hello(self) -> m.Hello:
         return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, CAPACITY, self.endpoint)
 
     async def start(self) -> None:
+        self.toolbox = Toolbox(transfer=bool(self.settings.transfer_targets),
+                               module=self.settings.tools_module)
+        log.info("tools: %s", ", ".join(self.toolbox.tools))
         self._ctx = zmq.asyncio.Context()
         hb = self.settings.heartbeat_s
         self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder)
@@ -64,7 +72,7 @@ class ModelClientStage:
         self._stopped.set()
         log.info("stopping with %d sessions", len(self.sessions))
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())))
-        await cancel_all([])
+        await cancel_all(self._tasks)
         await self._gateway.stop()
         await self._router.stop()
         if self._client is not None:
@@ -95,15 +103,22 @@ class ModelClientStage:
                 log.error("unexpected %s from a transcoder dropped", type(msg).__name__)
 
     def _from_gateway(self, batch: list) -> None:
+        """The directory link: pre-warm at the webhook (CallStart with no transcoder yet), and a
+        CallEnd when the call's transcoder is gone."""
         for msg in batch:
-            if isinstance(msg, m.CallEnd) and msg.call in self.sessions:
+            if isinstance(msg, m.CallStart):
+                self._handle_call_start(None, msg)
+            elif isinstance(msg, m.CallEnd) and msg.call in self.sessions:
                 self._end(msg.call, msg.reason)
 
-    def _handle_call_start(self, route: bytes, msg: m.CallStart) -> None:
-        self.routes[msg.call] = route
+    def _handle_call_start(self, route: bytes | None, msg: m.CallStart) -> None:
         with call_context(msg.call):
+            if route is not None:
+                self.routes[msg.call] = route
+                for held in self.backlog.pop(msg.call, []):
+                    self._router.send(route, held)
             if msg.call in self.sessions:
-                log.info("call re-pinned to another transcoder; session kept")
+                log.info("stream joined its %s session", "pre-warmed" if route else "existing")
                 return
             try:
                 client = self._client or make_client(self.settings)
@@ -112,23 +127,29 @@ class ModelClientStage:
                 self._emit(m.CallEnd(msg.call, "model unavailable"))
                 return
             self._client = client
-            session = GeminiSession(msg.call, client, self.settings, self._emit, self._session_ended,
-                                    msg.resume_handle)
+            context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
+                                  transfer_allowed=self.settings.transfer_allowed)
+            session = GeminiSession(msg.call, client, self.settings, self.toolbox, context, self._emit,
+                                    self._session_ended, msg.resume_handle)
             self.sessions[msg.call] = session
+            if route is None:
+                self.backlog[msg.call] = []
             session.start()
-            log.info("session starting; %d sessions", len(self.sessions))
+            log.info("session starting%s; %d sessions", "" if route else " (pre-warm)", len(self.sessions))
 
     def _end(self, call: str, reason: str) -> None:
         session = self.sessions.pop(call, None)
         if session is not None:
             with call_context(call):
                 log.info("call ended (%s); %d sessions", reason, len(self.sessions))
-            asyncio.ensure_future(session.close())
+            spawn(session.close(), f"session-close:{call}", self._tasks)
         self.routes.pop(call, None)
+        self.backlog.pop(call, None)
 
     def _session_ended(self, call: str) -> None:
         self.sessions.pop(call, None)
         self.routes.pop(call, None)
+        self.backlog.pop(call, None)
 
     def _gateway_restarted(self, old_epoch: str) -> None:
         for call in list(self.sessions):
@@ -140,3 +161,9 @@ class ModelClientStage:
         route = self.routes.get(msg.call)
         if route is not None:
             self._router.send(route, msg)
+            return
+        held = self.backlog.get(msg.call)
+        if held is not None and len(held) < BACKLOG_LIMIT:
+            held.append(msg)  # pre-warmed: the greeting waits for the stream
+        elif isinstance(msg, m.CallEnd):
+            self._gateway.send(msg)  # no transcoder to carry it: tell the gateway directly

@@ -24,6 +24,8 @@ EXAMPLES = [
     m.Resumption("c1", "handle-2"),
     m.Action("c1", "transfer", "+15550001111"),
     m.CallEnd("c1", "caller hung up"),
+    m.CallerSpeech("c1", "vad"),
+    m.Played("c1", 3, "3.4", False, 600),
 ]
 
 

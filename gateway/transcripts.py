@@ -1,0 +1,65 @@
+"""Per-call transcripts: what the caller said and what the model said, with how much of each model
+turn the caller actually heard (from the playback marks). One JSON object per line, one file per
+call (``{BRIDGE_TRANSCRIPT_DIR}/{CallSid}.jsonl``), and a log line per utterance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from gateway.playout import TurnState
+
+log = logging.getLogger(__name__)
+
+
+class TranscriptLog:
+    def __init__(self, directory: str, call_sid: str):
+        self.path = os.path.join(directory, f"{call_sid}.jsonl") if directory else ""
+        self._caller: list[str] = []
+        self._model: dict[int, list[str]] = {}
+        self.lines = 0
+
+    def caller(self, text: str, final: bool) -> None:
+        self._caller.append(text)
+        if final:
+            self._flush_caller()
+
+    def model(self, turn: int, text: str) -> None:
+        self._flush_caller()  # the model answering means the caller's utterance is over
+        self._model.setdefault(turn, []).append(text)
+
+    def turn_finished(self, turn: int, state: TurnState) -> None:
+        text = "".join(self._model.pop(turn, [])).strip()
+        if not text and not state.sent:
+            return
+        what = "interrupted" if state.interrupted else "complete"
+        log.info("model turn %d (%s, heard %d of %d ms): %s", turn, what, state.heard_ms, state.sent_ms,
+                 text)
+        self._write({"role": "model", "turn": turn, "text": text, "sent_ms": state.sent_ms,
+                     "heard_ms": state.heard_ms, "interrupted": state.interrupted})
+
+    def close(self, turns: dict[int, TurnState]) -> None:
+        """The call ended: write whatever is still open."""
+        self._flush_caller()
+        for turn in sorted(set(self._model) | {t for t, s in turns.items() if not s.finished}):
+            self.turn_finished(turn, turns.get(turn, TurnState()))
+
+    def _flush_caller(self) -> None:
+        text = "".join(self._caller).strip()
+        self._caller.clear()
+        if text:
+            log.info("caller: %s", text)
+            self._write({"role": "caller", "text": text})
+
+    def _write(self, record: dict) -> None:
+        if not self.path:
+            return
+        record = {"t": round(time.time(), 3), **record}
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.lines += 1
+        except OSError as e:
+            log.error("cannot write transcript %s: %s", self.path, e)
