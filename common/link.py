@@ -26,6 +26,7 @@ import zmq
 import zmq.asyncio
 
 from common import messages as m
+from common.curve import CurveKeys, private_dir
 from common.lifecycle import cancel_all, spawn
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,21 @@ def new_epoch() -> str:
 def _prepare_endpoint(endpoint: str) -> None:
     """ipc:// sockets live in a directory only the service user can open."""
     if endpoint.startswith("ipc://"):
-        os.makedirs(os.path.dirname(endpoint[6:]) or ".", mode=0o700, exist_ok=True)
+        private_dir(os.path.dirname(endpoint[6:]) or ".")
+
+
+def _secure(sock: zmq.Socket, endpoint: str, curve: CurveKeys | None, *, server: bool) -> Callable[[], None]:
+    """tcp:// gets CURVE: encrypted, and a ROUTER admits only our client key (common/curve.py). ipc://
+    relies on its 0700 directory. Returns what to call when the socket closes."""
+    if not endpoint.startswith("tcp://"):
+        return lambda: None
+    if curve is None:
+        log.warning("%s is tcp:// without CURVE keys: plaintext, open to anyone who can connect", endpoint)
+        return lambda: None
+    if server:
+        return curve.serve(sock)
+    curve.connect(sock)
+    return lambda: None
 
 
 @dataclass
@@ -57,8 +72,10 @@ class Peer:
 class _Link:
     """What both link kinds share: one socket, an outbox flushed once per loop pass, a drain loop."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, heartbeat_s: float):
-        self.ctx, self.endpoint, self.heartbeat_s = ctx, endpoint, heartbeat_s
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, heartbeat_s: float,
+                 curve: CurveKeys | None = None):
+        self.ctx, self.endpoint, self.heartbeat_s, self.curve = ctx, endpoint, heartbeat_s, curve
+        self._release: Callable[[], None] = lambda: None
         self.sock: zmq.asyncio.Socket | None = None
         self.dropped = 0  # batches shed because a peer's pipe was full
         self.rejected = 0  # frames that broke the wire schema
@@ -104,6 +121,8 @@ class _Link:
             return []
 
     def _close_socket(self) -> None:
+        self._release()
+        self._release = lambda: None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
@@ -119,8 +138,9 @@ class RouterLink(_Link):
 
     def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
                  on_batch: Callable[[Peer, list], None],
-                 on_peer_lost: Callable[[Peer], None] = lambda peer: None):
-        super().__init__(ctx, endpoint, heartbeat_s)
+                 on_peer_lost: Callable[[Peer], None] = lambda peer: None, *,
+                 curve: CurveKeys | None = None):
+        super().__init__(ctx, endpoint, heartbeat_s, curve)
         self.hello, self.on_batch, self.on_peer_lost = hello, on_batch, on_peer_lost
         self.peers: dict[bytes, Peer] = {}
 
@@ -129,6 +149,7 @@ class RouterLink(_Link):
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its route
+        self._release = _secure(self.sock, self.endpoint, self.curve, server=True)
         self.sock.bind(self.endpoint)
         spawn(self._recv_loop(), f"router:{self.endpoint}", self._tasks)
         spawn(self._heartbeat_loop(), f"router-heartbeat:{self.endpoint}", self._tasks)
@@ -211,8 +232,9 @@ class DealerLink(_Link):
 
     def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
                  load: Callable[[], int], on_batch: Callable[[list], None],
-                 on_remote_restart: Callable[[str], None] = lambda old: None):
-        super().__init__(ctx, endpoint, heartbeat_s)
+                 on_remote_restart: Callable[[str], None] = lambda old: None, *,
+                 curve: CurveKeys | None = None):
+        super().__init__(ctx, endpoint, heartbeat_s, curve)
         self.hello, self.load, self.on_batch = hello, load, on_batch
         self.on_remote_restart = on_remote_restart
         self.remote_epoch = ""
@@ -236,6 +258,7 @@ class DealerLink(_Link):
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"{hello.role}-{hello.epoch}".encode())
+        _secure(self.sock, self.endpoint, self.curve, server=False)
         self.sock.connect(self.endpoint)
         self.last_heard = time.monotonic()  # grace: a fresh connection gets a full liveness window
         self._recv_task = spawn(self._recv_loop(), f"dealer:{self.endpoint}", self._tasks)

@@ -33,6 +33,23 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     public_url: str = ""
+    # Security and limits (gateway/security.py, admission.py, limits.py; common/curve.py).
+    twilio_auth_token: str = field(default="", repr=False)
+    bridge_secret: str = field(default="", repr=False)  # signs stream tokens ("" = random per process)
+    insecure_dev: bool = False  # no auth token and non-loopback peers served anyway
+    upgrade_signature: str = "log"  # off | log | enforce
+    max_calls: int = 0  # 0 = what the live peers advertise
+    max_ws_message: int = 64 * 1024
+    max_media_payload: int = 16000
+    max_msg_rate: float = 150.0  # messages/s per Twilio socket (Twilio sends 50 media/s + marks)
+    max_msg_burst: int = 300
+    flood_close_s: float = 5.0
+    start_timeout_s: float = 10.0
+    media_timeout_s: float = 60.0  # 0 = never
+    curve_server_public: str = ""  # Z85; CURVE keys for tcp:// endpoints
+    curve_server_secret: str = field(default="", repr=False)
+    curve_client_public: str = ""
+    curve_client_secret: str = field(default="", repr=False)
     # ZeroMQ endpoints. The model_client template takes {n}, its process number.
     gateway_endpoint: str = ""
     model_client_endpoint: str = ""
@@ -61,6 +78,7 @@ class Settings:
     dtmf_text: str = "The caller pressed {digit} on the phone keypad."
     transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
     tools_module: str = ""  # dotted path of a module of async functions offered to the model as tools
+    phone: bool = False  # the browser phone at /phone (development): on by default with the emulator
     # Emulator (used when no Gemini credentials are set).
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8443
@@ -85,6 +103,12 @@ class Settings:
         """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""
         return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
                                    .lstrip("+").isdigit()) for t in self.transfer_targets)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in a log line (common/logs.py masks them)."""
+        return tuple(v for v in (self.api_key, self.twilio_auth_token, self.bridge_secret,
+                                 self.curve_server_secret, self.curve_client_secret) if v)
 
     def model_client_endpoint_for(self, n: int) -> str:
         return self.model_client_endpoint.format(n=n)
@@ -228,6 +252,78 @@ def _tool_script(env: Mapping[str, str]) -> tuple[tuple[str, str, str], ...]:
                             f'"args": {{...}}}}: {e}') from None
 
 
+def _security(env: Mapping[str, str]) -> dict:
+    mode = env.get("BRIDGE_UPGRADE_SIGNATURE", "").strip().lower() or "log"
+    if mode not in ("off", "log", "enforce"):
+        raise SettingsError(f"BRIDGE_UPGRADE_SIGNATURE must be off, log or enforce, got {mode!r}")
+    rate = _float(env, "BRIDGE_MAX_MSG_RATE", Settings.max_msg_rate)
+    if rate < 1:
+        raise SettingsError(f"BRIDGE_MAX_MSG_RATE must be >= 1, got {rate}")
+    return dict(
+        twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", "").strip(),
+        bridge_secret=env.get("BRIDGE_SECRET", "").strip(),
+        insecure_dev=_bool(env, "BRIDGE_INSECURE_DEV"),
+        upgrade_signature=mode,
+        max_calls=_int(env, "BRIDGE_MAX_CALLS", 0),
+        max_ws_message=_int(env, "BRIDGE_MAX_WS_MESSAGE", Settings.max_ws_message, lo=1024),
+        max_media_payload=_int(env, "BRIDGE_MAX_MEDIA_PAYLOAD", Settings.max_media_payload, lo=160),
+        max_msg_rate=rate,
+        max_msg_burst=_int(env, "BRIDGE_MAX_MSG_BURST", Settings.max_msg_burst, lo=1),
+        flood_close_s=_float(env, "BRIDGE_FLOOD_CLOSE_S", Settings.flood_close_s),
+        start_timeout_s=_float(env, "BRIDGE_START_TIMEOUT_S", Settings.start_timeout_s) or 0.1,
+        media_timeout_s=_float(env, "BRIDGE_MEDIA_TIMEOUT_S", Settings.media_timeout_s),
+    )
+
+
+def _z85_secret(name: str, text: str) -> tuple[str, str]:
+    """(public, secret) from a Z85 secret key, or a SettingsError naming where it came from."""
+    import zmq  # only when CURVE keys are configured
+
+    try:
+        return zmq.curve_public(text.encode()).decode(), text
+    except (ValueError, zmq.ZMQError):
+        raise SettingsError(f"{name} must be a 40-character Z85 CURVE secret key") from None
+
+
+def _curve_file(directory: str, name: str) -> tuple[str, str]:
+    """(public, secret) from DIR/name.key_secret, else (public, "") from DIR/name.key, else ("", "")."""
+    import zmq.auth
+
+    for suffix in (".key_secret", ".key"):
+        path = os.path.join(directory, name + suffix)
+        if not os.path.exists(path):
+            continue
+        if suffix == ".key_secret" and os.stat(path).st_mode & 0o077:
+            raise SettingsError(f"BRIDGE_CURVE_DIR: {path} is readable by others; chmod 600 it")
+        try:
+            public, secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as e:
+            raise SettingsError(f"BRIDGE_CURVE_DIR: {path} is not a CURVE certificate: {e}") from None
+        return public.decode(), (secret or b"").decode()
+    return "", ""
+
+
+def _curve(env: Mapping[str, str]) -> dict:
+    directory = env.get("BRIDGE_CURVE_DIR", "").strip()
+    if directory and not os.path.isdir(directory):
+        raise SettingsError(f"BRIDGE_CURVE_DIR must be a directory, got {directory!r}")
+    keys = {}
+    for role in ("server", "client"):
+        name = f"BRIDGE_CURVE_{role.upper()}_SECRET"
+        text = env.get(name, "").strip()
+        public, secret = _z85_secret(name, text) if text else \
+            _curve_file(directory, role) if directory else ("", "")
+        keys[f"curve_{role}_public"], keys[f"curve_{role}_secret"] = public, secret
+    tcp = [e for e in (env.get(n, "").strip() for n in ("GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT"))
+           if e.startswith("tcp://")]
+    configured = keys["curve_server_public"] and keys["curve_client_public"]
+    if tcp and not configured and not _bool(env, "BRIDGE_INSECURE_DEV"):
+        raise SettingsError(f"{tcp[0]} is tcp:// but no CURVE keys are set: set BRIDGE_CURVE_SERVER_SECRET "
+                            "and BRIDGE_CURVE_CLIENT_SECRET, or BRIDGE_CURVE_DIR (python -m common.curve "
+                            "DIR makes one), or BRIDGE_INSECURE_DEV=true for plaintext")
+    return keys
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting once. Pass ``env`` in tests; processes pass nothing (os.environ)."""
     env = _with_persona_file(os.environ if env is None else env)
@@ -277,10 +373,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dtmf_text=_dtmf_text(env),
         transfer_targets=_targets(env),
         tools_module=env.get("BRIDGE_TOOLS_MODULE", "").strip(),
+        phone=_bool(env, "BRIDGE_PHONE") if env.get("BRIDGE_PHONE", "").strip() else backend == "emulator",
         emulator_host=env.get("EMULATOR_HOST", "127.0.0.1").strip(),
         emulator_port=_int(env, "EMULATOR_PORT", 8443, lo=1),
         emulator_persona=persona,
         emulator_goaway_after_s=_float(env, "EMULATOR_GOAWAY_AFTER_S", 0.0),
         emulator_drop_after_s=_float(env, "EMULATOR_DROP_AFTER_S", 0.0),
         emulator_tool_script=_tool_script(env),
+        **_security(env),
+        **_curve(env),
     )

@@ -12,6 +12,7 @@ instead, with no close frame at all.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import WSMsgType, web
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 GOAWAY_GRACE_S = 5.0  # goAway's timeLeft; never more than the goAway delay itself (fast tests)
 SETUP_TIMEOUT_S = 30.0
 MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
+TOOL_TIMEOUT_S = 15.0  # how long a scripted tool call waits for the client's response
 
 
 class LiveSession:
@@ -44,7 +46,10 @@ class LiveSession:
         self._player: TurnPlayer | None = None
         self._handlers = {"realtime_input": self._handle_realtime_input,
                           "client_content": self._handle_client_content,
-                          "tool_response": self._handle_ignored, "context_update": self._handle_ignored}
+                          "tool_response": self._handle_tool_response,
+                          "context_update": self._handle_ignored}
+        self._tool_calls: dict[str, asyncio.Future] = {}  # scripted tool calls awaiting a response
+        self.tool_calls = 0
 
     @property
     def turns(self) -> int:
@@ -155,6 +160,7 @@ class LiveSession:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._player.barge_in()
+                self._cancel_tool_calls()
             elif isinstance(event, SpeechEnded):
                 self._speech_turn(event)
         if isinstance(body.get("text"), str):
@@ -173,9 +179,51 @@ class LiveSession:
                            lambda: persona.reply(who, speech.utterance))
 
     def _text_turn(self, text: str) -> None:
+        for when, name, args in self._settings.emulator_tool_script:
+            if when in text:
+                spawn(self._tool_turn(name, json.loads(args)), f"emulator.s{self.number}.tool", self._tasks)
+                return
         who = self._settings.emulator_persona
         self._player.barge_in()
         self._player.start("", len(text) / 4 / TOKENS_PER_S, lambda: persona.reply_to_text(who, text))
+
+    # Scripted tool calls (EMULATOR_TOOL_SCRIPT): a trigger in text input → a toolCall; the reply
+    # turn speaks once the client has answered it. The caller speaking cancels it, as on the service.
+
+    async def _tool_turn(self, name: str, args: dict) -> None:
+        self.tool_calls += 1
+        call_id = f"call-{self.number}-{self.tool_calls}"
+        waiter = self._tool_calls[call_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._send(wire.tool_call(call_id, name, args))
+            response = await asyncio.wait_for(waiter, TOOL_TIMEOUT_S)
+        except (Gone, asyncio.CancelledError, asyncio.TimeoutError) as e:
+            log.info("%s: tool call %s %s ended without a response (%s)", self._label, call_id, name,
+                     type(e).__name__)
+            return
+        finally:
+            self._tool_calls.pop(call_id, None)
+        text = f"({name} returned {json.dumps(response, sort_keys=True)})"
+        self._player.start("", 0.5, lambda: persona.Reply(persona.tone(), text))
+
+    def _handle_tool_response(self, body: dict) -> None:
+        for call_id, response in wire.tool_responses(body):
+            waiter = self._tool_calls.get(call_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
+
+    def _cancel_tool_calls(self) -> None:
+        ids = [i for i, w in self._tool_calls.items() if not w.done()]
+        if ids:
+            for i in ids:
+                self._tool_calls[i].cancel()
+            spawn(self._send_quietly(wire.tool_call_cancellation(ids)), "emulator.cancel", self._tasks)
+
+    async def _send_quietly(self, text: str) -> None:
+        try:
+            await self._send(text)
+        except Gone:
+            pass
 
     # Fault knobs
 

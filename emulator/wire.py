@@ -143,3 +143,21 @@ def resumption_update(handle: str) -> str:
 def go_away(seconds: float) -> str:
     """``timeLeft`` is a proto Duration string ("5s", "0.2s"); the SDK hands it over unparsed."""
     return _frame({"goAway": {"timeLeft": f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"}})
+
+
+def tool_call(call_id: str, name: str, args: dict) -> str:
+    return _frame({"toolCall": {"functionCalls": [{"id": call_id, "name": name, "args": args}]}})
+
+
+def tool_call_cancellation(ids: list[str]) -> str:
+    return _frame({"toolCallCancellation": {"ids": ids}})
+
+
+def tool_responses(tool_response: dict) -> list[tuple[str, dict]]:
+    """(id, response) of each function response in a (snake-normalised) tool_response."""
+    found = []
+    for r in tool_response.get("function_responses") or []:
+        if not isinstance(r, dict) or not isinstance(r.get("id"), str):
+            raise Malformed("tool_response.function_responses[] needs an id")
+        found.append((r["id"], r.get("response") if isinstance(r.get("response"), dict) else {}))
+    return found

@@ -1,49 +1,126 @@
 """Per-call stream tokens: issued with the TwiML, checked once on the stream's ``start``.
 
-A token is random, bound to the CallSid it was issued for, short-lived and single use, so a stream
-can only be opened for a call our webhook accepted (Twilio reference §10: the upgrade itself may not be
-signed, so the stream authenticates with a ``<Parameter>`` checked at ``start``).
+Twilio may not sign the WebSocket upgrade (reference §10), so the stream authenticates with a token in
+a ``<Parameter>``, checked when ``start`` delivers it. A token is
+
+    v1.<expiry>.<nonce>.<mac>     mac = HMAC-SHA256(key, "v1.<expiry>.<nonce>.<CallSid>"), 160 bits
+
+so it is bound to the CallSid it was issued for (checked against ``start.callSid``), expires (unix
+time, so that any gateway sharing the key can check it), and is single use: a used token is
+remembered until it expires. The nonce names the call (``c<nonce>``), so no table of issued tokens is
+needed to admit one.
+
+The key comes from ``BRIDGE_SECRET``. Without it each process draws a random key, which is fine for
+one gateway, but then a stream is admitted only by the gateway that answered its ``/twiml``: several
+gateways behind one load balancer need the same ``BRIDGE_SECRET`` (or sticky routing), and a gateway
+restart voids the tokens it issued (they live a minute at most). Used tokens are remembered per
+process, so with N gateways sharing a key a token could be replayed once on each of the others within
+its lifetime; the CallSid binding and the token's secrecy (it only ever travels in the TwiML, over
+TLS, to Twilio) are what stop that.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import logging
+import re
 import secrets
 import time
-from dataclasses import dataclass
+from typing import Callable
 
-TOKEN_TTL_S = 120.0  # Twilio opens the stream within seconds of fetching the TwiML
+log = logging.getLogger(__name__)
+
+TOKEN_TTL_S = 60.0  # Twilio opens the stream within seconds of fetching the TwiML
+VERSION = "v1"
+_TOKEN = re.compile(r"v1\.([0-9]{1,12})\.([0-9a-f]{12})\.([A-Za-z0-9_-]{27})")
+_MAX_TOKEN = 64
 
 
-@dataclass(frozen=True)
-class _Issued:
-    call: str
-    call_sid: str
-    expires: float
+def derive_key(secret: str) -> bytes:
+    """A key for this one purpose, so BRIDGE_SECRET could sign other things without confusion."""
+    return hmac.new(secret.encode(), b"gemini-bridge stream token v1", hashlib.sha256).digest()
 
 
 class Admissions:
-    def __init__(self, ttl_s: float = TOKEN_TTL_S):
-        self.ttl_s = ttl_s
-        self._issued: dict[str, _Issued] = {}
+    """Issues and admits stream tokens. ``refused`` counts refusals by reason (unknown, expired,
+    reused, malformed, missing); ``pending`` is how many tokens were issued here and not yet used."""
+
+    def __init__(self, secret: str = "", ttl_s: float = TOKEN_TTL_S,
+                 counters: dict[str, int] | None = None, clock: Callable[[], float] = time.time):
+        self._key = derive_key(secret) if secret else secrets.token_bytes(32)
+        self.ephemeral_key = not secret
+        self.ttl_s, self.clock = ttl_s, clock
+        self.counters = {} if counters is None else counters
+        self._used: dict[str, float] = {}  # mac -> expiry: single use
+        self._pending: dict[str, float] = {}  # mac -> expiry: issued here, stream not started yet
+        self._next_expire = 0.0
+
+    def _mac(self, expiry: int, nonce: str, call_sid: str) -> str:
+        message = f"{VERSION}.{expiry}.{nonce}.{call_sid}".encode()
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()[:20]
+        return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
     def issue(self, call_sid: str) -> tuple[str, str]:
         """(call id, token) for a call our webhook accepted."""
         self._expire()
-        call, token = "c" + secrets.token_hex(6), secrets.token_urlsafe(18)
-        self._issued[token] = _Issued(call, call_sid, time.monotonic() + self.ttl_s)
-        return call, token
+        expiry, nonce = int(self.clock() + self.ttl_s) + 1, secrets.token_hex(6)
+        mac = self._mac(expiry, nonce, call_sid)
+        self._pending[mac] = expiry
+        return "c" + nonce, f"{VERSION}.{expiry}.{nonce}.{mac}"
 
     def admit(self, token: str, call_sid: str) -> str | None:
-        """The call id if ``token`` was issued for ``call_sid``, is fresh and unused; else None."""
-        issued = self._issued.pop(token, None)
-        if issued is None or issued.call_sid != call_sid or issued.expires < time.monotonic():
-            return None
-        return issued.call
+        """The call id if ``token`` was issued for ``call_sid``, is fresh and unused; else None (the
+        reason is logged and counted as ``stream_token_<reason>``)."""
+        call, reason = self.check(token, call_sid)
+        if call is None:
+            self._count(f"stream_token_{reason.split()[0]}")
+            log.warning("stream for %s refused: %s token", _short(call_sid), reason)
+        return call
+
+    def check(self, token: str, call_sid: str) -> tuple[str | None, str]:
+        """(call id, "ok") or (None, reason). Uses the token up when it is good."""
+        self._expire()
+        if not token:
+            return None, "missing"
+        match = _TOKEN.fullmatch(token) if isinstance(token, str) and len(token) <= _MAX_TOKEN else None
+        if match is None:
+            return None, "malformed"
+        expiry, nonce, mac = int(match[1]), match[2], match[3]
+        if not isinstance(call_sid, str) or not hmac.compare_digest(
+                self._mac(expiry, nonce, call_sid).encode(), mac.encode()):
+            return None, "unknown (not ours, or issued for another CallSid)"
+        if expiry < self.clock():
+            return None, f"expired ({self.clock() - expiry:.0f} s ago)"
+        if mac in self._used:
+            return None, "reused"
+        self._used[mac] = expiry
+        self._pending.pop(mac, None)
+        return "c" + nonce, "ok"
+
+    @property
+    def pending(self) -> int:
+        """Streams we said yes to at /twiml that have not started yet: they hold capacity."""
+        self._expire()
+        return len(self._pending)
 
     def _expire(self) -> None:
-        now = time.monotonic()
-        for token in [t for t, i in self._issued.items() if i.expires < now]:
-            del self._issued[token]
+        now = self.clock()
+        if now < self._next_expire:
+            return
+        self._next_expire = now + 1.0  # at most once a second: a flood of bad tokens costs no scans
+        for table in (self._used, self._pending):
+            for mac in [m for m, expiry in table.items() if expiry < now]:
+                del table[mac]
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
 
     def __len__(self) -> int:
-        return len(self._issued)
+        return self.pending
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"

@@ -13,7 +13,7 @@ from aiohttp import WSCloseCode, web
 
 from common import messages as m
 from common.settings import Settings
-from gateway import media_ws, twiml
+from gateway import limits, media_ws, phone, security, twiml
 from gateway.admission import Admissions
 from gateway.pipeline import Pipeline
 
@@ -41,13 +41,20 @@ async def twiml_webhook(request: web.Request) -> web.Response:
         _count(app, "calls_refused")
         log.error("call %s refused: no live transcoder or model_client", call_sid)
         return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
-    call, token = app[ADMISSIONS].issue(call_sid)
     settings = app[SETTINGS]
+    held, room = len(app[PIPELINE].calls) + app[ADMISSIONS].pending, _capacity(app)
+    if held >= room:  # refused now, politely, rather than accepted and then starved
+        _count(app, "calls_refused_capacity")
+        log.warning("call %s refused: at capacity (%d calls held or starting, capacity %d)", call_sid,
+                    held, room)
+        return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
+    call, token = app[ADMISSIONS].issue(call_sid)
     log.info("call %s (%s) admitted", call, call_sid)
     if settings.prewarm:
         app[PIPELINE].prewarm(call, call_sid)
     body = twiml.connect_stream_twiml(settings.stream_url, {"token": token},
-                                      after_url=settings.public_url + "/twiml/after")
+                                      after_url=settings.public_url + "/twiml/after",
+                                      status_callback_url=settings.public_url + "/twiml/stream-status")
     return web.Response(text=body, content_type=XML)
 
 
@@ -70,6 +77,22 @@ async def twiml_after(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type=XML)
 
 
+async def stream_status(request: web.Request) -> web.Response:
+    """Twilio's stream statusCallback: the only place a failed WebSocket handshake shows (reference §6)."""
+    form = await request.post()
+    event, sid = form.get("StreamEvent", ""), form.get("CallSid", "")
+    if event == "stream-error":
+        _count(request.app, "stream_errors")
+        log.warning("Twilio reports stream error for %s: %.200s", sid, form.get("StreamError", ""))
+    else:
+        log.info("Twilio reports %.40s for %s", event, sid)
+    return web.Response(status=204)
+
+
+def _capacity(app: web.Application) -> int:
+    return limits.capacity(app[PIPELINE].live, app[SETTINGS].max_calls)
+
+
 async def healthz(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     peers = [{"role": p.role, "epoch": p.epoch, "endpoint": p.endpoint or p.route.decode(errors="replace"),
@@ -81,6 +104,8 @@ async def healthz(request: web.Request) -> web.Response:
         "transcoders": len(pipeline.live(m.ROLE_TRANSCODER)),
         "model_clients": len(pipeline.live(m.ROLE_MODEL_CLIENT)),
         "peers": peers,
+        "capacity": _capacity(request.app),
+        "pending_streams": request.app[ADMISSIONS].pending,
         "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
                      "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call},
     })
@@ -107,10 +132,14 @@ async def close_sockets(app: web.Application) -> None:
 
 
 def make_app(settings: Settings) -> web.Application:
-    app = web.Application()
+    counters: dict[str, int] = {}
+    guard = security.Guard(settings, counters, open_sockets=lambda: len(app[media_ws.OPEN_SOCKETS]),
+                           capacity=lambda: _capacity(app))
+    app = web.Application(middlewares=[guard.middleware])
     app[SETTINGS] = settings
-    app[ADMISSIONS] = Admissions()
-    app[COUNTERS] = {}
+    app[COUNTERS] = counters
+    app[ADMISSIONS] = Admissions(settings.bridge_secret, counters=counters)
+    security.announce(settings)
     app[media_ws.OPEN_SOCKETS] = set()
     app.cleanup_ctx.append(_pipeline_ctx)
     app.on_shutdown.append(close_sockets)
@@ -120,6 +149,9 @@ def make_app(settings: Settings) -> web.Application:
 
     app.router.add_post("/twiml", twiml_webhook)
     app.router.add_post("/twiml/after", twiml_after)
+    app.router.add_post("/twiml/stream-status", stream_status)
     app.router.add_get("/ws/twilio", media)
     app.router.add_get("/healthz", healthz)
+    if settings.phone:
+        phone.setup(app, PIPELINE)  # the browser phone (development): /phone and its transcript feed
     return app

@@ -16,6 +16,7 @@ from common.logs import call_context
 from gateway import twilio_codec as tw
 from gateway.admission import Admissions
 from gateway.calls import Call
+from gateway.limits import StreamGuard
 from gateway.playout import Playout
 from gateway.transcripts import TranscriptLog
 from gateway.pipeline import Pipeline
@@ -40,7 +41,7 @@ class MediaStream:
 
     def on_text(self, text: str) -> None:
         try:
-            event = tw.parse_event(text)
+            event = tw.parse_event(text, max_payload_bytes=self.pipeline.settings.max_media_payload)
         except tw.TwilioProtocolError as e:
             self._count("twilio_rejected")
             log.warning("malformed Twilio message dropped: %s", e.reason)
@@ -49,6 +50,9 @@ class MediaStream:
             self._start(event)
         elif isinstance(event, tw.Connected):
             pass
+        elif self.ended:
+            self._count("twilio_rejected")
+            log.warning("Twilio %s after stop dropped", type(event).__name__.lower())
         elif self.call is None:
             self._count("twilio_rejected")
             log.warning("Twilio %s before start dropped", type(event).__name__.lower())
@@ -122,18 +126,26 @@ class MediaStream:
 async def handle(request: web.Request, pipeline: Pipeline, admissions: Admissions,
                  counters: dict[str, int]) -> web.WebSocketResponse:
     # No permessage-deflate: it costs CPU on every frame for little gain on 160-byte audio.
-    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, timeout=CLOSE_TIMEOUT_S, compress=False)
+    ws = web.WebSocketResponse(max_msg_size=pipeline.settings.max_ws_message, timeout=CLOSE_TIMEOUT_S,
+                               compress=False)
     await ws.prepare(request)
     stream = MediaStream(ws, pipeline, admissions, counters)
+    # Rate limit, start and media deadlines (gateway/limits.py); media progress is the call's seq_in.
+    guard = StreamGuard(ws, pipeline.settings, counters, lambda: stream.call,
+                        lambda: stream.call.seq_in if stream.call else 0)
+    guard.start()
     request.app[OPEN_SOCKETS].add(ws)
     try:
         async for msg in ws:
+            if not guard.allow(msg):
+                continue
             if msg.type == WSMsgType.TEXT:
                 stream.on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 counters["twilio_rejected"] = counters.get("twilio_rejected", 0) + 1
                 log.warning("binary WebSocket frame dropped (Twilio sends text only)")
     finally:
+        await guard.stop()
         request.app[OPEN_SOCKETS].discard(ws)
         stream.end("stream closed")
         if stream.call is not None:

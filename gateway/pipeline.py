@@ -36,6 +36,7 @@ class Pipeline:
         self.dispositions = Dispositions()
         self.unknown_call = 0
         self.barge_ins = 0
+        self.on_transcript = lambda call, msg: None  # set by gateway/phone.py when /phone is on
         self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
         self.router = RouterLink(self._ctx, settings.gateway_endpoint, settings.heartbeat_s, self.hello,
@@ -159,6 +160,7 @@ class Pipeline:
             if call.playout.playing:  # the model finished generating; the caller still hears it
                 self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
+            self.on_transcript(call, msg)
             if msg.role == "caller":
                 call.transcript.caller(msg.text, msg.final)
             else:

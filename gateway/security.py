@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -38,6 +38,7 @@ SHARED_KEY_HEADER = "X-Twilio-Webhooks-Signature-Settings"  # opt-in SharedKey s
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
 MAX_WEBHOOK_BODY = 64 * 1024  # Twilio's voice webhooks are a few hundred bytes of form data
 UPGRADE_MODES = ("off", "log", "enforce")
+SOCKET_SLACK = 32  # open streams allowed beyond call capacity: those between upgrade and start
 _SHOWN = 4  # characters of a signature a log line may show
 
 
@@ -59,11 +60,15 @@ def url_variants(url: str) -> list[str]:
     """The URL as configured, without its port and with the scheme's default port: Twilio drops the
     port from https URLs before signing (§9 pitfalls) and its own validator accepts either form."""
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number: nothing to vary
+        return [url]
     host = parts.netloc.rpartition("@")[2]  # Twilio also drops userinfo
-    bare = host.rsplit(":", 1)[0] if parts.port is not None else host
+    bare = host.rsplit(":", 1)[0] if port is not None else host
     default = {"https": 443, "wss": 443}.get(parts.scheme, 80)
     found = [url, urlunsplit(parts._replace(netloc=bare)),
-             urlunsplit(parts._replace(netloc=f"{bare}:{parts.port or default}"))]
+             urlunsplit(parts._replace(netloc=f"{bare}:{port or default}"))]
     return list(dict.fromkeys(found))
 
 
@@ -134,8 +139,10 @@ class Guard:
     """An aiohttp middleware: webhooks signed, streams and webhooks loopback-only without a token, the
     upgrade's signature checked per ``BRIDGE_UPGRADE_SIGNATURE``. Every refusal is logged and counted."""
 
-    def __init__(self, settings: Settings, counters: dict[str, int]):
+    def __init__(self, settings: Settings, counters: dict[str, int], *,
+                 open_sockets: Callable[[], int] = lambda: 0, capacity: Callable[[], int] = lambda: 1 << 30):
         self.settings, self.counters = settings, counters
+        self.open_sockets, self.capacity = open_sockets, capacity
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -188,6 +195,12 @@ class Guard:
 
     def _check_upgrade(self, request: web.Request) -> None:
         self._refuse_remote(request, f"stream {request.path}")
+        if self.open_sockets() >= self.capacity() + SOCKET_SLACK:
+            # Sockets that have not sent a valid start yet cost memory until their start deadline.
+            self._count("ws_refused_busy")
+            log.warning("stream upgrade refused: %d sockets open, capacity %d calls", self.open_sockets(),
+                        self.capacity())
+            raise web.HTTPServiceUnavailable(text="busy\n")
         token, mode = self.settings.twilio_auth_token, self.settings.upgrade_signature
         if not token or mode == "off":
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 
@@ -20,6 +21,8 @@ class GatewayStage:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        if self.settings.transcript_dir:
+            os.makedirs(self.settings.transcript_dir, mode=0o700, exist_ok=True)
         logging.getLogger("aiohttp.access").addFilter(lambda r: "/healthz" not in r.getMessage())
         self._runner = web.AppRunner(make_app(self.settings), shutdown_timeout=3.0)
         await self._runner.setup()

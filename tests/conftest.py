@@ -62,6 +62,7 @@ class Stack:
 
     def __init__(self, run_dir: Path, **extra: str):
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
         self.env = clean_env(run_dir, **extra)
         self.url = f"http://127.0.0.1:{self.env['PORT']}"
         self.log = run_dir / "stack.log"

@@ -1,0 +1,339 @@
+"""The browser phone: the BRIDGE_PHONE setting, the /phone routes and transcript feed, the page's audio
+arithmetic checked in the browser itself, and a real call from headless Chromium through the stack.
+
+Chromium (Debian's, never a downloaded build) is driven over the DevTools protocol with aiohttp, which
+the project already has, so no Node or Playwright is needed. Its fake microphone plays a WAV of
+speech-like audio; the page is the same one a developer opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from common import messages as m
+from common.settings import SettingsError, load
+from gateway import phone
+from gateway.app import PIPELINE, make_app
+from softphone.speech import silence, speech_like
+from tests.conftest import free_port, wait_for
+from transcoder.g711 import decode_ulaw, encode_ulaw
+
+# Debian's Chromium, headless, with a fake microphone that plays a file and no permission prompt.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+WAV_RATE = 48000
+CALL_SID = "CA" + "0123456789abcdef" * 2
+
+
+# --- the setting and the routes (no browser) ------------------------------------------------------
+
+@pytest.mark.parametrize("env, on", [
+    ({}, True),  # the emulator: development
+    ({"GEMINI_API_KEY": "k"}, False),  # real Gemini: off unless asked for
+    ({"GEMINI_API_KEY": "k", "BRIDGE_PHONE": "true"}, True),
+    ({"BRIDGE_PHONE": "false"}, False),
+    ({"BRIDGE_PHONE": " "}, True),
+])
+def test_phone_setting(env, on):
+    assert load(env).phone is on
+
+
+def test_malformed_phone_setting_names_the_variable():
+    with pytest.raises(SettingsError, match="BRIDGE_PHONE must be true or false"):
+        load({"BRIDGE_PHONE": "maybe"})
+
+
+def gateway_app(tmp_path: Path, **env: str):
+    return make_app(load({"BRIDGE_RUN_DIR": str(tmp_path), **env}))
+
+
+async def test_phone_is_not_served_when_off(tmp_path):
+    async with TestClient(TestServer(gateway_app(tmp_path, BRIDGE_PHONE="false"))) as client:
+        for path in ("/phone", "/phone/phone.js", f"/phone/events?call={CALL_SID}"):
+            assert (await client.get(path)).status == 404, path
+
+
+async def test_phone_page_and_assets(tmp_path):
+    async with TestClient(TestServer(gateway_app(tmp_path))) as client:
+        page = await client.get("/phone")
+        assert page.status == 200 and page.content_type == "text/html"
+        for name, kind in phone.ASSETS.items():
+            asset = await client.get(f"/phone/{name}")
+            assert (asset.status, asset.content_type) == (200, kind), name
+        assert (await client.get("/phone/index.py")).status == 404
+        assert (await client.get("/phone/..%2Fapp.py")).status == 404
+        assert (await client.get("/phone/events?call=nope")).status == 400
+
+
+async def test_transcripts_reach_the_listening_page_and_shutdown_ends_the_stream(tmp_path):
+    class Call:  # the gateway's Call, as far as the feed looks at it
+        call_sid = CALL_SID
+
+    client = TestClient(TestServer(gateway_app(tmp_path)))
+    await client.start_server()
+    try:
+        response = await client.get(f"/phone/events?call={CALL_SID}")
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert await response.content.readuntil(b"\n\n") == b": listening\n\n"
+        publish = client.app[PIPELINE].on_transcript
+        publish(Call(), m.Transcript("c1", "caller", "hello", True))
+        line = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+        assert json.loads(line.removeprefix(b"data: ")) == {"role": "caller", "text": "hello", "final": True}
+    finally:
+        await asyncio.wait_for(client.close(), 10)  # an open event stream must not hold up shutdown
+    assert len(client.app[phone.FEED]) == 0
+
+
+# --- Chromium over the DevTools protocol ----------------------------------------------------------
+
+class Page:
+    """One browser tab over the DevTools protocol: numbered commands, results matched by id, and the
+    page's console and exceptions kept to explain a failure."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int, target: dict):
+        self.session, self.port, self.target = session, port, target
+        self.console: list[str] = []
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self._reader: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, session: aiohttp.ClientSession, port: int) -> "Page":
+        async with session.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
+            page = cls(session, port, await r.json())
+        page._ws = await session.ws_connect(page.target["webSocketDebuggerUrl"], max_msg_size=0)
+        page._reader = asyncio.create_task(page._read())
+        await page.send("Runtime.enable")
+        await page.send("Page.enable")
+        return page
+
+    async def close(self) -> None:
+        await self._ws.close()
+        await self._reader
+        async with self.session.get(f"http://127.0.0.1:{self.port}/json/close/{self.target['id']}"):
+            pass
+
+    async def send(self, method: str, **params) -> dict:
+        self._next_id += 1
+        reply = self._pending[self._next_id] = asyncio.get_running_loop().create_future()
+        await self._ws.send_json({"id": self._next_id, "method": method, "params": params})
+        return await asyncio.wait_for(reply, 30)
+
+    async def _read(self) -> None:
+        async for msg in self._ws:
+            data = json.loads(msg.data)
+            if "id" in data:
+                reply = self._pending.pop(data["id"])
+                if "error" in data:
+                    reply.set_exception(AssertionError(f"DevTools error: {data['error']}"))
+                else:
+                    reply.set_result(data["result"])
+            elif data["method"] == "Runtime.consoleAPICalled":
+                self.console.append(" ".join(str(a.get("value", a.get("description")))
+                                             for a in data["params"]["args"]))
+            elif data["method"] == "Runtime.exceptionThrown":
+                details = data["params"]["exceptionDetails"]
+                self.console.append("exception: " + details.get("exception", {}).get("description",
+                                                                                     details["text"]))
+
+    async def eval(self, expression: str):
+        """The value of a JavaScript expression (awaited if it is a promise)."""
+        result = await self.send("Runtime.evaluate", expression=expression, awaitPromise=True,
+                                 returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression[:80]}: {result['exceptionDetails']}\n{self.console}")
+        return result["result"].get("value")
+
+    async def goto(self, url: str) -> None:
+        await self.send("Emulation.setDeviceMetricsOverride", width=960, height=820, deviceScaleFactor=1,
+                        mobile=False)
+        await self.send("Page.navigate", url=url)
+        await self.until("document.readyState === 'complete' && 'phone' in window", 15, "the page to load")
+
+    async def until(self, condition: str, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if value := await self.eval(condition):
+                return value
+            await asyncio.sleep(0.1)
+        state = await self.eval("JSON.stringify(window.phone)")
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\nphone: {state}\n"
+                             f"console: {self.console}")
+
+    async def click(self, selector: str) -> None:
+        """A real mouse click, so the page gets a user gesture (the autoplay policy wants one)."""
+        box = await self.eval(f"(({{x, y, width, height}}) => ({{x, y, width, height}}))"
+                              f"(document.querySelector({selector!r}).getBoundingClientRect())")
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.send("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.astype("<i2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """Headless Chromium with DevTools on a free port; yields the port. Its fake microphone loops
+    0.5 s of silence, 1.5 s of speech-like audio and 4 s of silence."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run does this)")
+    home = tmp_path_factory.mktemp("chromium")
+    wav = home / "caller.wav"
+    write_wav(wav, np.concatenate([silence(0.5, WAV_RATE), speech_like(1.5, seed=11, rate=WAV_RATE),
+                                   silence(4.0, WAV_RATE)]), WAV_RATE)
+    port = free_port()
+    log = home / "chromium.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}",
+                                 f"--user-data-dir={home / 'profile'}", f"--remote-debugging-port={port}",
+                                 "about:blank"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is None and _devtools_up(port), 30, "Chromium's DevTools")
+    except AssertionError:
+        _stop(proc)
+        pytest.skip(f"Chromium could not be launched here: {log.read_text(errors='replace')[-2000:]}")
+    yield port
+    _stop(proc)
+
+
+def _devtools_up(port: int) -> bool:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1) as r:
+        return r.status == 200
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End Chromium and its helper processes: the session we started it in holds them all."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+# --- the page's audio arithmetic, run where it runs -----------------------------------------------
+
+DSP_CHECKS = """(async () => {
+  const d = await import('/phone/dsp.js');
+  const encoded = Uint8Array.from({length: 65536}, (_, i) => d.encodeSample((i << 16) >> 16));
+  const decoded = Array.from({length: 256}, (_, code) => d.decodeSample(code));
+  const sine = (hz, rate, n) => Float32Array.from({length: n}, (_, i) => 0.5 * Math.sin(2 * Math.PI * hz * i / rate));
+  const peak = (x) => x.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+  const input = sine(1000, 44100, 44100).map((v, i) => v + 0.3 * Math.sin(i * 0.37) * (i % 7 === 0));
+  const whole = new d.Resampler(44100, 8000).push(input);
+  const chunked = new d.Resampler(44100, 8000);
+  const parts = [];
+  for (let i = 0, size = 0; i < input.length; i += size) {
+    size = [1, 127, 128, 0, 3, 1000][parts.length % 6];
+    parts.push(...chunked.push(input.subarray(i, i + size)));
+  }
+  const steady = (x) => x.subarray(x.length / 4, x.length * 3 / 4);
+  const down = new d.Resampler(48000, 8000);
+  const pass = peak(steady(down.push(sine(1000, 48000, 48000))));
+  const stop = peak(steady(new d.Resampler(48000, 8000).push(sine(5000, 48000, 48000))));
+  const playout = new d.Playout(48000);
+  const early = playout.addMark('empty');  // nothing queued: echoed at once
+  playout.addAudio(sine(1000, 8000, 8000));
+  playout.addMark('one-second');
+  const out = new Float32Array(128);
+  let reached = -1, started = -1, loudest = 0;
+  for (let block = 0; block < 400; block++) {
+    const r = playout.render(out);
+    if (r.started >= 0 && started < 0) started = block * 128 + r.started;
+    if (r.echoes.length && reached < 0) reached = block * 128;
+    if (block > 100 && block < 300) loudest = Math.max(loudest, peak(out));
+  }
+  playout.addAudio(sine(1000, 8000, 800));
+  playout.addMark('flushed');
+  playout.render(out);
+  const cleared = playout.clear();
+  return {encoded: btoa(String.fromCharCode(...encoded)), decoded, same: whole.length === parts.length &&
+          whole.every((v, i) => v === parts[i]), outputs: whole.length, pass, stop, early, reached,
+          started, loudest, cleared, queuedAfterClear: playout.queued};
+})()"""
+
+
+async def test_page_audio_arithmetic(chromium, tmp_path):
+    async with TestClient(TestServer(gateway_app(tmp_path))) as client, aiohttp.ClientSession() as session:
+        page = await Page.open(session, chromium)
+        try:
+            await page.goto(str(client.make_url("/phone")))
+            r = await page.eval(DSP_CHECKS)
+        finally:
+            await page.close()
+    every_int16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16)
+    assert base64.b64decode(r["encoded"]) == encode_ulaw(every_int16), "µ-law encoder differs from G.191"
+    assert r["decoded"] == decode_ulaw(bytes(range(256))).tolist(), "µ-law decoder differs from G.191"
+    assert r["same"] and r["outputs"] > 7900, "chunked resampling must equal one-shot"
+    assert 0.49 < r["pass"] < 0.51, "1 kHz passes at unit gain"
+    assert r["stop"] < 0.005, "5 kHz (above the 4 kHz Nyquist rate) is filtered out"
+    assert r["early"] == [{"name": "empty", "flushed": False}]
+    assert abs(r["reached"] - 48000) <= 128, "the mark comes back when its second of audio has played"
+    assert r["started"] == 0 and 0.49 < r["loudest"] < 0.51
+    assert r["cleared"] == [{"name": "flushed", "flushed": True}] and r["queuedAfterClear"] < 1
+
+
+# --- a real call: Chromium → gateway → transcoder → model_client → emulator (echo) → back ----------
+
+async def test_call_from_the_browser(chromium, stack, tmp_path):
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        page = await Page.open(session, chromium)
+        try:
+            await page.goto(stack.url + "/phone")
+            await page.click("#call")
+            await page.until("phone.state === 'in-call'", 15, "the stream to start")
+            # The echo persona repeats the caller's 1.5 s; Twilio's mark comes back once it has played.
+            await page.until("phone.marksEchoed >= 1 && phone.latenciesMs.length >= 1 && "
+                             "phone.transcript.some(l => l.role === 'model')", 20, "a whole echoed turn")
+            await page.screenshot(tmp_path / "phone.png")
+            state = await page.eval("window.phone")
+            await page.click("#call")  # hang up
+            await page.until("phone.state === 'ended'", 5, "the call to end")
+        finally:
+            await page.close()
+    elapsed = time.monotonic() - started
+
+    assert not state["errors"], state["errors"]
+    assert state["framesSent"] > 100  # 20 ms frames on the audio clock, more than 2 s of them
+    assert state["framesPlayed"] >= 60, "most of the 1.5 s echo was played"
+    assert state["replyPeakDb"] > -20, "what played was the echo, not silence"
+    assert 0 < state["latenciesMs"][0] < 2000, state["latenciesMs"]
+    assert state["marksReceived"] >= 1 and state["clears"] == 0
+    lines = {line["role"]: line["text"] for line in state["transcript"]}
+    assert "s of speech" in lines["caller"] and "echo of" in lines["model"], state["transcript"]
+    assert (tmp_path / "phone.png").stat().st_size > 10_000
+
+    health = stack.health()
+    assert health["counters"].get("twilio_rejected", 0) == 0, "every message the page sent was Twilio's"
+    wait_for(lambda: stack.health()["calls"] == 0, 10, "the gateway to free the call", stack.log)
+    print(f"browser call: {elapsed:.1f} s, latency {state['latenciesMs']} ms")
