@@ -21,12 +21,27 @@ class _CallFilter(logging.Filter):
         return True
 
 
-def setup(process: str, level: str = "INFO") -> None:
-    """Configure the root logger once per process: one line per record on stderr."""
+class _MaskingFormatter(logging.Formatter):
+    """A safety net under "never log a secret": any configured secret that reaches a line anyway (an
+    exception text, a library's debug output of request headers) is replaced by ***."""
+
+    def __init__(self, fmt: str, secrets: tuple[str, ...]):
+        super().__init__(fmt)
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+def setup(process: str, level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
+    """Configure the root logger once per process: one line per record on stderr, secrets masked."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CallFilter())
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s %(levelname)s {process} call=%(call)s %(name)s: %(message)s"))
+    handler.setFormatter(_MaskingFormatter(
+        f"%(asctime)s %(levelname)s {process} call=%(call)s %(name)s: %(message)s", secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

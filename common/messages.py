@@ -13,6 +13,7 @@ model_client for the down path); CLOCK_MONOTONIC is system-wide, so every hop on
 from __future__ import annotations
 
 import operator
+import reprlib
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -247,5 +248,5 @@ def _decode(item) -> Message:
 
 
 def _short(value) -> str:
-    text = repr(value)
+    text = reprlib.repr(value)  # bounded depth: repr() of a frame nested ~1000 deep raises RecursionError
     return text if len(text) <= 60 else text[:57] + "..."

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from common import settings as settings_module
+from common.curve import private_dir
 
 HOME = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,10 @@ def main() -> None:
         config = settings_module.load()
     except settings_module.SettingsError as e:
         sys.exit(f"configuration error: {e}")
-    os.makedirs(config.run_dir, mode=0o700, exist_ok=True)
+    try:
+        private_dir(config.run_dir)  # ipc sockets, keys and supervisord's socket: this user only
+    except PermissionError as e:
+        sys.exit(f"run directory: {e}")
     print(f"stack: backend {config.backend}, {config.transcoders} transcoder(s), "
           f"{config.model_clients} model_client(s), http://{config.host}:{config.port} "
           f"(public {config.public_url}), run dir {config.run_dir}", flush=True)

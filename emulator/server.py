@@ -20,6 +20,7 @@ Fault knobs, per connection, counted from its setup:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import logging
 import re
 import time
@@ -48,6 +49,7 @@ class EmulatorStage:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._handles = HandleStore()
+        self.interrupted_ns: deque[int] = deque(maxlen=10_000)  # see TurnPlayer; shown in /healthz
         self._sessions: dict[LiveSession, asyncio.Event] = {}
         self._opened = 0
         self._runner: web.AppRunner | None = None
@@ -97,7 +99,7 @@ class EmulatorStage:
         log.info("emulator stopped after %d sessions", self._opened)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"sessions": self.sessions})
+        return web.json_response({"sessions": self.sessions, "interrupted_ns": list(self.interrupted_ns)})
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         if not LIVE_PATH.match(request.path):
@@ -107,7 +109,7 @@ class EmulatorStage:
             raise web.HTTPBadRequest(text="expected a WebSocket upgrade\n")
         await ws.prepare(request)
         self._opened += 1
-        session = LiveSession(ws, request, self.settings, self._handles, self._opened)
+        session = LiveSession(ws, request, self.settings, self._handles, self._opened, self.interrupted_ns)
         self._sessions[session] = done = asyncio.Event()
         started = time.monotonic()
         log.info("session %d started on %s, key %s (%d open)", session.number, request.path,

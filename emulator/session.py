@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 
 from aiohttp import WSMsgType, web
 
@@ -34,8 +35,9 @@ TOOL_TIMEOUT_S = 15.0  # how long a scripted tool call waits for the client's re
 
 class LiveSession:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings,
-                 handles: HandleStore, number: int):
+                 handles: HandleStore, number: int, interrupted_ns: deque[int] | None = None):
         self.number, self.ended_by = number, "client closed"
+        self._interrupted_ns = interrupted_ns
         self._ws, self._request, self._settings, self._handles = ws, request, settings, handles
         self._label = f"session {number}"
         self._tasks: set[asyncio.Task] = set()
@@ -114,7 +116,8 @@ class LiveSession:
         opts = Options.from_setup(setup)
         turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
         self._vad = EnergyVad(opts.vad)
-        self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns)
+        self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns,
+                                  self._interrupted_ns)
         log.debug("%s: setup for %s, %s", self._label, setup["model"], opts)
         try:
             await self._send(wire.setup_complete())

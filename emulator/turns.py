@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -64,9 +65,13 @@ class _Turn:
 
 class TurnPlayer:
     def __init__(self, send: Callable[[str], Awaitable[None]], opts: Options, handles: HandleStore,
-                 label: str, tasks: set[asyncio.Task], turns: int = 0):
+                 label: str, tasks: set[asyncio.Task], turns: int = 0,
+                 interrupted_ns: deque[int] | None = None):
         self._send, self._opts, self._handles, self._label, self._tasks = send, opts, handles, label, tasks
         self.turns = turns
+        # When each `interrupted` went out (monotonic ns, shared by the emulator's sessions), so a
+        # benchmark can time barge-in from the service's signal to Twilio's clear.
+        self.interrupted_ns = interrupted_ns if interrupted_ns is not None else deque(maxlen=1)
         self._turn: _Turn | None = None
 
     def barge_in(self) -> None:
@@ -100,6 +105,8 @@ class TurnPlayer:
     async def _reply(self, turn: _Turn, reply: persona.Reply, heard_s: float) -> None:
         started = time.monotonic()
         complete = await self._stream(turn, reply)
+        if not complete:
+            self.interrupted_ns.append(time.monotonic_ns())  # benchmarks time barge-in from here
         await self._send(wire.generation_complete() if complete else wire.interrupted())
         await self._send(wire.turn_complete(round(heard_s * TOKENS_PER_S),
                                             round(reply.seconds * TOKENS_PER_S)))

@@ -76,7 +76,7 @@ class Admissions:
         call, reason = self.check(token, call_sid)
         if call is None:
             self._count(f"stream_token_{reason.split()[0]}")
-            log.warning("stream for %s refused: %s token", _short(call_sid), reason)
+            log.warning("stream for %s refused: token %s", _short(call_sid), reason)
         return call
 
     def check(self, token: str, call_sid: str) -> tuple[str | None, str]:

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from common import messages as m
 from common.lifecycle import cancel_all, spawn
+from common.curve import CurveKeys
 from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
@@ -40,7 +41,7 @@ class Pipeline:
         self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
         self.router = RouterLink(self._ctx, settings.gateway_endpoint, settings.heartbeat_s, self.hello,
-                                 self._on_batch, self._on_peer_lost)
+                                 self._on_batch, self._on_peer_lost, curve=CurveKeys.from_settings(settings))
 
     def hello(self) -> m.Hello:
         return m.Hello(m.ROLE_GATEWAY, self.epoch, 0, self.settings.gateway_endpoint)

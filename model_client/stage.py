@@ -15,6 +15,7 @@ from google import genai
 
 from common import messages as m
 from common.lifecycle import cancel_all, spawn
+from common.curve import CurveKeys
 from common.link import DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
@@ -55,9 +56,12 @@ class ModelClientStage:
         log.info("tools: %s", ", ".join(self.toolbox.tools))
         self._ctx = zmq.asyncio.Context()
         hb = self.settings.heartbeat_s
-        self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder)
+        curve = CurveKeys.from_settings(self.settings)
+        self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder,
+                                  curve=curve)
         self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, hb, self.hello,
-                                   lambda: len(self.sessions), self._from_gateway, self._gateway_restarted)
+                                   lambda: len(self.sessions), self._from_gateway, self._gateway_restarted,
+                                   curve=curve)
         await self._router.start()
         await self._gateway.start()
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,

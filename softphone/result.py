@@ -31,9 +31,11 @@ class CallResult:
     received: bytes = b""  # every media payload from the server, concatenated (cleared audio too)
     marks_sent_back: list[EchoedMark] = field(default_factory=list)
     clears: list[float] = field(default_factory=list)  # call-clock seconds of each clear
+    clears_ns: list[int] = field(default_factory=list)  # time.monotonic_ns() when each clear arrived
     dtmf_sent: list[tuple[float, str]] = field(default_factory=list)
     protocol_errors: list[str] = field(default_factory=list)  # "31950 …" / "31951 …" as Twilio warns
     first_audio_s: float | None = None  # first media frame sent → first audio received
+    start_to_audio_s: float | None = None  # `start` sent → first audio received (wall clock)
     speech_end_s: float = 0.0  # call clock when the last frame of the caller's audio was sent
     reply_starts_s: list[float] = field(default_factory=list)  # audio began after ≥250 ms idle / a clear
     turn_latencies_s: list[float] = field(default_factory=list)  # speech end → each reply after it
@@ -51,6 +53,7 @@ class CallResult:
             "clears": {"count": len(self.clears), "times_s": list(self.clears)},
             "dtmf_sent": [{"t_s": t, "digit": digit} for t, digit in self.dtmf_sent],
             "protocol_errors": list(self.protocol_errors), "first_audio_s": self.first_audio_s,
+            "start_to_audio_s": self.start_to_audio_s,
             "speech_end_s": self.speech_end_s, "reply_starts_s": list(self.reply_starts_s),
             "turn_latencies_s": list(self.turn_latencies_s), "closed_by": self.closed_by,
         }

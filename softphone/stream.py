@@ -9,6 +9,7 @@ clock is simply the audio sent so far, which makes playback and mark timing dete
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 from collections.abc import Callable
 
@@ -43,9 +44,11 @@ class MediaStream:
         self.received = bytearray()
         self.echoed: list[EchoedMark] = []
         self.clears: list[float] = []
+        self.clears_ns: list[int] = []  # time.monotonic_ns() at each clear: for cross-process timing
         self.dtmf_sent: list[tuple[float, str]] = []
         self.errors: list[str] = [f"twiml: {w}" for w in twiml.warnings]
         self.first_audio: int | None = None
+        self.start_to_audio_s: float | None = None  # wall time from sending `start` to the first audio
         self.closed_by: str | None = None
         self._seq = 0
         self._lock = asyncio.Lock()
@@ -169,6 +172,7 @@ class MediaStream:
             await self._echo(self.playback.add_mark(value))
         else:
             self.clears.append(self.playback.clock / RATE)
+            self.clears_ns.append(time.monotonic_ns())
             await self._echo(self.playback.clear())
 
     def _on_media(self, payload: bytes) -> None:
@@ -177,6 +181,7 @@ class MediaStream:
             self.errors.append("media payload starts with a WAV header: Twilio plays it as noise (§3)")
         if payload and self.first_audio is None:
             self.first_audio = self.playback.clock
+            self.start_to_audio_s = asyncio.get_running_loop().time() - self._t0
         if not self.playback.add_audio(payload) and not self._warned_discard:
             self._warned_discard = True  # Twilio raises it once per stream
             self.errors.append("31931 more than 10 minutes of audio queued: further audio discarded")
@@ -200,8 +205,9 @@ class MediaStream:
             after_connect=list(self.twiml.after_connect), stream_url=self.twiml.stream_url,
             custom_parameters=dict(self.twiml.parameters), sent=bytes(self.sent),
             heard=bytes(self.playback.heard[:total]), received=bytes(self.received),
-            marks_sent_back=list(self.echoed), clears=list(self.clears), dtmf_sent=list(self.dtmf_sent),
+            marks_sent_back=list(self.echoed), clears=list(self.clears), clears_ns=list(self.clears_ns), dtmf_sent=list(self.dtmf_sent),
             protocol_errors=list(self.errors),
+            start_to_audio_s=self.start_to_audio_s,
             first_audio_s=None if self.first_audio is None else (self.first_audio - FRAME) / RATE,
             speech_end_s=speech_end / RATE, reply_starts_s=[s / RATE for s in starts],
             turn_latencies_s=[(s - speech_end) / RATE for s in starts if s >= speech_end],

@@ -47,3 +47,46 @@ def test_api_key_never_in_repr():
 def test_malformed_values_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message):
         load(env)
+
+
+def test_persona_file_sets_defaults_and_the_environment_wins(tmp_path):
+    persona = tmp_path / "persona.toml"
+    persona.write_text('system_instruction = "You book dentist appointments."\nvoice = "Kore"\n'
+                       'silence_ms = 700\nstart_sensitivity = "START_SENSITIVITY_LOW"\ntemperature = 0.4\n')
+    s = load({"BRIDGE_PERSONA_FILE": str(persona), "GEMINI_VOICE": "Puck"})
+    assert (s.system_instruction, s.voice, s.silence_ms) == ("You book dentist appointments.", "Puck", 700)
+    assert (s.start_sensitivity, s.temperature) == ("START_SENSITIVITY_LOW", 0.4)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('voice = "Kore"\nmood = 3\n', r"unknown keys \['mood'\]"),
+    ("not toml at all [", "cannot be read"),
+    ('silence_ms = "soon"\n', "GEMINI_SILENCE_MS must be an integer"),
+    ('end_sensitivity = "LOUD"\n', "GEMINI_END_SENSITIVITY must be one of"),
+])
+def test_bad_persona_file_is_a_clear_error(tmp_path, content, message):
+    persona = tmp_path / "persona.toml"
+    persona.write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        load({"BRIDGE_PERSONA_FILE": str(persona)})
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BRIDGE_DTMF_TEXT": "pressed"}, "must contain {digit}"),
+    ({"BRIDGE_TRANSFER_TARGETS": "+1555, desk"}, "'desk' is not a phone number"),
+    ({"GEMINI_TEMPERATURE": "3"}, "between 0 and 2"),
+    ({"EMULATOR_TOOL_SCRIPT": "[{}]"}, "EMULATOR_TOOL_SCRIPT must be a JSON list"),
+    ({"BRIDGE_PLAYBACK_AHEAD_MS": "50"}, "BRIDGE_PLAYBACK_AHEAD_MS must be >= 200"),
+])
+def test_conversation_settings_are_validated(env, message):
+    with pytest.raises(SettingsError, match=message):
+        load(env)
+
+
+@pytest.mark.parametrize("target, allowed", [
+    ("+15551234567", True), ("+1555", False), ("+16505550000", False), ("sip:desk@pbx.example.com", True),
+    ("sip:other@pbx.example.com", False), ("+1555123x", False),
+])
+def test_transfer_allow_list(target, allowed):
+    s = load({"BRIDGE_TRANSFER_TARGETS": "+1555*, sip:desk@pbx.example.com"})
+    assert s.transfer_allowed(target) is allowed

@@ -14,6 +14,7 @@ import time
 import zmq.asyncio
 
 from common import messages as m
+from common.curve import CurveKeys
 from common.link import DealerLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
@@ -42,7 +43,7 @@ class TranscoderStage:
         self._ctx = zmq.asyncio.Context()
         self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, self.settings.heartbeat_s,
                                    self.hello, lambda: len(self.calls), self._from_gateway,
-                                   self._gateway_restarted)
+                                   self._gateway_restarted, curve=CurveKeys.from_settings(self.settings))
         await self._gateway.start()
 
     async def run(self) -> None:
@@ -62,7 +63,8 @@ class TranscoderStage:
         link = self.models.get(endpoint)
         if link is None:
             link = DealerLink(self._ctx, endpoint, self.settings.heartbeat_s, self.hello,
-                              lambda: len(self.calls), self._from_model)
+                              lambda: len(self.calls), self._from_model,
+                              curve=CurveKeys.from_settings(self.settings))
             self.models[endpoint] = link
             asyncio.ensure_future(link.start())
         return link

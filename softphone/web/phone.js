@@ -16,7 +16,7 @@ function fresh() {
   return {
     callSid: '', startedAt: 0, framesSent: 0, framesPlayed: 0, marksReceived: 0, marksEchoed: 0,
     marksFlushed: 0, clears: 0, replies: 0, latenciesMs: [], transcript: [], errors: [],
-    levelDb: null, replyPeakDb: null, after: [],
+    levelDb: null, replyPeakDb: null, after: [], queued: 0,
   };
 }
 
@@ -102,6 +102,7 @@ class Call {
     if (msg.type === 'frame') {
       stats.levelDb = msg.level;
       stats.framesPlayed = Math.floor(msg.played / FRAME);
+      stats.queued = msg.queued;
       stats.replyPeakDb = msg.peak > 0 ? 20 * Math.log10(msg.peak) : null;
       if (this.started) {
         const k = this.chunk++; // timestamp: ms since the stream started, on the audio clock
@@ -221,7 +222,8 @@ function draw() {
   $('sid').textContent = stats.callSid;
   const level = stats.levelDb === null || !active ? -90 : stats.levelDb;
   $('level').style.width = `${Math.max(0, Math.min(100, ((level + 60) / 60) * 100))}%`;
-  $('level-db').textContent = active && stats.levelDb !== null ? `${Math.round(level)} dBFS` : '—';
+  $('level-db').textContent = !active || stats.levelDb === null ? '—'
+    : level < -90 ? 'silence' : `${Math.round(level)} dBFS`;
   $('sent').textContent = stats.framesSent;
   $('played').textContent = `${((stats.framesPlayed * FRAME_MS) / 1000).toFixed(1)} s`;
   $('marks').textContent = `${stats.marksEchoed} / ${stats.marksReceived}`;

@@ -1,0 +1,91 @@
+"""The whole stack under supervisord, as tests and benchmarks start it: free ports, a clean
+environment (never real Gemini), readiness from /healthz, SIGTERM to stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Variables that would point a test at real Gemini or at another stack.
+FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
+           "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT",
+           "EMULATOR_PORT", "TWILIO_AUTH_TOKEN")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(run_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    port = free_port()
+    env.update(BRIDGE_RUN_DIR=str(run_dir), PORT=str(port), HOST="127.0.0.1",
+               EMULATOR_PORT=str(free_port()), BRIDGE_HEARTBEAT_S="0.25", PYTHONUNBUFFERED="1",
+               NO_PROXY="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+def get_json(url: str, timeout: float = 2.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.1)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+class Stack:
+    """The real stack: `python -m common.stack` execs supervisord, which runs every process."""
+
+    def __init__(self, run_dir: Path, **extra: str):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.env = clean_env(run_dir, **extra)
+        self.url = f"http://127.0.0.1:{self.env['PORT']}"
+        self.log = run_dir / "stack.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "Stack":
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.health()["status"] == "ok", timeout, "the stack to be ready", self.log)
+        return self
+
+    def health(self) -> dict:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"stack exited with {self.proc.returncode}\n{self.log.read_text()[-4000:]}")
+        return get_json(self.url + "/healthz")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"supervisord did not stop in {timeout}s\n{self.log.read_text()[-4000:]}")
+
+

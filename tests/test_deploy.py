@@ -1,0 +1,142 @@
+"""The deployment files agree with the repository: what the Dockerfile copies exists, the image is
+python:3.12-slim running as a non-root user with PORT honoured and an ENTRYPOINT that runs, and
+supervisord.conf, read by supervisor's own parser with the environment common/stack.py gives it,
+names only programs that are real modules. Docker does not run here: these check the files, which
+is where a first deployment usually breaks (a renamed package, a file never copied, a typo in a
+%(ENV_…)s expansion)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from common.settings import load
+from common.stack import supervisord_env
+from tests.conftest import ROOT, clean_env
+
+BASE_IMAGE = "python:3.12-slim"
+
+
+def instructions(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, with continuation lines joined and comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        current += line.removesuffix("\\").strip() + " "
+        if not line.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for op, args in instructions():
+        if op == "FROM":
+            result.append([])
+        result[-1].append((op, args))
+    return result
+
+
+def arguments(args: str) -> list[str]:
+    """An instruction's arguments: the JSON (exec) form or the shell-words form; flags dropped."""
+    words = json.loads(args) if args.startswith("[") else shlex.split(args)
+    return [w for w in words if not w.startswith("--")]
+
+
+def final(op: str) -> str:
+    """The last value of ``op`` in the final stage (the image that runs)."""
+    values = [args for o, args in stages()[-1] if o == op]
+    assert values, f"the final stage has no {op}"
+    return values[-1]
+
+
+def test_every_stage_is_python_312_slim():
+    images = [arguments(args)[0] for stage in stages() for op, args in stage if op == "FROM"]
+    assert images and all(image == BASE_IMAGE for image in images), images
+
+
+def test_every_copy_source_exists():
+    for op, args in instructions():
+        if op in ("COPY", "ADD") and "--from=" not in args:
+            for source in arguments(args)[:-1]:
+                matches = list(ROOT.glob(source)) if any(c in source for c in "*?[") else [ROOT / source]
+                assert matches and all(p.exists() for p in matches), f"{op} {args}: {source} is not in the repo"
+
+
+def test_the_image_holds_every_package():
+    """Every package pyproject.toml installs is copied into the build, so `pip install .` in the image
+    installs what a checkout does (a new top-level package must be added to both)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {Path(arguments(args)[0]).name for op, args in stages()[0] if op == "COPY"}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    assert {"pyproject.toml", "README.md"} <= {w for op, args in stages()[0] if op == "COPY"
+                                                 for w in arguments(args)[:-1]}
+    assert any(op == "COPY" and arguments(args)[0] == "supervisord.conf" for op, args in stages()[-1])
+
+
+def test_runs_as_a_non_root_user():
+    stage = stages()[-1]
+    user = final("USER").split(":")[0]
+    assert user not in ("root", "0"), "the container must not run as root"
+    position = {op: i for i, (op, _) in enumerate(stage)}
+    assert position["USER"] < position["ENTRYPOINT"]
+    if not user.isdigit():  # a named user must be created in the image
+        assert any(op == "RUN" and user in args and ("useradd" in args or "adduser" in args)
+                   for op, args in stage[:position["USER"]]), f"user {user} is never created"
+
+
+def test_entrypoint_runs_the_stack_module(tmp_path):
+    """The ENTRYPOINT is `python -m common.stack`, run from the WORKDIR the source is copied to; it
+    reads the settings first, so a bad one stops it with a clear message before supervisord starts."""
+    entry = arguments(final("ENTRYPOINT"))
+    assert entry[:2] == ["python", "-m"] and len(entry) == 3, entry
+    module = entry[2]
+    assert (ROOT / Path(*module.split("."))).with_suffix(".py").exists()
+    assert ("COPY", f"--from=build /src {final('WORKDIR')}") in stages()[-1], "the source is not in WORKDIR"
+    env = clean_env(tmp_path, PORT="not-a-port")
+    run = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "configuration error: PORT must be an integer" in run.stderr, run.stderr
+
+
+def test_port_is_honoured():
+    env = dict(word.split("=", 1) for word in shlex.split(final("ENV")))
+    assert env["PORT"] == final("EXPOSE") == "8080"
+    settings = load({"PORT": "9123"})
+    assert (settings.port, settings.host) == (9123, "0.0.0.0")  # all interfaces: reachable from outside
+    assert supervisord_env(settings, {"PORT": "9123"})["PORT"] == "9123"  # supervisord hands it down
+
+
+@pytest.mark.parametrize("credentials, emulator", [({}, True), ({"GEMINI_API_KEY": "k"}, False)])
+def test_supervisord_conf_parses_and_runs_real_modules(tmp_path, monkeypatch, credentials, emulator):
+    env = {"BRIDGE_RUN_DIR": str(tmp_path), "BRIDGE_TRANSCODERS": "3", **credentials}
+    settings = load(env)
+    for name, value in supervisord_env(settings, env).items():
+        monkeypatch.setenv(name, value)  # supervisor expands %(ENV_X)s from os.environ
+    options = ServerOptions()
+    options.configfile = str(ROOT / "supervisord.conf")
+    options.process_config(do_usage=False)  # raises ValueError on anything it cannot parse
+
+    programs = {group.name: group.process_configs for group in options.process_group_configs}
+    assert set(programs) == {"emulator", "transcoder", "model_client", "gateway"}
+    assert [p.name for p in programs["transcoder"]] == ["transcoder-0", "transcoder-1", "transcoder-2"]
+    assert programs["emulator"][0].autostart is emulator
+    for process in (p for group in programs.values() for p in group):
+        python, flag, module = shlex.split(process.command)
+        assert (python, flag) == (sys.executable, "-m"), process.command
+        assert (ROOT / module / "__main__.py").exists(), f"{process.name}: no module {module}"
+        assert process.directory == str(ROOT)
+        assert process.stopsignal == 15  # SIGTERM: every stage's clean shutdown
+    priority = {group.name: group.priority for group in options.process_group_configs}
+    assert priority["emulator"] < priority["transcoder"] == priority["model_client"] < priority["gateway"]
