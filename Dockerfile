@@ -21,5 +21,7 @@ COPY supervisord.conf /app/
 USER bridge
 ENV PORT=8080 BRIDGE_RUN_DIR=/tmp/bridge PYTHONUNBUFFERED=1
 EXPOSE 8080
+# Healthy once the gateway answers and has a live transcoder and model_client to give a call to.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD ["python", "-c", "import json, os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ['PORT']; sys.exit(json.load(urllib.request.urlopen(url, timeout=4))['status'] != 'ok')"]
 # common.stack fills in supervisord's BRIDGE_* settings, then execs supervisord (it becomes PID 1).
 ENTRYPOINT ["python", "-m", "common.stack"]

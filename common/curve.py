@@ -83,7 +83,8 @@ class _ClientKeyCheck:
         if key == self.allowed:
             return True
         self.denied += 1
-        log.warning("ZeroMQ peer refused: CURVE client key %s… is not ours", key[:8].decode(errors="replace"))
+        log.warning("ZeroMQ peer refused: CURVE client key %r… is not ours",
+                    key[:8].decode(errors="replace"))
         return False
 
 

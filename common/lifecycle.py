@@ -92,5 +92,5 @@ def main(role: str, build) -> None:
         print(f"{role}: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(f"{role}-{config.process_num}" if role in ("transcoder", "model_client") else role,
-               config.log_level, config.secrets)
+               config.log_level, config.secrets, json_lines=config.log_format == "json")
     sys.exit(run_stage(build(config), role))

@@ -239,6 +239,7 @@ class DealerLink(_Link):
         self.on_remote_restart = on_remote_restart
         self.remote_epoch = ""
         self.last_heard = 0.0
+        self.heard_since_connect = False
         self._recv_task: asyncio.Task | None = None
 
     @property
@@ -261,6 +262,7 @@ class DealerLink(_Link):
         _secure(self.sock, self.endpoint, self.curve, server=False)
         self.sock.connect(self.endpoint)
         self.last_heard = time.monotonic()  # grace: a fresh connection gets a full liveness window
+        self.heard_since_connect = False
         self._recv_task = spawn(self._recv_loop(), f"dealer:{self.endpoint}", self._tasks)
         self.send(hello)
 
@@ -272,6 +274,7 @@ class DealerLink(_Link):
     def _handle(self, frame: bytes) -> None:
         batch = self._unpack(frame, self.endpoint)
         self.last_heard = time.monotonic()
+        self.heard_since_connect = True
         rest = []
         for msg in batch:
             if isinstance(msg, (m.Hello, m.Heartbeat)):
@@ -289,6 +292,7 @@ class DealerLink(_Link):
         if old and old != msg.epoch:
             log.warning("%s restarted (epoch %s → %s)", self.endpoint, old, msg.epoch)
             self.on_remote_restart(old)
+            self.send(self.hello())  # the new instance knows nothing of us (its Hello only asks for ours)
         if isinstance(msg, m.Heartbeat) and not old:
             self.send(self.hello())  # it heard from us before we heard from it: make sure it knows us
 
@@ -297,7 +301,8 @@ class DealerLink(_Link):
         while True:
             await asyncio.sleep(self.heartbeat_s)
             if self.alive:
-                backoff = 1
+                if self.heard_since_connect:  # the grace window alone does not reset the backoff
+                    backoff = 1
                 self.send(m.Heartbeat(self.hello().epoch, self.load()))
                 continue
             # Paranoid Pirate: a silent peer may have died with our messages queued to it; a fresh

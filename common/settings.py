@@ -27,6 +27,7 @@ class Settings:
     # Process identity (supervisord passes process_num to each of numprocs copies).
     process_num: int = 0
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line
     # Where ipc:// sockets, the emulator's certificate and supervisord's files live.
     run_dir: str = ""
     # Gateway (HTTP + Twilio WebSocket).
@@ -74,6 +75,9 @@ class Settings:
     prewarm: bool = True  # open the Gemini session at the webhook, before the stream starts
     greeting: str = ""  # text prompt that makes the model speak first ("" = wait for the caller)
     playback_ahead_ms: int = 1000  # how far model audio may run ahead of the caller's playback
+    # On SIGTERM, how long live calls may go on before the gateway ends them: the whole stop must fit
+    # in the 10 s that Cloud Run and `docker stop` allow.
+    drain_s: float = 5.0
     transcript_dir: str = ""
     dtmf_text: str = "The caller pressed {digit} on the phone keypad."
     transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
@@ -86,6 +90,8 @@ class Settings:
     emulator_goaway_after_s: float = 0.0
     emulator_drop_after_s: float = 0.0
     emulator_tool_script: tuple[tuple[str, str, str], ...] = ()  # (text trigger, tool name, JSON args)
+    # Transcoder: the resampling engine (transcoder/resample.py); "fir" meets the DSP targets.
+    resampler: str = "fir"
 
     @property
     def emulator_base_url(self) -> str:
@@ -233,6 +239,13 @@ def _targets(env: Mapping[str, str]) -> tuple[str, ...]:
     return targets
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    value = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, got {value!r}")
+    return value
+
+
 def _dtmf_text(env: Mapping[str, str]) -> str:
     text = env.get("BRIDGE_DTMF_TEXT", "").strip() or Settings.dtmf_text
     if "{digit}" not in text:
@@ -324,6 +337,16 @@ def _curve(env: Mapping[str, str]) -> dict:
     return keys
 
 
+RESAMPLERS = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")  # transcoder.resample.ENGINES
+
+
+def _resampler(env: Mapping[str, str]) -> str:
+    value = env.get("BRIDGE_RESAMPLER", "").strip() or RESAMPLERS[0]
+    if value not in RESAMPLERS:
+        raise SettingsError(f"BRIDGE_RESAMPLER must be one of {', '.join(RESAMPLERS)}, got {value!r}")
+    return value
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting once. Pass ``env`` in tests; processes pass nothing (os.environ)."""
     env = _with_persona_file(os.environ if env is None else env)
@@ -343,6 +366,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         process_num=_int(env, "PROCESS_NUM", 0),
         log_level=level,
+        log_format=_log_format(env),
         run_dir=run_dir,
         host=env.get("HOST", "0.0.0.0").strip(),
         port=port,
@@ -369,6 +393,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prewarm=env.get("BRIDGE_PREWARM", "true").strip().lower() not in ("0", "false", "no", "off"),
         greeting=env.get("BRIDGE_GREETING", "").strip(),
         playback_ahead_ms=_int(env, "BRIDGE_PLAYBACK_AHEAD_MS", 1000, lo=200),
+        drain_s=_float(env, "BRIDGE_DRAIN_S", 5.0),
         transcript_dir=env.get("BRIDGE_TRANSCRIPT_DIR", "").strip() or os.path.join(run_dir, "transcripts"),
         dtmf_text=_dtmf_text(env),
         transfer_targets=_targets(env),
@@ -380,6 +405,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         emulator_goaway_after_s=_float(env, "EMULATOR_GOAWAY_AFTER_S", 0.0),
         emulator_drop_after_s=_float(env, "EMULATOR_DROP_AFTER_S", 0.0),
         emulator_tool_script=_tool_script(env),
+        resampler=_resampler(env),
         **_security(env),
         **_curve(env),
     )

@@ -122,5 +122,6 @@ class Admissions:
 
 
 def _short(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
+    """Outside input, safe to log: repr escapes newlines (no forged log lines), and it is clipped."""
+    text = repr(value[:41] if isinstance(value, str) else value)
+    return text if len(text) <= 44 else text[:44] + "…"

@@ -23,6 +23,7 @@ SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 ADMISSIONS = web.AppKey("admissions", Admissions)
 COUNTERS = web.AppKey("counters", dict)
+DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: refuse new calls, let live ones end
 
 BUSY_MESSAGE = "Sorry, all of our agents are busy right now. Please call again later."
 SORRY_MESSAGE = "Sorry, we are having technical difficulties. Please call again later."
@@ -33,10 +34,15 @@ async def twiml_webhook(request: web.Request) -> web.Response:
     """Twilio's voice webhook: admit the call and answer with <Connect><Stream>, or refuse politely."""
     form = await request.post()
     call_sid = form.get("CallSid", "")
-    if not isinstance(call_sid, str) or not call_sid:
-        log.warning("voice webhook without a CallSid refused")
-        raise web.HTTPBadRequest(text="CallSid missing")
+    if not isinstance(call_sid, str) or not security.CALL_SID.fullmatch(call_sid):
+        # It names files (transcripts) and log lines: letters and digits only, as Twilio's are.
+        log.warning("voice webhook without a valid CallSid refused")
+        raise web.HTTPBadRequest(text="CallSid missing or malformed")
     app = request.app
+    if app[DRAINING].is_set():
+        _count(app, "calls_refused_draining")
+        log.warning("call %s refused: this gateway is draining (shutting down)", call_sid)
+        return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
     if not app[PIPELINE].can_take_call():
         _count(app, "calls_refused")
         log.error("call %s refused: no live transcoder or model_client", call_sid)
@@ -83,14 +89,25 @@ async def stream_status(request: web.Request) -> web.Response:
     event, sid = form.get("StreamEvent", ""), form.get("CallSid", "")
     if event == "stream-error":
         _count(request.app, "stream_errors")
-        log.warning("Twilio reports stream error for %s: %.200s", sid, form.get("StreamError", ""))
+        log.warning("Twilio reports stream error for %.40r: %.200r", sid, form.get("StreamError", ""))
     else:
-        log.info("Twilio reports %.40s for %s", event, sid)
+        log.info("Twilio reports %.40r for %.40r", event, sid)
     return web.Response(status=204)
 
 
 def _capacity(app: web.Application) -> int:
     return limits.capacity(app[PIPELINE].live, app[SETTINGS].max_calls)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for a new call: not draining, a transcoder and a model_client live, capacity left."""
+    app, pipeline = request.app, request.app[PIPELINE]
+    held, room = len(pipeline.calls) + app[ADMISSIONS].pending, _capacity(app)
+    why = ("draining" if app[DRAINING].is_set() else
+           "no live transcoder or model_client" if not pipeline.can_take_call() else
+           "at capacity" if held >= room else "")
+    return web.json_response({"ready": not why, "why": why, "calls": held, "capacity": room},
+                             status=503 if why else 200)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -138,6 +155,7 @@ def make_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[guard.middleware])
     app[SETTINGS] = settings
     app[COUNTERS] = counters
+    app[DRAINING] = asyncio.Event()
     app[ADMISSIONS] = Admissions(settings.bridge_secret, counters=counters)
     security.announce(settings)
     app[media_ws.OPEN_SOCKETS] = set()
@@ -152,6 +170,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/twiml/stream-status", stream_status)
     app.router.add_get("/ws/twilio", media)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     if settings.phone:
-        phone.setup(app, PIPELINE)  # the browser phone (development): /phone and its transcript feed
+        phone.setup(app, PIPELINE, settings)  # the browser phone (development): /phone and its transcripts
     return app

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HANGUP_GRACE_S = 3.0  # after end_call/transfer: wait this long for the goodbye to start
 HANGUP_MAX_S = 30.0  # ... and never longer than this for it to finish playing
+MAX_UNWRITTEN = 200  # messages waiting for the socket (~20 s of audio and marks); then the oldest goes
 
 
 @dataclass
@@ -38,9 +39,9 @@ class Call:
     model: str = ""  # endpoint of the model_client holding its Gemini session
     resume_handle: str = ""
     seq_in: int = 0
-    digits: str = ""
     started: float = field(default_factory=time.monotonic)
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
+    counters: dict = field(default_factory=dict)  # the gateway's /healthz counters
     _out: list = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task | None = None
@@ -124,7 +125,20 @@ class Call:
 
     def _queue(self, kind: str, data) -> None:
         self._out.append((kind, data))
+        if len(self._out) > MAX_UNWRITTEN:
+            self._shed_oldest()
         self._wake.set()
+
+    def _shed_oldest(self) -> None:
+        """The socket is not draining (a stuck or hostile peer; the playout window should keep this
+        from happening): drop the oldest queued audio, keep marks and clears, count it, say so once."""
+        i = next((i for i, (kind, _) in enumerate(self._out) if kind == "media"), 0)
+        del self._out[i]
+        shed = self.counters.get("out_audio_shed", 0)
+        self.counters["out_audio_shed"] = shed + 1
+        if not shed:
+            log.warning("Twilio socket not draining: oldest queued audio shed (%d messages waiting)",
+                        len(self._out))
 
     async def _write_loop(self) -> None:
         with call_context(self.id):

@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 
 from common import messages as m
 from common.lifecycle import spawn
-from common.logs import call_context
+from common.logs import call_context, forget_call, register_call
 from gateway import twilio_codec as tw
 from gateway.admission import Admissions
 from gateway.calls import Call
@@ -58,7 +58,8 @@ class MediaStream:
             log.warning("Twilio %s before start dropped", type(event).__name__.lower())
         elif event.stream_sid != self.call.stream_sid:
             self._count("twilio_rejected")
-            log.warning("message for stream %s on stream %s dropped", event.stream_sid, self.call.stream_sid)
+            log.warning("message for stream %.40r on stream %s dropped", event.stream_sid,
+                        self.call.stream_sid)
         else:
             self._handle(event)
 
@@ -70,7 +71,6 @@ class MediaStream:
             self._mark(event.name)
         elif isinstance(event, tw.Dtmf):
             log.info("dtmf %s", event.digit)
-            call.digits += event.digit
             self.pipeline.send(call, m.Dtmf(call.id, event.digit))
         elif isinstance(event, tw.Stop):
             self.end("caller hung up")
@@ -84,18 +84,20 @@ class MediaStream:
         admitted = self.admissions.admit(event.custom_parameters.get("token", ""), event.call_sid)
         if admitted is None:
             self._count("stream_refused")
-            log.warning("stream for %s refused: unknown, expired or reused token", event.call_sid)
+            log.warning("stream for %.40r refused: unknown, expired or reused token", event.call_sid)
             self._close()
             return
         settings = self.pipeline.settings
+        register_call(admitted, event.call_sid, event.stream_sid)
         call = Call(admitted, event.call_sid, event.stream_sid, self.ws,
                     Playout(ahead_ms=settings.playback_ahead_ms),
-                    TranscriptLog(settings.transcript_dir, event.call_sid))
+                    TranscriptLog(settings.transcript_dir, event.call_sid), counters=self.counters)
         with call_context(call.id):
             params = {k: v for k, v in event.custom_parameters.items() if k != "token"}
             if not self.pipeline.start_call(call, params):
                 self._count("stream_refused")
                 log.error("stream refused: no live transcoder or model_client")
+                forget_call(call.id)
                 self._close()
                 return
             self.call = call
@@ -121,6 +123,7 @@ class MediaStream:
                 self.pipeline.end_call(self.call, reason)
                 self.call.ended()
                 log.info("call ended: %s", reason)
+            forget_call(self.call.id)
 
 
 async def handle(request: web.Request, pipeline: Pipeline, admissions: Admissions,

@@ -19,6 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from common import messages as m
+from common.settings import Settings
+from gateway import security
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "softphone" / "web"
 JS = "text/javascript"
@@ -65,6 +67,7 @@ class TranscriptFeed:
 
 
 FEED = web.AppKey("phone_feed", TranscriptFeed)
+OPEN_TO_ALL = web.AppKey("phone_open_to_all", bool)
 
 
 async def page(request: web.Request) -> web.FileResponse:
@@ -75,13 +78,18 @@ async def asset(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     if name not in ASSETS:
         raise web.HTTPNotFound()
-    return web.FileResponse(WEB_DIR / name, headers={"Content-Type": ASSETS[name], "Cache-Control": "no-cache"})
+    headers = {"Content-Type": ASSETS[name], "Cache-Control": "no-cache"}
+    return web.FileResponse(WEB_DIR / name, headers=headers)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     call_sid = request.query.get("call", "")
     if not CALL_SID.fullmatch(call_sid):
         raise web.HTTPBadRequest(text="call must be a CallSid: CA and 32 hex digits")
+    # A CallSid is no secret (Twilio puts it in every webhook), so transcripts go only where the page
+    # could have placed the call from: this host, or anywhere when BRIDGE_INSECURE_DEV says so.
+    if not (request.app[OPEN_TO_ALL] or security.is_loopback_peer(request)):
+        raise web.HTTPForbidden(text="transcripts are served to this host only (BRIDGE_INSECURE_DEV)\n")
     feed = request.app[FEED]
     if len(feed) >= MAX_LISTENERS:
         raise web.HTTPServiceUnavailable(text="too many transcript listeners")
@@ -107,10 +115,11 @@ async def _next(queue: asyncio.Queue, response: web.StreamResponse) -> dict | No
             await response.write(b": ping\n\n")
 
 
-def setup(app: web.Application, pipeline_key: web.AppKey) -> None:
+def setup(app: web.Application, pipeline_key: web.AppKey, settings: Settings) -> None:
     """Mount the page and its transcript feed; call after the pipeline's cleanup context is added
     (contexts start in order, so the pipeline exists when the hook is set)."""
     feed = app[FEED] = TranscriptFeed()
+    app[OPEN_TO_ALL] = settings.insecure_dev
 
     async def hook(app: web.Application):
         app[pipeline_key].on_transcript = feed.publish

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -38,6 +39,7 @@ SHARED_KEY_HEADER = "X-Twilio-Webhooks-Signature-Settings"  # opt-in SharedKey s
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
 MAX_WEBHOOK_BODY = 64 * 1024  # Twilio's voice webhooks are a few hundred bytes of form data
 UPGRADE_MODES = ("off", "log", "enforce")
+CALL_SID = re.compile(r"[A-Za-z0-9]{1,64}")  # Twilio's are CA + 32 hex digits
 SOCKET_SLACK = 32  # open streams allowed beyond call capacity: those between upgrade and start
 _SHOWN = 4  # characters of a signature a log line may show
 
@@ -130,7 +132,7 @@ def public_url(settings: Settings, request: web.Request) -> str:
 
 
 def _shown(sig: str) -> str:
-    return f"{sig[:_SHOWN]}…({len(sig)} chars)" if sig else "none"
+    return f"{sig[:_SHOWN]!r}…({len(sig)} chars)" if len(sig) > _SHOWN else f"({len(sig)} chars)"
 
 
 # --- the middleware ---------------------------------------------------------------------------
@@ -166,18 +168,18 @@ class Guard:
         raise web.HTTPForbidden(text="forbidden\n")
 
     async def _check_webhook(self, request: web.Request) -> None:
-        self._refuse_remote(request, f"webhook {request.path}")
+        self._refuse_remote(request, f"webhook {request.path[:80]!r}")
         token = self.settings.twilio_auth_token
         if not token:
             return
         if (request.content_length or 0) > MAX_WEBHOOK_BODY:
             self._count("webhook_too_large")
-            log.warning("webhook %s refused: body of %d bytes", request.path, request.content_length)
+            log.warning("webhook %r refused: body of %d bytes", request.path[:80], request.content_length)
             raise web.HTTPRequestEntityTooLarge(MAX_WEBHOOK_BODY, request.content_length)
         header = request.headers.get(SIGNATURE_HEADER, "")
         if not header:
             self._count("webhook_unsigned")
-            log.warning("webhook %s refused: no %s", request.path, SIGNATURE_HEADER)
+            log.warning("webhook %r refused: no %s", request.path[:80], SIGNATURE_HEADER)
             raise web.HTTPForbidden(text="forbidden\n")
         url = public_url(self.settings, request)
         if "bodySHA256" in request.query:
@@ -189,12 +191,12 @@ class Guard:
             self._count("webhook_bad_signature")
             hint = (f" (signed with a SharedKey, per {SHARED_KEY_HEADER}: not supported)"
                     if SHARED_KEY_HEADER in request.headers else "")
-            log.warning("webhook %s refused: %s %s does not match %s with TWILIO_AUTH_TOKEN%s",
-                        request.path, SIGNATURE_HEADER, _shown(header), url, hint)
+            log.warning("webhook %r refused: %s %s does not match %s with TWILIO_AUTH_TOKEN%s",
+                        request.path[:80], SIGNATURE_HEADER, _shown(header), url[:200], hint)
             raise web.HTTPForbidden(text="forbidden\n")
 
     def _check_upgrade(self, request: web.Request) -> None:
-        self._refuse_remote(request, f"stream {request.path}")
+        self._refuse_remote(request, f"stream {request.path[:80]!r}")
         if self.open_sockets() >= self.capacity() + SOCKET_SLACK:
             # Sockets that have not sent a valid start yet cost memory until their start deadline.
             self._count("ws_refused_busy")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from aiohttp import web
 
 from common.settings import Settings
-from gateway.app import close_sockets, make_app
+from gateway.app import DRAINING, PIPELINE, close_sockets, make_app
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,18 @@ class GatewayStage:
         log.info("listening on %s:%d, public URL %s", self.settings.host, self.settings.port,
                  self.settings.public_url)
 
+    async def _drain(self, app: web.Application) -> None:
+        """Refuse new calls and give live ones up to BRIDGE_DRAIN_S to finish on their own."""
+        app[DRAINING].set()
+        calls = app[PIPELINE].calls
+        deadline = time.monotonic() + self.settings.drain_s
+        if calls:
+            log.info("draining: %d live calls, up to %.0f s", len(calls), self.settings.drain_s)
+        while calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if calls:
+            log.warning("drain time over: ending %d calls", len(calls))
+
     async def run(self) -> None:
         await self._stopped.wait()
 
@@ -38,6 +51,7 @@ class GatewayStage:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        await self._drain(runner.app)
         for site in list(runner.sites):
             await site.stop()  # no new calls
         # Close the Twilio sockets before cleanup(): once aiohttp is shutting down it ignores what

@@ -17,7 +17,7 @@ from common import messages as m
 from common.lifecycle import cancel_all, spawn
 from common.curve import CurveKeys
 from common.link import DealerLink, Peer, RouterLink, new_epoch
-from common.logs import call_context
+from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
 from model_client.config import make_client
 from model_client.session import GeminiSession
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Sessions per process: the SDK costs ~1% of a core per session (DESIGN §7); past ~90% CPU the loop
 # falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 80
+CLIENT_WAIT_S = 20
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
 
@@ -64,8 +65,21 @@ class ModelClientStage:
                                    curve=curve)
         await self._router.start()
         await self._gateway.start()
+        spawn(self._prepare_client(), "prepare-client", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
+
+    async def _prepare_client(self) -> None:
+        """Build the Gemini client now, off the loop: loading certificates and the SDK's lazy imports
+        would otherwise stall the loop (and its heartbeats) when the first call arrives. Under
+        supervisord the emulator may still be writing its certificate: wait a little for it."""
+        for _ in range(CLIENT_WAIT_S * 5):
+            try:
+                self._client = await asyncio.to_thread(make_client, self.settings)
+                return
+            except FileNotFoundError:
+                await asyncio.sleep(0.2)
+        log.error("no Gemini client yet (emulator certificate missing); will retry per call")
 
     async def run(self) -> None:
         await self._stopped.wait()
@@ -116,6 +130,7 @@ class ModelClientStage:
                 self._end(msg.call, msg.reason)
 
     def _handle_call_start(self, route: bytes | None, msg: m.CallStart) -> None:
+        register_call(msg.call, msg.call_sid, msg.stream_sid)
         with call_context(msg.call):
             if route is not None:
                 self.routes[msg.call] = route
@@ -147,13 +162,16 @@ class ModelClientStage:
             with call_context(call):
                 log.info("call ended (%s); %d sessions", reason, len(self.sessions))
             spawn(session.close(), f"session-close:{call}", self._tasks)
-        self.routes.pop(call, None)
-        self.backlog.pop(call, None)
+        self._forget(call)
 
     def _session_ended(self, call: str) -> None:
         self.sessions.pop(call, None)
+        self._forget(call)
+
+    def _forget(self, call: str) -> None:
         self.routes.pop(call, None)
         self.backlog.pop(call, None)
+        forget_call(call)
 
     def _gateway_restarted(self, old_epoch: str) -> None:
         for call in list(self.sessions):

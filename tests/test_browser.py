@@ -27,9 +27,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from common import messages as m
 from common.settings import SettingsError, load
 from gateway import phone
+from gateway import twilio_codec as tw
 from gateway.app import PIPELINE, make_app
 from softphone.speech import silence, speech_like
-from tests.conftest import free_port, wait_for
+from tests.conftest import Stack, wait_for
 from transcoder.g711 import decode_ulaw, encode_ulaw
 
 # Debian's Chromium, headless, with a fake microphone that plays a file and no permission prompt.
@@ -78,15 +79,16 @@ async def test_phone_page_and_assets(tmp_path):
         assert (await client.get("/phone/index.py")).status == 404
         assert (await client.get("/phone/..%2Fapp.py")).status == 404
         assert (await client.get("/phone/events?call=nope")).status == 400
+        # A CallSid is no secret: a remote page (here, relayed by a proxy) gets no transcripts.
+        relayed = {"X-Forwarded-For": "203.0.113.9"}
+        assert (await client.get(f"/phone/events?call={CALL_SID}", headers=relayed)).status == 403
 
 
 async def test_transcripts_reach_the_listening_page_and_shutdown_ends_the_stream(tmp_path):
     class Call:  # the gateway's Call, as far as the feed looks at it
         call_sid = CALL_SID
 
-    client = TestClient(TestServer(gateway_app(tmp_path)))
-    await client.start_server()
-    try:
+    async with TestClient(TestServer(gateway_app(tmp_path))) as client:
         response = await client.get(f"/phone/events?call={CALL_SID}")
         assert response.headers["Content-Type"] == "text/event-stream"
         assert await response.content.readuntil(b"\n\n") == b": listening\n\n"
@@ -94,9 +96,11 @@ async def test_transcripts_reach_the_listening_page_and_shutdown_ends_the_stream
         publish(Call(), m.Transcript("c1", "caller", "hello", True))
         line = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
         assert json.loads(line.removeprefix(b"data: ")) == {"role": "caller", "text": "hello", "final": True}
-    finally:
-        await asyncio.wait_for(client.close(), 10)  # an open event stream must not hold up shutdown
-    assert len(client.app[phone.FEED]) == 0
+        started = time.monotonic()
+        await asyncio.wait_for(client.server.close(), 5)  # with the page still listening
+        assert time.monotonic() - started < 1.0, "an open event stream must not hold up shutdown"
+        assert await response.content.read() == b""  # the stream ended cleanly
+        assert len(client.app[phone.FEED]) == 0
 
 
 # --- Chromium over the DevTools protocol ----------------------------------------------------------
@@ -199,8 +203,8 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    """Headless Chromium with DevTools on a free port; yields the port. Its fake microphone loops
-    0.5 s of silence, 1.5 s of speech-like audio and 4 s of silence."""
+    """Headless Chromium; yields its DevTools port. Its fake microphone loops 0.5 s of silence, 1.5 s
+    of speech-like audio and 4 s of silence."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run does this)")
@@ -208,25 +212,26 @@ def chromium(tmp_path_factory):
     wav = home / "caller.wav"
     write_wav(wav, np.concatenate([silence(0.5, WAV_RATE), speech_like(1.5, seed=11, rate=WAV_RATE),
                                    silence(4.0, WAV_RATE)]), WAV_RATE)
-    port = free_port()
-    log = home / "chromium.log"
+    profile, log = home / "profile", home / "chromium.log"
     with open(log, "wb") as out:
+        # Port 0: Chromium picks a free one and writes it to DevToolsActivePort (no race for a port).
         proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}",
-                                 f"--user-data-dir={home / 'profile'}", f"--remote-debugging-port={port}",
-                                 "about:blank"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def devtools_port() -> int | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"Chromium exited with {proc.returncode}")
+        lines = (profile / "DevToolsActivePort").read_text().split()  # OSError until it exists
+        return int(lines[0]) if lines else None
+
     try:
-        wait_for(lambda: proc.poll() is None and _devtools_up(port), 30, "Chromium's DevTools")
-    except AssertionError:
+        port = wait_for(devtools_port, 30, "Chromium's DevTools")
+    except AssertionError as e:
         _stop(proc)
-        pytest.skip(f"Chromium could not be launched here: {log.read_text(errors='replace')[-2000:]}")
+        pytest.skip(f"Chromium could not be launched here ({e}): {log.read_text(errors='replace')[-2000:]}")
     yield port
     _stop(proc)
-
-
-def _devtools_up(port: int) -> bool:
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1) as r:
-        return r.status == 200
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -240,7 +245,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-# --- the page's audio arithmetic, run where it runs -----------------------------------------------
+# --- the page's pure modules, run where they run -----------------------------------------------------
 
 DSP_CHECKS = """(async () => {
   const d = await import('/phone/dsp.js');
@@ -282,12 +287,35 @@ DSP_CHECKS = """(async () => {
 })()"""
 
 
-async def test_page_audio_arithmetic(chromium, tmp_path):
+TWILIO_CHECKS = """(async () => {
+  const tw = await import('/phone/twilio.js');
+  const verdict = (text) => { try { return tw.parseServer(text, 'MZ1'); } catch (e) { return e.message; } };
+  const twiml = '<?xml version="1.0"?><Response><Connect><Stream url="wss://h/ws/twilio?x=1">' +
+    '<Parameter name="token" value="a&amp;b"/></Stream></Connect><Redirect method="POST">/twiml/after</Redirect></Response>';
+  return {
+    media: Array.from(verdict('{"event":"media","streamSid":"MZ1","media":{"payload":"AAE="}}').ulaw),
+    mark: verdict('{"event":"mark","streamSid":"MZ1","mark":{"name":"1.2"}}'),
+    clear: verdict('{"event":"clear","streamSid":"MZ1"}'),
+    extra: verdict('{"event":"media","streamSid":"MZ1","media":{"payload":"AAE=","track":"outbound"}}'),
+    wrongSid: verdict('{"event":"clear","streamSid":"MZ2"}'),
+    unknown: verdict('{"event":"constructor","streamSid":"MZ1"}'),
+    badBase64: verdict('{"event":"media","streamSid":"MZ1","media":{"payload":"A-_="}}'),
+    twiml: tw.parseTwiml(twiml, 'http://h/twiml'),
+    start: tw.start(1, {callSid: 'CA1', accountSid: 'AC1', streamSid: 'MZ1'}, {token: 't'}),
+    frame: tw.media(2, 'MZ1', 1, 0, new Uint8Array([255, 127])),
+  };
+})()"""
+
+
+async def test_page_modules(chromium, tmp_path):
+    """The page's pure modules, run in Chromium: G.711 bit-exact with G.191, the resampler, Twilio's
+    playback queue, and Twilio's protocol as the page speaks and checks it."""
     async with TestClient(TestServer(gateway_app(tmp_path))) as client, aiohttp.ClientSession() as session:
         page = await Page.open(session, chromium)
         try:
             await page.goto(str(client.make_url("/phone")))
             r = await page.eval(DSP_CHECKS)
+            twilio = await page.eval(TWILIO_CHECKS)
         finally:
             await page.close()
     every_int16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16)
@@ -300,11 +328,35 @@ async def test_page_audio_arithmetic(chromium, tmp_path):
     assert abs(r["reached"] - 48000) <= 128, "the mark comes back when its second of audio has played"
     assert r["started"] == 0 and 0.49 < r["loudest"] < 0.51
     assert r["cleared"] == [{"name": "flushed", "flushed": True}] and r["queuedAfterClear"] < 1
+    # Twilio's side of the protocol, as the page speaks and checks it (reference §2, §3, §6).
+    assert twilio["media"] == [0, 1] and twilio["mark"] == {"event": "mark", "name": "1.2"}
+    assert twilio["clear"] == {"event": "clear"}
+    for bad in ("extra", "wrongSid", "unknown", "badBase64"):
+        assert twilio[bad].startswith("31951"), (bad, twilio[bad])
+    assert twilio["twiml"]["streamUrl"] == "wss://h/ws/twilio"  # a query string is dropped
+    assert twilio["twiml"]["parameters"] == {"token": "a&b"}
+    assert twilio["twiml"]["redirect"] == "http://h/twiml/after" and twilio["twiml"]["after"] == ["Redirect"]
+    parsed = tw.parse_event(json.dumps(twilio["start"]))  # the gateway's own parser accepts the page's
+    assert (parsed.call_sid, parsed.stream_sid, parsed.custom_parameters) == ("CA1", "MZ1", {"token": "t"})
+    frame = tw.parse_event(json.dumps(twilio["frame"]))
+    assert (frame.chunk, frame.timestamp_ms, frame.payload, frame.track) == (1, 0, b"\xff\x7f", "inbound")
 
 
-# --- a real call: Chromium → gateway → transcoder → model_client → emulator (echo) → back ----------
+# --- a real call: Chromium → gateway → transcoder → model_client → emulator (echo) → back -------
 
-async def test_call_from_the_browser(chromium, stack, tmp_path):
+@pytest.fixture
+def phone_stack(tmp_path):
+    """The stack as conftest's ``stack`` runs it, but with production heartbeats (1 s, dead after 3 s):
+    Chromium shares the machine's two cores, and the suite's fast 0.25 s heartbeats would let a busy
+    moment get a healthy stage declared dead, which is not what this test is about."""
+    s = Stack(tmp_path / "run", GEMINI_SILENCE_MS="300", BRIDGE_HEARTBEAT_S="1").start()
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.log.read_text(), s.log.read_text()[-8000:]
+
+
+async def test_call_from_the_browser(chromium, phone_stack, tmp_path):
+    stack = phone_stack
     async with aiohttp.ClientSession() as session:
         page = await Page.open(session, chromium)
         try:
@@ -315,7 +367,8 @@ async def test_call_from_the_browser(chromium, stack, tmp_path):
             # sent has come back and nothing is left to play.
             await page.until("phone.framesPlayed > 0 && phone.queued === 0 && phone.marksReceived > 0 && "
                              "phone.marksEchoed === phone.marksReceived && "
-                             "phone.transcript.some(line => line.role === 'model')", 20, "a whole echoed turn")
+                             "phone.transcript.some(line => line.role === 'model')", 20,
+                             "a whole echoed turn")
             await page.screenshot(tmp_path / "phone.png")
             state = await page.eval("window.phone")
             await page.click("#call")  # hang up

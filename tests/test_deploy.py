@@ -7,6 +7,8 @@ is where a first deployment usually breaks (a renamed package, a file never copi
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import json
 import shlex
 import subprocess
@@ -15,11 +17,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from supervisor.options import ServerOptions
 
 from common.settings import load
 from common.stack import supervisord_env
-from tests.conftest import ROOT, clean_env
+from gateway.app import make_app
+from tests.conftest import ROOT, clean_env, free_port
 
 BASE_IMAGE = "python:3.12-slim"
 
@@ -70,7 +74,7 @@ def test_every_copy_source_exists():
         if op in ("COPY", "ADD") and "--from=" not in args:
             for source in arguments(args)[:-1]:
                 matches = list(ROOT.glob(source)) if any(c in source for c in "*?[") else [ROOT / source]
-                assert matches and all(p.exists() for p in matches), f"{op} {args}: {source} is not in the repo"
+                assert matches and all(p.exists() for p in matches), f"{op} {args}: no {source} in the repo"
 
 
 def test_the_image_holds_every_package():
@@ -83,6 +87,43 @@ def test_the_image_holds_every_package():
     assert {"pyproject.toml", "README.md"} <= {w for op, args in stages()[0] if op == "COPY"
                                                  for w in arguments(args)[:-1]}
     assert any(op == "COPY" and arguments(args)[0] == "supervisord.conf" for op, args in stages()[-1])
+
+
+def test_dockerignore_keeps_what_the_image_copies():
+    """A pattern in .dockerignore that matched a copied file (say ``*.js``) would break the image
+    silently: the browser phone's page would 404 only in production."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    sources = [w for op, args in instructions() if op == "COPY" and "--from=" not in args
+               for w in arguments(args)[:-1]]
+    files = [p for source in sources for p in ([ROOT / source] if (ROOT / source).is_file()
+                                               else (ROOT / source).rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.name == "worklet.js" for p in files)
+    for path in files:
+        relative = path.relative_to(ROOT)
+        for part in [relative, *relative.parents][:-1]:  # the file and each folder above it
+            hits = [p for p in patterns if fnmatch.fnmatch(str(part), p.removeprefix("**/"))
+                    or fnmatch.fnmatch(part.name, p.removeprefix("**/"))]
+            assert not hits, f"{relative} is copied into the image but .dockerignore has {hits}"
+
+
+async def test_healthcheck_command_reads_healthz(tmp_path):
+    """Docker's HEALTHCHECK, run as Docker would run it, against the gateway's real /healthz: with
+    no transcoder or model_client the gateway is degraded, and the check says unhealthy."""
+    command = arguments(final("HEALTHCHECK").split("CMD", 1)[1].strip())
+    assert command[0] == "python"
+    port = free_port()
+    runner = web.AppRunner(make_app(load({"BRIDGE_RUN_DIR": str(tmp_path), "PORT": str(port)})))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        check = await asyncio.create_subprocess_exec(sys.executable, *command[1:], env={"PORT": str(port)},
+                                                     stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(check.communicate(), 30)
+    finally:
+        await runner.cleanup()
+    assert check.returncode == 1 and not stderr, stderr.decode()  # degraded, not a crash
 
 
 def test_runs_as_a_non_root_user():

@@ -96,6 +96,29 @@ async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path):
         await dealer.stop()
 
 
+async def test_a_quickly_replaced_router_learns_the_dealer(ctx, tmp_path):
+    """ZeroMQ reconnects an ipc DEALER by itself, before liveness would: the new ROUTER's Hello (its
+    answer to a heartbeat from a stranger) must make the dealer say Hello again, or it never joins."""
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    epoch = new_epoch()
+    dealer = DealerLink(ctx, endpoint, 1.0, lambda: m.Hello(m.ROLE_TRANSCODER, epoch, 10, ""), lambda: 0,
+                        lambda batch: None)  # slow heartbeats: no Paranoid Pirate reconnect in this test
+    first = RouterLink(ctx, endpoint, 0.05, lambda: m.Hello(m.ROLE_GATEWAY, "one", 0, endpoint),
+                       lambda peer, batch: None)
+    await first.start()
+    await dealer.start()
+    try:
+        await until(lambda: dealer.remote_epoch == "one")
+        await first.stop()
+        second = RouterLink(ctx, endpoint, 0.05, lambda: m.Hello(m.ROLE_GATEWAY, "two", 0, endpoint),
+                            lambda peer, batch: None)
+        await second.start()
+        await until(lambda: second.peers, timeout=2.5)
+        await second.stop()
+    finally:
+        await dealer.stop()
+
+
 async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     got = []

@@ -8,21 +8,18 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from multidict import CIMultiDict, MultiDict
 from twilio.request_validator import RequestValidator
 
@@ -32,12 +29,12 @@ from common.link import DealerLink, RouterLink, new_epoch
 from common.settings import SettingsError, load
 from gateway import security
 from gateway.admission import Admissions
-from gateway.app import COUNTERS, make_app
+from gateway.app import make_app
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, parse_twiml, voice_params
-from tests.conftest import ROOT, Stack, free_port, wait_for
+from tests.conftest import Stack, free_port
 
 TOKEN = "12345"
 VECTOR_PARAMS = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "To": "+18005551212"}
@@ -116,7 +113,8 @@ def test_any_header_text_is_just_wrong_never_an_error(header):
 
 def test_loopback_means_the_tcp_peer_without_proxy_headers():
     def request(peer, **headers):
-        transport = type("T", (), {"get_extra_info": lambda self, k, d=None: peer if k == "peername" else d})()
+        transport = type("T", (), {"get_extra_info": lambda self, k, d=None: peer if k == "peername" else d})
+        transport = transport()
         return make_mocked_request("POST", "/twiml", headers=CIMultiDict(headers), transport=transport)
 
     assert security.is_loopback_peer(request(("127.0.0.1", 5000)))
@@ -210,7 +208,7 @@ async def ring(client, token: str | None = None, call_sid: str | None = None) ->
     params = voice_params(call_sid or new_sid("CA"), new_sid("AC"))
     r = await client.post("/twiml", data=params, headers=signed(client.config, "/twiml", params, token))
     body = await r.text()
-    stream_token = parse_twiml(body, "http://x/twiml").parameters.get("token", "") if "<Connect>" in body else ""
+    stream_token = parse_twiml(body, "http://x/twiml").parameters["token"] if "<Connect>" in body else ""
     return r.status, body, stream_token
 
 
@@ -402,6 +400,32 @@ async def test_oversized_frames_are_refused():
     assert got["twilio_rejected"] == 1 and got["ws_error"] == 1
 
 
+async def test_a_callsid_that_could_name_a_path_is_refused():
+    async with gateway() as client:
+        for sid in ("../../etc/passwd", "CA1/2", "", "CA" + "0" * 80):
+            r = await client.post("/twiml", data={"CallSid": sid})
+            assert r.status == 400, sid
+        assert (await ring(client, call_sid="CA" + "f" * 32))[2]
+
+
+def test_the_queue_to_a_stuck_socket_is_bounded_and_sheds_the_oldest_audio():
+    from gateway.calls import MAX_UNWRITTEN, Call
+    from gateway.playout import Playout
+    from gateway.transcripts import TranscriptLog
+
+    counters: dict[str, int] = {}
+    call = Call("c1", "CA1", "MZ1", None, Playout(), TranscriptLog("", "CA1"), counters=counters)
+    for i in range(MAX_UNWRITTEN + 50):  # nobody drains it (no writer task)
+        call._queue("media", bytes([i % 256]) * 160)
+        if i % 10 == 0:
+            call._queue("mark", f"m{i}")
+    assert len(call._out) == MAX_UNWRITTEN
+    marks = [data for kind, data in call._out if kind == "mark"]
+    assert len(marks) == len(range(0, MAX_UNWRITTEN + 50, 10)), "marks are kept: their echoes close the books"
+    assert call._out[-1] == ("media", bytes([(MAX_UNWRITTEN + 49) % 256]) * 160), "the newest audio stays"
+    assert counters["out_audio_shed"] == (MAX_UNWRITTEN + 50) + len(marks) - MAX_UNWRITTEN
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("env, message", [
@@ -523,7 +547,8 @@ async def test_other_users_cannot_reach_the_ipc_sockets():
     await router.start()
     try:
         probe = ("import os, socket, sys\n"
-                 "try:\n    os.listdir(sys.argv[1]); print('listed')\nexcept PermissionError: print('no list')\n"
+                 "try:\n    os.listdir(sys.argv[1]); print('listed')\n"
+                 "except PermissionError: print('no list')\n"
                  "s = socket.socket(socket.AF_UNIX)\n"
                  "try:\n    s.connect(sys.argv[1] + '/gateway.ipc'); print('connected')\n"
                  "except PermissionError: print('no connect')\n")
@@ -539,11 +564,23 @@ async def test_other_users_cannot_reach_the_ipc_sockets():
 
 # --- the real stack: CURVE over tcp, signed calls, and no secret in any log --------------------
 
+def free_port_ending_in_0() -> int:
+    while True:
+        port = free_port() // 10 * 10
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+
+
 def curve_env(keys: CurveKeys) -> dict[str, str]:
-    base = free_port() // 10 % 3000 + 3000  # model_client n listens on port {base}{n}
+    base = free_port_ending_in_0() // 10  # model_client n listens on port {base}{n}
     return {"GATEWAY_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
             "MODEL_CLIENT_ENDPOINT": f"tcp://127.0.0.1:{base}{{n}}",
-            "BRIDGE_CURVE_SERVER_SECRET": keys.server_secret, "BRIDGE_CURVE_CLIENT_SECRET": keys.client_secret}
+            "BRIDGE_CURVE_SERVER_SECRET": keys.server_secret,
+            "BRIDGE_CURVE_CLIENT_SECRET": keys.client_secret}
 
 
 def all_logs(stack: Stack) -> str:
@@ -588,6 +625,7 @@ async def test_real_stack_keeps_every_secret_out_of_its_logs(backend, tmp_path):
     finally:
         assert stack.proc is None or stack.stop() == 0
     text = all_logs(stack)
-    assert "webhook /twiml refused" in text and "DEBUG" in text
-    for name, value in {**secrets, "server key": keys.server_secret, "client key": keys.client_secret}.items():
+    assert "webhook '/twiml' refused" in text and "DEBUG" in text
+    secrets.update({"CURVE server key": keys.server_secret, "CURVE client key": keys.client_secret})
+    for name, value in secrets.items():
         assert value not in text, f"{name} appears in the logs"

@@ -41,6 +41,7 @@ class FirDesign:
         k = np.arange(self.width)[:, None]
         tap = np.arange(self.group)[None, :] * down + (self.reach - k) * up
         self.table = np.where((tap >= 0) & (tap < n_taps), self.taps[np.clip(tap, 0, n_taps - 1)], 0.0)
+        self.zeros = np.zeros(self.width + self.step)  # padding for a chunk's last window
 
     def gain_bound(self) -> float:
         """The largest |output| / |input| any input can produce (sum of |taps| of the worst phase)."""
@@ -84,9 +85,18 @@ class FirResampler:
         return self.design.name, n, self._consumed % self.design.down
 
     def filter(self, x: np.ndarray) -> np.ndarray:
-        """float samples in (int16 scale), unrounded float64 samples out."""
-        out, skips = filter_many([self], np.asarray(x, np.float64).reshape(1, -1))
-        return out[0, skips[0]:]
+        """float samples in (int16 scale), unrounded float64 samples out. ``filter_many`` for one call,
+        with one-dimensional arrays: at one frame per wake-up, numpy's per-call overhead is the cost."""
+        d, n, history = self.design, len(x), self.design.history
+        first, due, offset, groups = d.plan(self._consumed, n)
+        done = -(-self._consumed * d.up // d.down)
+        pad = offset + (groups - 1) * d.step + d.width - history - n
+        buf = np.concatenate((self._history, x, d.zeros[:max(0, pad)]), dtype=np.float64)
+        windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8, (d.step * 8, 8))
+        y = np.dot(windows, d.table).reshape(-1)[max(done, d.delay) - first:due - first] if groups else buf[:0]
+        self._history = buf[n:n + history]  # a view: this frame's buffer is the history's storage
+        self._consumed += n
+        return y
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         return to_int16(self.filter(pcm))
@@ -107,7 +117,12 @@ class FirResampler:
         return to_int16(self.flush_float())
 
     def state_bytes(self) -> int:
-        return self._history.nbytes
+        """The memory this call's state holds on to: its history, or the buffer (or this call's share of
+        a batch's histories) that the history is a view of."""
+        base = self._history.base
+        if base is None:
+            return self._history.nbytes
+        return base.nbytes // base.shape[0] if base.ndim == 2 else base.nbytes
 
 
 def filter_many(resamplers: list[FirResampler], x: np.ndarray) -> tuple[np.ndarray, list[int]]:

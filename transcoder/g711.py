@@ -46,13 +46,18 @@ _ENCODE = _compress(np.arange(65536, dtype=np.int32).astype(np.uint16).view(np.i
 # tables indexed by the rounded sample offset by WIDE, which saturate instead of needing a clip.
 WIDE = 1 << 17  # float samples in (-WIDE, WIDE) index the wide tables directly (filters overshoot 2x)
 DECODE_FLOAT = _DECODE.astype(np.float64)
-CLIP_WIDE = np.clip(np.arange(-WIDE, WIDE), -32768, 32767).astype(np.int16)
-ENCODE_WIDE = _ENCODE[CLIP_WIDE.view(np.uint16)]
+CLIP_WIDE = np.clip(np.arange(-WIDE, WIDE), -32768, 32767).astype("<i2")
+ENCODE_WIDE = _ENCODE[CLIP_WIDE.view("<u2")]
 
 
 def wide_index(y: np.ndarray) -> np.ndarray:
     """Float samples, |y| < WIDE, rounded half up, as indices into CLIP_WIDE and ENCODE_WIDE."""
     return (y + (WIDE + 0.5)).astype(np.intp)
+
+
+def float_to_pcm16(y: np.ndarray) -> bytes:
+    """Float samples on the int16 scale (|y| < WIDE) → rounded, saturated, PCM16 LE bytes."""
+    return CLIP_WIDE[wide_index(y)].tobytes()
 
 
 def float_to_ulaw(y: np.ndarray) -> bytes:

@@ -16,9 +16,9 @@ import zmq.asyncio
 from common import messages as m
 from common.curve import CurveKeys
 from common.link import DealerLink, new_epoch
-from common.logs import call_context
+from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
-from transcoder.call_audio import CallAudio
+from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +72,49 @@ class TranscoderStage:
     # --- gateway → model_client ---------------------------------------------------------------
 
     def _from_gateway(self, batch: list) -> None:
+        # Caller audio is filtered a run at a time: every AudioIn up to the next other message (or the
+        # next frame of a call already in the run), so each call's messages keep their order.
+        run: dict[str, m.AudioIn] = {}
         for msg in batch:
-            if isinstance(msg, m.CallStart):
-                self._handle_call_start(msg)
-                continue
-            audio = self.calls.get(msg.call)
-            if audio is None:
-                self.unknown_call += 1
-                continue
+            if run and (not isinstance(msg, m.AudioIn) or msg.call in run):
+                self._caller_audio(list(run.values()))
+                run = {}
             if isinstance(msg, m.AudioIn):
-                pcm = audio.caller_audio(msg.audio)
-                self.models[audio.model].send(m.AudioUp(msg.call, audio.seq_up, msg.t_in, pcm))
-            elif isinstance(msg, (m.Played, m.Dtmf)):
-                self.models[audio.model].send(msg)
-            elif isinstance(msg, m.CallEnd):
-                self.models[audio.model].send(msg)
-                self._free(msg.call, msg.reason)
+                run[msg.call] = msg
             else:
-                log.error("unexpected %s from the gateway dropped", type(msg).__name__)
+                self._control_from_gateway(msg)
+        if run:
+            self._caller_audio(list(run.values()))
+
+    def _caller_audio(self, run: list[m.AudioIn]) -> None:
+        held = [msg for msg in run if msg.call in self.calls]
+        self.unknown_call += len(run) - len(held)
+        calls = [self.calls[msg.call] for msg in held]
+        for msg, audio, pcm in zip(held, calls, caller_audio_many(calls, [msg.audio for msg in held])):
+            self.models[audio.model].send(m.AudioUp(msg.call, audio.seq_up, msg.t_in, pcm))
+
+    def _control_from_gateway(self, msg) -> None:
+        if isinstance(msg, m.CallStart):
+            self._handle_call_start(msg)
+            return
+        audio = self.calls.get(msg.call)
+        if audio is None:
+            self.unknown_call += 1
+            return
+        if isinstance(msg, (m.Played, m.Dtmf)):
+            self.models[audio.model].send(msg)
+        elif isinstance(msg, m.CallEnd):
+            self.models[audio.model].send(msg)
+            self._free(msg.call, msg.reason)
+        else:
+            log.error("unexpected %s from the gateway dropped", type(msg).__name__)
 
     def _handle_call_start(self, msg: m.CallStart) -> None:
+        register_call(msg.call, msg.call_sid, msg.stream_sid)
         with call_context(msg.call):
             if msg.call in self.calls:
                 log.warning("CallStart for a call already held: state rebuilt")
-            self.calls[msg.call] = CallAudio(msg.call, msg.model)
+            self.calls[msg.call] = CallAudio(msg.call, msg.model, self.settings.resampler)
             self._model_link(msg.model).send(msg)
             log.info("call pinned here (model_client %s); %d calls held", msg.model, len(self.calls))
 
@@ -103,6 +122,7 @@ class TranscoderStage:
         with call_context(call):
             del self.calls[call]
             log.info("call ended (%s); %d calls held", reason, len(self.calls))
+        forget_call(call)
 
     def _gateway_restarted(self, old_epoch: str) -> None:
         # Every call we hold belonged to the old gateway's WebSockets, which are gone.
@@ -113,26 +133,44 @@ class TranscoderStage:
     # --- model_client → gateway ---------------------------------------------------------------
 
     def _from_model(self, batch: list) -> None:
-        gateway = self._gateway
+        # Model audio is filtered a run at a time, as caller audio is (see _from_gateway).
+        run: dict[str, m.AudioDown] = {}
         for msg in batch:
-            audio = self.calls.get(msg.call)
-            if audio is None:
-                self.unknown_call += 1
-                continue
+            if run and (not isinstance(msg, m.AudioDown) or msg.call in run):
+                self._model_audio(list(run.values()))
+                run = {}
             if isinstance(msg, m.AudioDown):
-                ulaw = audio.model_audio(msg.audio, msg.turn)
-                if ulaw:
-                    gateway.send(m.AudioOut(msg.call, audio.seq_down, msg.t_in, ulaw, msg.turn))
-            elif isinstance(msg, m.TurnDone):
-                tail = audio.turn_done(msg.turn)
-                if tail:
-                    gateway.send(m.AudioOut(msg.call, audio.seq_down, time.monotonic_ns(), tail, msg.turn))
-                gateway.send(msg)
-            elif isinstance(msg, m.Interrupt):
-                audio.interrupt(msg.turn)
-                gateway.send(msg)
-            elif isinstance(msg, m.CallEnd):
-                gateway.send(msg)
-                self._free(msg.call, msg.reason)
-            else:  # Transcript, Resumption, Action: the gateway's business
-                gateway.send(msg)
+                run[msg.call] = msg
+            else:
+                self._control_from_model(msg)
+        if run:
+            self._model_audio(list(run.values()))
+
+    def _model_audio(self, run: list[m.AudioDown]) -> None:
+        held = [msg for msg in run if msg.call in self.calls]
+        self.unknown_call += len(run) - len(held)
+        calls = [self.calls[msg.call] for msg in held]
+        out = model_audio_many(calls, [msg.audio for msg in held], [msg.turn for msg in held])
+        for msg, audio, ulaw in zip(held, calls, out):
+            if ulaw:
+                self._gateway.send(m.AudioOut(msg.call, audio.seq_down, msg.t_in, ulaw, msg.turn))
+
+    def _control_from_model(self, msg) -> None:
+        gateway = self._gateway
+        audio = self.calls.get(msg.call)
+        if audio is None:
+            self.unknown_call += 1
+            return
+        if isinstance(msg, m.TurnDone):
+            tail = audio.turn_done(msg.turn)
+            if tail:
+                gateway.send(m.AudioOut(msg.call, audio.seq_down, time.monotonic_ns(), tail, msg.turn))
+            gateway.send(msg)
+        elif isinstance(msg, m.Interrupt):
+            audio.interrupt(msg.turn)
+            gateway.send(msg)
+        elif isinstance(msg, m.CallEnd):
+            gateway.send(msg)
+            self._free(msg.call, msg.reason)
+        else:  # Transcript, Resumption, Action: the gateway's business
+            gateway.send(msg)

@@ -7,6 +7,7 @@ import * as tw from './twilio.js';
 
 const FRAME = 160; // µ-law bytes in a 20 ms frame
 const FRAME_MS = 20;
+const MAX_STREAMS = 5; // new streams Twilio-like resumption may open for one call (no endless loop)
 const $ = (id) => document.getElementById(id);
 
 // Everything the page shows; tests read it too (tests/test_browser.py).
@@ -27,6 +28,7 @@ class Call {
     this.ids = { callSid: tw.sid('CA'), accountSid: tw.sid('AC'), streamSid: tw.sid('MZ') };
     this.seq = 0; // Twilio numbers every message it sends but connected (§2)
     this.chunk = 0;
+    this.streams = 1;
     this.started = false; // start sent: media may flow
     this.over = false;
   }
@@ -149,25 +151,36 @@ class Call {
     if (this.ws) this.ws.close(1000);
   }
 
-  closed(code) {
+  async closed(code) {
     if (this.over) return;
     if (!this.started) return this.end(`the stream could not open (Twilio 31920, close ${code})`);
+    // The server closed the stream, so Twilio goes on with the TwiML after </Connect> (§7): a
+    // <Redirect> fetches more, which may hang up, dial, or connect a new stream for the same call.
+    this.started = false;
+    const next = await this.redirect();
+    if (this.over) return;
+    if (next && next.streamUrl && this.streams < MAX_STREAMS) {
+      Object.assign(this, { twiml: next, seq: 0, chunk: 0, streams: this.streams + 1 });
+      this.ids.streamSid = tw.sid('MZ');
+      this.node.port.postMessage({ type: 'reset' }); // the old stream's audio and marks went with it
+      setState('connecting', 'Reconnecting…');
+      return this.openStream();
+    }
+    stats.after = next ? next.verbs : [];
     this.end('the bridge ended the call');
-    this.followRedirect(); // the server closed the stream: Twilio goes on with the TwiML (§7)
   }
 
-  async followRedirect() {
-    if (!this.twiml.redirect) return;
+  async redirect() {
+    if (!this.twiml.redirect) return null;
     const params = tw.voiceParams(this.ids.callSid, this.ids.accountSid);
     params.set('CallStatus', 'in-progress');
     try {
       const answer = await fetch(this.twiml.redirect, { method: 'POST', body: params });
-      stats.after = Array.from(new DOMParser().parseFromString(await answer.text(), 'application/xml')
-        .documentElement.children, (verb) => verb.tagName);
+      return tw.parseTwiml(await answer.text(), this.twiml.redirect);
     } catch (error) {
       problem(`redirect after the stream: ${error.message}`);
+      return null;
     }
-    render();
   }
 
   end(reason) {

@@ -45,6 +45,7 @@ export function parseTwiml(text, webhookUrl) {
     streamUrl: stream && stream.getAttribute('url') ? streamUrl(stream.getAttribute('url'), webhookUrl) : null,
     parameters: Object.fromEntries(Array.from(stream ? stream.querySelectorAll('Parameter') : [],
       (p) => [p.getAttribute('name') || '', p.getAttribute('value') || ''])),
+    verbs: verbs.map((verb) => verb.tagName),
     after: after.map((verb) => verb.tagName),
     redirect: redirect ? new URL(redirect.textContent.trim(), webhookUrl).href : null,
     say: Array.from(root.querySelectorAll('Say'), (say) => say.textContent).join(' '),

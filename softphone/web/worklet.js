@@ -21,6 +21,7 @@ class PhoneProcessor extends AudioWorkletProcessor {
     if (msg.type === 'media') this.playout.addAudio(decodeFrame(msg.ulaw));
     else if (msg.type === 'mark') this.echo(this.playout.addMark(msg.name));
     else if (msg.type === 'clear') this.echo(this.playout.clear());
+    else if (msg.type === 'reset') this.playout.clear(); // a new stream: old marks have no one to go to
   }
 
   echo(marks) {
