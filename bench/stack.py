@@ -3,6 +3,7 @@ environment (never real Gemini), readiness from /healthz, SIGTERM to stop."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -19,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
            "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT",
            "EMULATOR_PORT", "TWILIO_AUTH_TOKEN")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: supervisord gets SIGTERM if the test runner dies (a killed pytest
+    must not leave whole stacks running and skewing every later measurement). The "parent" is the
+    thread that started it: start stacks from the main thread, not from a thread pool."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -70,8 +79,12 @@ class Stack:
     def start(self, timeout: float = 30.0) -> "Stack":
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.health()["status"] == "ok", timeout, "the stack to be ready", self.log)
+                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        try:
+            wait_for(lambda: self.health()["status"] == "ok", timeout, "the stack to be ready", self.log)
+        except BaseException:
+            self.stop()  # never leave a half-started stack running behind a failed test
+            raise
         return self
 
     def health(self) -> dict:

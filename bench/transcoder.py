@@ -1,6 +1,7 @@
 """How many concurrent calls one real transcoder process sustains.
 
-    python -m bench.transcoder [--calls 1000] [--step-s 10] [--json docs/transcoder.json]
+    python -m bench.transcoder [--calls 1000] [--beyond] [--keep-going] [--steps 200,500,1000]
+                               [--step-s 10] [--nice -10] [--json docs/transcoder.json]
 
 Starts ``python -m transcoder`` (a temp BRIDGE_RUN_DIR) and plays both of its neighbours from this
 process: the gateway (a ROUTER at GATEWAY_ENDPOINT that answers Hello and heartbeats) and a lean
@@ -14,6 +15,10 @@ passes when both directions' p99 per-frame latency through the transcoder is und
 is lost. Latency: up = AudioUp arrival − AudioIn's t_in; down = AudioOut arrival − AudioDown's t_in,
 so each is one transcoder pass plus two ZeroMQ ipc hops, and any lateness of this load generator. Its
 own CPU is reported apart from the transcoder's (the box has 2 cores).
+
+Each step also reports the transcoder's CPU per frame (both directions counted; a call is 100 frames a
+second) and how loaded the box is ("box ×": the anchors' LUT-decode yardstick timed now, against its
+0.75 µs in shared/reference/anchors.md). On a shared box, latency fails first: read both.
 
 The load generator stays lean: synchronous pyzmq, audio messages packed and read as plain msgpack
 arrays in the schema's field order (control messages go through common/messages).
@@ -37,6 +42,7 @@ import numpy as np
 import zmq
 
 from common import messages as m
+from bench.dsp import ANCHOR_LUT_US, reference_us
 from common.link import new_epoch
 
 P99_LIMIT_MS = 5.0
@@ -234,13 +240,15 @@ class Harness:
         if not self.add_calls(calls):
             return None
         self.play(warmup_s)
+        slowdown = reference_us(2000) / ANCHOR_LUT_US  # how loaded the box is right now
         self.step = step = Step(calls, seconds, time.monotonic_ns())
         tc0, gen0, t0 = self.transcoder_cpu(), self.own_cpu(), time.monotonic()
         self.play(seconds)
         tc1, gen1, wall = self.transcoder_cpu(), self.own_cpu(), time.monotonic() - t0
         self.pump(time.monotonic() + 0.3)  # replies still in flight count; nothing new is sent
         self.step = None
-        return step.summary(100 * (tc1 - tc0) / wall, 100 * (gen1 - gen0) / wall, tc1 - tc0)
+        return {**step.summary(100 * (tc1 - tc0) / wall, 100 * (gen1 - gen0) / wall, tc1 - tc0),
+                "box_slowdown": round(slowdown, 2)}
 
     def play(self, seconds: float) -> None:
         """Send every call's frames as they fall due, one batch per tick, for ``seconds``."""
@@ -320,7 +328,7 @@ def main() -> None:
                       f"{row['down_p50_ms']!s:>6}/{row['down_p99_ms']}/{row['down_max_ms']!s:<7} "
                       f"{row['lost_up']:>5}/{row['lost_down']:<5} {row['transcoder_cpu_pct']:>6}% "
                       f"{row['tc_cpu_us_per_frame']:>8} {row['loadgen_cpu_pct']:>6}% "
-                      f"{'pass' if row['passed'] else 'FAIL'}", flush=True)
+                      f"{'pass' if row['passed'] else 'FAIL'} (box ×{row['box_slowdown']})", flush=True)
                 if row["passed"]:
                     best = max(best, n)
                 elif not args.keep_going:

@@ -63,7 +63,8 @@ class CallStart:
     params: dict  # Twilio customParameters, str -> str
     model: str  # the model_client endpoint the transcoder forwards to
     resume_handle: str = ""
-    resume: bool = False
+    resume: bool = False  # the call is live: re-pinned (new transcoder) or re-assigned (new model_client)
+    turn: int = 0  # on re-assignment: the newest turn id the gateway has seen; new turns number after it
 
 
 @dataclass(slots=True)
@@ -156,10 +157,13 @@ class Transcript:
 
 @dataclass(slots=True)
 class Resumption:
-    """The latest resumable Gemini session handle; the gateway keeps it for re-assignment."""
+    """The latest resumable Gemini session handle; the gateway keeps it for re-assignment. ``upto`` is
+    the ``t_in`` of the newest caller audio the session had sent when the handle came: audio after it
+    may not be in the handle's state, so the gateway keeps it to replay (gateway/replay.py)."""
     TAG: ClassVar[int] = 13
     call: str
     handle: str
+    upto: int = 0
 
 
 @dataclass(slots=True)

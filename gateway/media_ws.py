@@ -23,7 +23,6 @@ from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-MAX_WS_MESSAGE = 64 * 1024  # a 20 ms media frame is ~300 bytes of JSON
 CLOSE_TIMEOUT_S = 2.0  # how long our close waits for the peer's; well inside supervisord's stop window
 
 

@@ -92,8 +92,10 @@ def check_echo(speech: np.ndarray, result) -> str | None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
+    # Production heartbeats: the tests' 0.25 s leaves a 0.75 s liveness window that a loaded 2-core
+    # box can miss, and a reconnect then costs the healthy call frames that no bad input took.
     stack = Stack(tmp_path_factory.mktemp("fuzz") / "run", TWILIO_AUTH_TOKEN=AUTH, GEMINI_SILENCE_MS="300",
-                  BRIDGE_START_TIMEOUT_S="1.5", BRIDGE_FLOOD_CLOSE_S="1")
+                  BRIDGE_HEARTBEAT_S="1.0", BRIDGE_START_TIMEOUT_S="1.5", BRIDGE_FLOOD_CLOSE_S="1")
     stack.start()
     calls = HealthyCalls(stack.url)
     calls.start()

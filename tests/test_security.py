@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -195,6 +196,7 @@ async def gateway(capacity: int = 10, peers: bool = True, host: str = "127.0.0.1
             for link in links:
                 await link.stop()
             ctx.destroy(linger=0)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def signed(config, path: str, params: dict[str, str], token: str | None) -> dict[str, str]:
@@ -560,6 +562,7 @@ async def test_other_users_cannot_reach_the_ipc_sockets():
     finally:
         await router.stop()
         ctx.destroy(linger=0)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 # --- the real stack: CURVE over tcp, signed calls, and no secret in any log --------------------
