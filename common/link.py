@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import secrets
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -102,12 +103,13 @@ class _Link:
                 log.warning("dropped a batch of %d messages to %s: %s",
                             len(batch), route or self.endpoint, sent.exception())
 
-    async def _drain(self) -> list[list[bytes]]:
-        """Wait for one ZeroMQ message, then take everything else already queued."""
-        first = await self.sock.recv_multipart()
+    async def _drain(self, copy: bool = True) -> list[list]:
+        """Wait for one ZeroMQ message, then take everything else already queued. ``copy=False``
+        gives ``zmq.Frame``s, which know the connection they came in on (the monitor needs that)."""
+        first = await self.sock.recv_multipart(copy=copy)
         got = [first]
         while True:
-            more = self.sock.recv_multipart(flags=zmq.DONTWAIT)
+            more = self.sock.recv_multipart(flags=zmq.DONTWAIT, copy=copy)
             if more.exception() is not None:
                 return got
             got.append(more.result())
@@ -134,15 +136,25 @@ class _Link:
 
 class RouterLink(_Link):
     """A bound ROUTER that tracks its peers. ``on_batch(peer, messages)`` gets everything but link
-    control; ``on_peer_lost(peer)`` fires when a peer goes silent or says Hello with a new epoch."""
+    control; ``on_peer_lost(peer)`` fires when a peer goes silent or says Hello with a new epoch.
+
+    With ``monitor=True`` a peer is also lost the moment its connection closes (a killed process:
+    the kernel closes its socket at once), not 3 heartbeats later. ZeroMQ's socket monitor reports
+    ``EVENT_DISCONNECTED`` with the connection's file descriptor only; each received message's
+    ``SRCFD`` says which descriptor it came in on, so we remember fd → route as messages arrive."""
 
     def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
                  on_batch: Callable[[Peer, list], None],
                  on_peer_lost: Callable[[Peer], None] = lambda peer: None, *,
-                 curve: CurveKeys | None = None):
+                 curve: CurveKeys | None = None, monitor: bool = False):
         super().__init__(ctx, endpoint, heartbeat_s, curve)
         self.hello, self.on_batch, self.on_peer_lost = hello, on_batch, on_peer_lost
         self.peers: dict[bytes, Peer] = {}
+        self.monitor = monitor
+        self.disconnects = 0  # peers found lost by the monitor (the rest by silence or a new epoch)
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._fd_route: dict[int, bytes] = {}  # connection fd → the route heard on it
+        self._route_fd: dict[bytes, int] = {}  # route → the fd it was last heard on
 
     async def start(self) -> None:
         _prepare_endpoint(self.endpoint)
@@ -151,6 +163,9 @@ class RouterLink(_Link):
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its route
         self._release = _secure(self.sock, self.endpoint, self.curve, server=True)
         self.sock.bind(self.endpoint)
+        if self.monitor:
+            self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            spawn(self._monitor_loop(), f"router-monitor:{self.endpoint}", self._tasks)
         spawn(self._recv_loop(), f"router:{self.endpoint}", self._tasks)
         spawn(self._heartbeat_loop(), f"router-heartbeat:{self.endpoint}", self._tasks)
 
@@ -159,12 +174,43 @@ class RouterLink(_Link):
 
     async def _recv_loop(self) -> None:
         while True:
-            for frames in await self._drain():
+            for frames in await self._drain(copy=not self.monitor):
                 if len(frames) != 2:
                     self.rejected += 1
                     log.error("malformed internal message: %d frames", len(frames))
                     continue
+                if self.monitor:
+                    frames = self._note_connection(frames)
                 self._handle(frames[0], frames[1])
+
+    def _note_connection(self, frames: list[zmq.Frame]) -> list[bytes]:
+        route, fd = frames[0].bytes, frames[1].get(zmq.SRCFD)
+        if self._route_fd.get(route) != fd:
+            self._route_fd[route] = fd
+            self._fd_route[fd] = route
+        return [route, frames[1].bytes]
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            event, fd = struct.unpack("=hi", (await self._monitor.recv_multipart())[0])
+            route = self._fd_route.pop(fd, None) if event == zmq.EVENT_DISCONNECTED else None
+            # Only the peer's latest connection counts: a DEALER that reconnected with the same
+            # identity (ROUTER_HANDOVER) is already heard on a new fd. A descriptor is reused only
+            # after its DISCONNECTED event, and a restarted process takes far longer to say Hello
+            # than this loop takes to read the event, so an fd is never mistaken for its successor.
+            if route is not None and self._route_fd.get(route) == fd:
+                del self._route_fd[route]
+                peer = self.peers.get(route)
+                if peer is not None:
+                    self.disconnects += 1
+                    self._lose(peer, "its connection closed")
+
+    def _close_socket(self) -> None:
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        super()._close_socket()
 
     def _handle(self, route: bytes, frame: bytes) -> None:
         batch = self._unpack(frame, route)
@@ -212,6 +258,7 @@ class RouterLink(_Link):
     def _lose(self, peer: Peer, why: str) -> None:
         log.warning("%s %s lost: %s", peer.role, peer.endpoint or peer.route.decode(errors="replace"), why)
         self.peers.pop(peer.route, None)
+        self._route_fd.pop(peer.route, None)
         self.on_peer_lost(peer)
 
     async def _heartbeat_loop(self) -> None:

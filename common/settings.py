@@ -83,12 +83,19 @@ class Settings:
     transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
     tools_module: str = ""  # dotted path of a module of async functions offered to the model as tools
     phone: bool = False  # the browser phone at /phone (development): on by default with the emulator
+    # Faults (DESIGN §4): what a call keeps so that no single fault ends it or loses caller audio.
+    replay_s: float = 15.0  # caller audio kept (gateway, model_client) until a resumption handle covers it
+    reassign_wait_s: float = 10.0  # a call whose model_client died waits this long for another
+    reconnect_max: int = 5  # Gemini reconnects in a row (without a stable connection) before giving up
+    reconnect_stable_s: float = 10.0  # a connection up this long resets the reconnect count
+    handover_margin_s: float = 1.0  # after goAway: switch at once when this little time is left
     # Emulator (used when no Gemini credentials are set).
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8443
     emulator_persona: str = "echo"
     emulator_goaway_after_s: float = 0.0
     emulator_drop_after_s: float = 0.0
+    emulator_refuse_handles: bool = False  # refuse every resumption handle (close 1007), as if expired
     emulator_tool_script: tuple[tuple[str, str, str], ...] = ()  # (text trigger, tool name, JSON args)
     # Transcoder: the resampling engine (transcoder/resample.py); "fir" meets the DSP targets.
     resampler: str = "fir"
@@ -404,6 +411,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         emulator_persona=persona,
         emulator_goaway_after_s=_float(env, "EMULATOR_GOAWAY_AFTER_S", 0.0),
         emulator_drop_after_s=_float(env, "EMULATOR_DROP_AFTER_S", 0.0),
+        emulator_refuse_handles=_bool(env, "EMULATOR_REFUSE_HANDLES"),
+        replay_s=_float(env, "BRIDGE_REPLAY_S", Settings.replay_s) or Settings.replay_s,
+        reassign_wait_s=_float(env, "BRIDGE_REASSIGN_WAIT_S", Settings.reassign_wait_s),
+        reconnect_max=_int(env, "GEMINI_RECONNECT_MAX", Settings.reconnect_max),
+        reconnect_stable_s=_float(env, "GEMINI_RECONNECT_STABLE_S", Settings.reconnect_stable_s),
+        handover_margin_s=_float(env, "GEMINI_HANDOVER_MARGIN_S", Settings.handover_margin_s),
         emulator_tool_script=_tool_script(env),
         resampler=_resampler(env),
         **_security(env),

@@ -124,7 +124,8 @@ async def healthz(request: web.Request) -> web.Response:
         "capacity": _capacity(request.app),
         "pending_streams": request.app[ADMISSIONS].pending,
         "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
-                     "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call},
+                     "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call,
+                     "peer_disconnects": pipeline.router.disconnects, **pipeline.moves},
     })
 
 

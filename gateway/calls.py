@@ -18,6 +18,7 @@ from common.lifecycle import spawn
 from common.logs import call_context
 from gateway import twilio_codec as tw
 from gateway.playout import Echo, Playout
+from gateway.replay import CallerRing
 from gateway.transcripts import TranscriptLog
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class Call:
     transcoder: bytes = b""  # route of the transcoder the call is pinned to
     model: str = ""  # endpoint of the model_client holding its Gemini session
     resume_handle: str = ""
+    params: dict = field(default_factory=dict)  # Twilio customParameters, for a new model_client
+    ring: CallerRing = field(default_factory=lambda: CallerRing(0))  # set by the pipeline
+    orphaned: float = 0.0  # monotonic time the call lost its model_client with none to take it over
     seq_in: int = 0
     started: float = field(default_factory=time.monotonic)
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio

@@ -3,6 +3,11 @@
 Transcoders and model_clients say Hello here. A new call is pinned to the least-loaded live
 transcoder and model_client; the transcoder is told with CallStart and forwards it. What comes back
 from the transcoders is turned into Twilio messages on the call's queue.
+
+Faults (DESIGN §4): the ROUTER's socket monitor reports a killed peer at once (heartbeats catch the
+rest). A lost transcoder's calls are re-pinned to another; a lost model_client's calls are
+re-assigned to another with their latest resumption handle (or wait up to ``reassign_wait_s`` for
+one to come back). Either way the call's kept caller audio (gateway/replay.py) follows the CallStart.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from common.logs import call_context
 from common.settings import Settings
 from gateway.calls import Call
 from gateway.dispositions import Dispositions
+from gateway.replay import CallerRing
 
 PREWARM_TTL_S = 60.0  # a pre-warmed session whose stream never came is closed after this
 
@@ -37,11 +43,13 @@ class Pipeline:
         self.dispositions = Dispositions()
         self.unknown_call = 0
         self.barge_ins = 0
+        self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
         self.on_transcript = lambda call, msg: None  # set by gateway/phone.py when /phone is on
         self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
         self.router = RouterLink(self._ctx, settings.gateway_endpoint, settings.heartbeat_s, self.hello,
-                                 self._on_batch, self._on_peer_lost, curve=CurveKeys.from_settings(settings))
+                                 self._on_batch, self._on_peer_lost, curve=CurveKeys.from_settings(settings),
+                                 monitor=True)
 
     def hello(self) -> m.Hello:
         return m.Hello(m.ROLE_GATEWAY, self.epoch, 0, self.settings.gateway_endpoint)
@@ -49,6 +57,7 @@ class Pipeline:
     async def start(self) -> None:
         await self.router.start()
         spawn(self._sweep_loop(), "prewarm-sweep", self._tasks)
+        spawn(self._orphan_loop(), "orphan-sweep", self._tasks)
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -112,6 +121,7 @@ class Pipeline:
         if transcoder is None or not model:
             return False
         call.transcoder, call.model = transcoder.route, model
+        call.params, call.ring = params, CallerRing(self.settings.replay_s)
         self.calls[call.id] = call
         self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, params,
                                                       call.model, call.resume_handle, False))
@@ -122,7 +132,10 @@ class Pipeline:
 
     def caller_audio(self, call: Call, ulaw: bytes, ts: int) -> None:
         call.seq_in += 1
-        self.router.send(call.transcoder, m.AudioIn(call.id, call.seq_in, time.monotonic_ns(), ulaw, ts))
+        msg = m.AudioIn(call.id, call.seq_in, time.monotonic_ns(), ulaw, ts)
+        call.ring.add(msg)
+        if call.model:  # else kept in the ring until a model_client takes the call over
+            self.router.send(call.transcoder, msg)
 
     def send(self, call: Call, msg) -> None:
         self.router.send(call.transcoder, msg)
@@ -168,6 +181,7 @@ class Pipeline:
                 call.transcript.model(msg.turn, msg.text)
         elif isinstance(msg, m.Resumption):
             call.resume_handle = msg.handle
+            call.ring.covered(msg.upto)
         elif isinstance(msg, m.Action):
             self._action(call, msg)
         elif isinstance(msg, m.CallEnd):
@@ -202,19 +216,65 @@ class Pipeline:
                 if peer.role == m.ROLE_TRANSCODER and call.transcoder == peer.route:
                     self._repin(call)
                 elif peer.role == m.ROLE_MODEL_CLIENT and call.model == peer.endpoint:
-                    log.error("model_client %s lost: call ended", peer.endpoint)
-                    self.end_call(call, "model_client lost")
-                    call.close()
+                    self._reassign(call)
 
     def _repin(self, call: Call) -> None:
-        """A transcoder died: its per-call state is rebuilt on another from the next frame on."""
+        """A transcoder died: its per-call state is rebuilt on another from the kept audio on."""
         other = self._least_loaded(m.ROLE_TRANSCODER, exclude=call.transcoder)
         if other is None:
             log.error("transcoder lost and no other is live: call ended")
-            self.end_call(call, "no transcoder")
-            call.close()
+            self._give_up(call, "no transcoder")
             return
         call.transcoder = other.route
-        self.router.send(other.route, m.CallStart(call.id, call.call_sid, call.stream_sid, {}, call.model,
-                                                  call.resume_handle, True))
+        self.moves["repinned"] += 1
         log.warning("transcoder lost: call re-pinned to %s", other.route.decode())
+        if call.model:  # else the CallStart goes out once a model_client takes the call
+            self._move(call)
+
+    def _reassign(self, call: Call) -> None:
+        """Its model_client died: another resumes the Gemini session from the call's latest handle.
+        With none live (one model_client, restarting) the call waits for one, its audio kept."""
+        call.turn_done(call.playout.latest)  # that turn will get no more audio: let it play out
+        other = self._least_loaded(m.ROLE_MODEL_CLIENT)
+        if other is None:
+            if not call.orphaned:
+                log.warning("model_client %s lost, none live: waiting up to %g s for one", call.model,
+                            self.settings.reassign_wait_s)
+                call.orphaned = time.monotonic()
+            call.model = ""
+            return
+        log.warning("model_client %s lost: call moves to %s (%s)", call.model or "(none)",
+                    other.endpoint, "resuming" if call.resume_handle else "no handle yet: fresh session")
+        call.model, call.orphaned = other.endpoint, 0.0
+        self.moves["reassigned"] += 1
+        self._move(call)
+
+    def _move(self, call: Call) -> None:
+        """Tell the call's transcoder where the call now lives, then replay the kept caller audio."""
+        turn = max(call.playout.latest, call.playout.cleared_turn)
+        self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, call.params,
+                                                      call.model, call.resume_handle, True, turn))
+        frames = call.ring.frames()
+        for msg in frames:
+            self.router.send(call.transcoder, msg)
+        self.moves["replayed_frames"] += len(frames)
+        if frames:
+            log.info("replayed %d frames (%d ms) of caller audio", len(frames), 20 * len(frames))
+
+    def _give_up(self, call: Call, reason: str) -> None:
+        self.moves["lost_no_peer"] += 1
+        self.end_call(call, reason)
+        call.close()
+
+    async def _orphan_loop(self) -> None:
+        """Calls waiting for a model_client: take one as soon as one is live, or give up."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s / 2)
+            for call in [c for c in self.calls.values() if not c.model]:
+                with call_context(call.id):
+                    if time.monotonic() - call.orphaned > self.settings.reassign_wait_s:
+                        log.error("no model_client came back within %g s: call ended",
+                                  self.settings.reassign_wait_s)
+                        self._give_up(call, "model_client lost")
+                    elif self.live(m.ROLE_MODEL_CLIENT):
+                        self._reassign(call)

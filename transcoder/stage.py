@@ -112,11 +112,25 @@ class TranscoderStage:
     def _handle_call_start(self, msg: m.CallStart) -> None:
         register_call(msg.call, msg.call_sid, msg.stream_sid)
         with call_context(msg.call):
-            if msg.call in self.calls:
+            held = self.calls.get(msg.call)
+            if held is not None and msg.resume:
+                self._switch_model(held, msg)
+                return
+            if held is not None:
                 log.warning("CallStart for a call already held: state rebuilt")
             self.calls[msg.call] = CallAudio(msg.call, msg.model, self.settings.resampler)
             self._model_link(msg.model).send(msg)
             log.info("call pinned here (model_client %s); %d calls held", msg.model, len(self.calls))
+
+    def _switch_model(self, audio: CallAudio, msg: m.CallStart) -> None:
+        """The call's model_client died and the gateway moved the call to another: its DSP state stays,
+        its audio goes to the new endpoint from now on. If the old one was only slow, not dead, it
+        must let the call go, or the caller would hear two sessions."""
+        if audio.model != msg.model:
+            self.models[audio.model].send(m.CallEnd(msg.call, "moved to another model_client"))
+            log.warning("call moved from model_client %s to %s", audio.model, msg.model)
+        audio.model = msg.model
+        self._model_link(msg.model).send(msg)
 
     def _free(self, call: str, reason: str) -> None:
         with call_context(call):
