@@ -90,3 +90,14 @@ def test_conversation_settings_are_validated(env, message):
 def test_transfer_allow_list(target, allowed):
     s = load({"BRIDGE_TRANSFER_TARGETS": "+1555*, sip:desk@pbx.example.com"})
     assert s.transfer_allowed(target) is allowed
+
+
+def test_every_variable_is_documented_in_the_readme():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "common" / "settings.py").read_text()
+    readme = (root / "README.md").read_text()
+    names = {n for n in re.findall(r'"([A-Z][A-Z0-9_]{3,})"', source) if "SENSITIVITY_" not in n}
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
