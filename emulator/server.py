@@ -7,7 +7,10 @@ Serves TLS with its own self-signed certificate (``emulator.certs``) on
   ephemeral-token ``...Constrained`` method, the Vertex path; any number of leading slashes, since a
   base URL with a trailing ``/`` gives ``//ws/...``). One connection is one session
   (``emulator.session``); the persona (``emulator.persona``) decides what the model says.
-- ``GET /healthz``: ``{"sessions": <open sessions>}``.
+- ``GET /healthz``: ``{"sessions": <open sessions>, "log": [...]}``; the log has one entry per
+  recent session (open ones last): its number, the turn count a resumption handle restored it to
+  (``resumed_from``, null for a new session), its turns, whether its handle was refused, how it
+  ended, and the end of its system instruction. Fault tests read resumption off it.
 
 Fault knobs, per connection, counted from its setup:
 
@@ -15,6 +18,7 @@ Fault knobs, per connection, counted from its setup:
   then a close with 1000 once that time has passed (so a 0.3 s knob gives a 0.3 s grace, not 5 s).
 - ``EMULATOR_DROP_AFTER_S`` > 0: after that long, the TCP connection is aborted with no close frame
   (the SDK reports 1006).
+- ``EMULATOR_REFUSE_HANDLES``: every resumption handle is refused (1007), as an expired one would be.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ LIVE_PATH = re.compile(
     r"(Constrained)?|google\.cloud\.aiplatform\.v1beta1\.LlmBidiService/BidiGenerateContent)$")
 MAX_CLIENT_FRAME = 4 << 20  # a client frame above this closes the session with 1009
 SHUTDOWN_S = 3.0
+LOG_SESSIONS = 500
+INSTRUCTION_TAIL = 400  # characters of each session's system instruction shown in /healthz
 CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the client's reply; shutdown stays inside SIGTERM's window
 
 
@@ -50,6 +56,7 @@ class EmulatorStage:
         self.settings = settings
         self._handles = HandleStore()
         self.interrupted_ns: deque[int] = deque(maxlen=10_000)  # see TurnPlayer; shown in /healthz
+        self.log: deque[dict] = deque(maxlen=LOG_SESSIONS)  # ended sessions, for /healthz
         self._sessions: dict[LiveSession, asyncio.Event] = {}
         self._opened = 0
         self._runner: web.AppRunner | None = None
@@ -99,7 +106,8 @@ class EmulatorStage:
         log.info("emulator stopped after %d sessions", self._opened)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"sessions": self.sessions, "interrupted_ns": list(self.interrupted_ns)})
+        return web.json_response({"sessions": self.sessions, "interrupted_ns": list(self.interrupted_ns),
+                                  "log": [*self.log, *(_entry(s, "open") for s in self._sessions)]})
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         if not LIVE_PATH.match(request.path):
@@ -119,6 +127,7 @@ class EmulatorStage:
         finally:
             del self._sessions[session]
             done.set()
+            self.log.append(_entry(session, session.ended_by))
             log.info("session %d ended (%s) after %.1f s, %d turns (%d open)", session.number,
                      session.ended_by, time.monotonic() - started, session.turns, self.sessions)
         return ws
@@ -131,3 +140,9 @@ class EmulatorStage:
             _, pending = await asyncio.wait(waits, timeout=SHUTDOWN_S)
             for task in pending:
                 task.cancel()
+
+
+def _entry(session: LiveSession, ended_by: str) -> dict:
+    return {"number": session.number, "resumed_from": session.resumed_from, "turns": session.turns,
+            "refused_handle": session.refused_handle, "ended_by": ended_by,
+            "instruction": session.instruction[-INSTRUCTION_TAIL:]}

@@ -52,6 +52,9 @@ class LiveSession:
                           "context_update": self._handle_ignored}
         self._tool_calls: dict[str, asyncio.Future] = {}  # scripted tool calls awaiting a response
         self.tool_calls = 0
+        self.resumed_from: int | None = None  # the turn count a resumption handle restored
+        self.refused_handle = False
+        self.instruction = ""  # the setup's system instruction (a fresh session may carry the story so far)
 
     @property
     def turns(self) -> int:
@@ -114,6 +117,7 @@ class LiveSession:
         if not isinstance(setup.get("model"), str) or not setup["model"]:
             raise wire.Malformed("setup.model is missing")
         opts = Options.from_setup(setup)
+        self.instruction = wire.text_of({"turns": [setup.get("system_instruction") or {}]})
         turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
         self._vad = EnergyVad(opts.vad)
         self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns,
@@ -129,9 +133,12 @@ class LiveSession:
         if not handle:
             return 0
         turns = self._handles.get(handle) if isinstance(handle, str) else None
-        if turns is None:  # the real service's code for this is not settled (wire reference §13)
+        if turns is None or self._settings.emulator_refuse_handles:
+            # The real service's code for this is not settled (wire reference §13).
+            self.refused_handle = True
             raise wire.Malformed("unknown or expired session resumption handle")
-        log.debug("%s: resumed after %d turns", self._label, turns)
+        log.info("%s: resumed after %d turns", self._label, turns)
+        self.resumed_from = turns
         return turns
 
     # Client frames

@@ -5,9 +5,10 @@ it inside a resumption handle: the model_client's ``Resumption`` says up to whic
 may cover (``upto``, that frame's ``t_in``), and everything up to it is forgotten. When the call
 moves, what is kept is sent again right behind the ``CallStart``, in order:
 
-- its transcoder died (re-pin): the model_client still has the session and drops every frame it
-  already had (by ``t_in``), so only what the dead transcoder swallowed goes on to Gemini, and the new
-  transcoder's resampler is warmed up on real audio instead of starting cold;
+- its transcoder died (re-pin): what was sent since shortly before the transcoder was last heard
+  from goes again. The model_client still has the session and drops every frame it already had (by
+  ``t_in``), so only what the dead transcoder swallowed goes on to Gemini, and the new transcoder's
+  resampler is warmed up on real audio instead of starting cold;
 - its model_client died (re-assignment): the new session resumes from the handle and gets exactly
   the audio the handle may lack.
 
@@ -45,5 +46,6 @@ class CallerRing:
         while self._frames and self._frames[0].t_in <= upto:
             self._frames.popleft()
 
-    def frames(self) -> list[m.AudioIn]:
-        return list(self._frames)
+    def frames(self, since_ns: int = 0) -> list[m.AudioIn]:
+        """What is kept, from ``t_in >= since_ns`` on."""
+        return [f for f in self._frames if f.t_in >= since_ns]

@@ -38,8 +38,9 @@ def make_client(settings: Settings) -> genai.Client:
     return genai.Client(api_key=settings.api_key or "emulator", http_options=http)
 
 
-def live_config(settings: Settings, handle: str = "",
-                tools: list[types.Tool] | None = None) -> types.LiveConnectConfig:
+def live_config(settings: Settings, handle: str = "", tools: list[types.Tool] | None = None,
+                instruction: str = "") -> types.LiveConnectConfig:
+    """``instruction`` replaces the system instruction (a fresh session told the conversation so far)."""
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         temperature=settings.temperature,
@@ -48,7 +49,7 @@ def live_config(settings: Settings, handle: str = "",
             voice_config=types.VoiceConfig(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.voice)),
             language_code=settings.language),
-        system_instruction=settings.system_instruction,
+        system_instruction=instruction or settings.system_instruction,
         realtime_input_config=types.RealtimeInputConfig(
             automatic_activity_detection=types.AutomaticActivityDetection(
                 disabled=False, silence_duration_ms=settings.silence_ms,

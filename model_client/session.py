@@ -1,11 +1,27 @@
-"""One call's Gemini Live session: caller audio in, the model's audio and events out.
+"""One call's Gemini Live session: caller audio in, the model's audio and events out, kept alive
+across connections (DESIGN §4; wire reference §6, §8).
 
-Everything sent to Gemini goes through one ordered queue (audio, text such as DTMF or the greeting
-prompt, tool responses), drained by one sender task. Audio queued while the previous send was in
-flight leaves as one ``send_realtime_input``, so a busy loop sends fewer, larger chunks instead of
-falling behind; before the session is open the queue is bounded (the oldest audio is shed).
+Sending: everything for Gemini goes through one ordered queue (audio, text such as DTMF or the
+greeting prompt, tool responses), sent one item at a time by one sender task on the current
+connection. Audio arriving while a send is in flight joins the last queued chunk, so a busy loop sends
+fewer, larger chunks; unsent audio is bounded (the oldest is shed). Caller audio carries the gateway's
+``t_in``: a frame seen before (the gateway replays after a fault) is dropped.
+
+Connections (model_client/reconnect.py): everything sent is journaled until a resumption handle
+covers it, and a new connection, opened with a handle, first gets again what that handle lacks. So:
+
+- goAway: a second connection is opened at once with the latest handle while the old one still
+  works. We switch at a turn boundary (no model turn streaming, no tool running, and a handle newer
+  than the model's last activity), or when only ``handover_margin_s`` is left. A handle arriving
+  meanwhile makes the standby stale: at the next boundary it is reopened with the newer one.
+- an unexpected close (1000 while live, 1001, 1006, 1011, a transport error): reconnect with the
+  latest handle; bounded retries with backoff, the count reset by a stable connection.
+- a refused handle (1007 on resume): a fresh session whose system instruction tells the
+  conversation so far (from the transcripts), then what was said since the refused handle.
+
 Turn ids are ours: a model turn starts with its first audio and ends at ``turn_complete`` or
-``interrupted``; downstream stages use them to drop late chunks of an interrupted turn.
+``interrupted``, or when its connection is lost. They continue across connections, and a session that
+takes a call over from another model_client starts after the gateway's newest turn.
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 import websockets
@@ -24,33 +41,56 @@ from common.lifecycle import cancel_all, spawn
 from common.logs import call_context
 from common.settings import Settings
 from model_client.barge import BargeInDetector
-from model_client.config import audio_blob, live_config
+from model_client.config import live_config
+from model_client.reconnect import (Connection, Conversation, Ended, Journal, RetryBudget, next_step,
+                                    time_left_s)
 from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_AUDIO = int(10.0 * 32000)  # 10 s of PCM16 16 kHz
+PCM_BYTES_PER_S = 32000  # PCM16 16 kHz
+MAX_PENDING_AUDIO = int(10.0 * PCM_BYTES_PER_S)
+MAX_CHUNK = PCM_BYTES_PER_S  # queued audio is joined into chunks of at most 1 s
+STANDBY_RETRY_S = 0.2
 
 
 class GeminiSession:
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
-                 handle: str = ""):
+                 handle: str = "", turn: int = 0, resumed: bool = False):
         self.call, self.client, self.settings, self.toolbox = call, client, settings, toolbox
         self.context, self.emit, self.on_end = context, emit, on_end
         self.handle = handle
-        self.turn = 0
+        self.turn = turn
         self.in_turn = False
         self.seq = 0
         self.shed_bytes = 0
+        self.last_t_in = 0  # the newest caller frame received
         self.barge = BargeInDetector()
-        self._queue: list[tuple[str, object]] = []  # ("audio", bytes) | ("text", str) | ("tool", resp)
+        self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
+                      "duplicates": 0}
+        self._queue: deque[tuple[str, object, int, bool]] = deque()  # (kind, item, t_in, resend)
         self._audio_bytes = 0
         self._wake = asyncio.Event()
+        self._ready = asyncio.Event()  # set while there is a connection to send on
+        self._poke = asyncio.Event()  # for the handover: a turn boundary or a new handle
+        self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
+        self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
+        self._conversation = Conversation()
+        self._conn: Connection | None = None
+        self._standby: Connection | None = None
+        self._opening = ""  # the handle a standby is being opened with
+        self._deadline = 0.0  # loop time the connection that sent goAway ends
+        self._ended: asyncio.Future | None = None  # the current connection's end
+        self._rx: asyncio.Task | None = None
+        self._handover: asyncio.Task | None = None
+        self._sent_t_in = 0  # the newest caller frame sent to Gemini
+        self._active = False  # the model did something since the latest handle
+        self._opened = 0
         self._task: asyncio.Task | None = None
         self._tools: dict[str, asyncio.Task] = {}  # running tool calls by id
         self._closing = False
-        if settings.greeting:
+        if settings.greeting and not resumed:
             self._put("text", settings.greeting)
 
     def start(self) -> None:
@@ -58,13 +98,19 @@ class GeminiSession:
 
     # --- from the caller's side -----------------------------------------------------------------
 
-    def send_audio(self, pcm: bytes) -> None:
+    def send_audio(self, pcm: bytes, t_in: int = 0) -> None:
+        if t_in:
+            if t_in <= self.last_t_in:
+                self.stats["duplicates"] += 1
+                return
+            self.last_t_in = t_in
         if self.barge.caller_audio(pcm, time.monotonic()):
             self.emit(m.CallerSpeech(self.call, "vad"))
-        if self._queue and self._queue[-1][0] == "audio":
-            self._queue[-1] = ("audio", self._queue[-1][1] + pcm)
+        last = self._queue[-1] if self._queue else None
+        if last and last[0] == "audio" and not last[3] and len(last[1]) < MAX_CHUNK:
+            self._queue[-1] = ("audio", last[1] + pcm, t_in or last[2], False)
         else:
-            self._queue.append(("audio", pcm))
+            self._queue.append(("audio", pcm, t_in, False))
         self._audio_bytes += len(pcm)
         if self._audio_bytes > MAX_PENDING_AUDIO:
             self._shed_oldest_audio()
@@ -85,82 +131,260 @@ class GeminiSession:
             await cancel_all([self._task, *self._tools.values()])
 
     def _put(self, kind: str, item: object) -> None:
-        self._queue.append((kind, item))
+        self._queue.append((kind, item, 0, False))
         self._wake.set()
 
     def _shed_oldest_audio(self) -> None:
-        for i, (kind, item) in enumerate(self._queue):
-            if kind == "audio":
+        for i, (kind, item, _, resend) in enumerate(self._queue):
+            if kind == "audio" and not resend:
                 del self._queue[i]
                 self._audio_bytes -= len(item)
                 self.shed_bytes += len(item)
                 return
 
-    # --- the session ----------------------------------------------------------------------------
+    # --- connections ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         with call_context(self.call):
-            reason = await self._session()
+            sender = spawn(self._send_loop(), f"session-send:{self.call}")
+            try:
+                reason = await self._keep_connected()
+            except Exception as e:  # a bug here must still end the call, not leave it silent
+                log.exception("session failed")
+                reason = f"session failed: {type(e).__name__}"
+            finally:
+                await cancel_all([t for t in (sender, self._rx, self._handover) if t is not None])
+                for conn in (self._conn, self._standby):
+                    if conn is not None:
+                        await conn.close()
+            log.info("session summary: %s, %d bytes of caller audio shed", ", ".join(
+                f"{v} {k}" for k, v in self.stats.items()), self.shed_bytes + self._journal.shed)
             if not self._closing:
                 log.warning("session ended: %s", reason)
                 self.emit(m.CallEnd(self.call, reason))
             self.on_end(self.call)
 
-    async def _session(self) -> str:
-        config = live_config(self.settings, self.handle, self.toolbox.config())
-        try:
-            started = time.monotonic()
-            async with self.client.aio.live.connect(model=self.settings.model, config=config) as session:
-                log.info("Gemini session open in %.0f ms", (time.monotonic() - started) * 1000)
-                sender = spawn(self._send_loop(session), f"session-send:{self.call}")
-                try:
-                    await self._receive_loop(session)
-                finally:
-                    await cancel_all([sender])
-        except errors.APIError as e:
-            return f"model closed the session ({e.code})"
-        except (OSError, websockets.WebSocketException) as e:
-            return f"model unreachable: {type(e).__name__}: {e}"
-        return "model session ended"
-
-    async def _send_loop(self, session) -> None:
+    async def _keep_connected(self) -> str:
+        """Open, serve, and on each end decide: resume, start fresh, or end the call."""
+        handle, replay_from, fresh = self.handle, self.handle, False
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            queue, self._queue, self._audio_bytes = self._queue, [], 0
-            try:
-                for kind, item in queue:
-                    if kind == "audio":
-                        await session.send_realtime_input(audio=audio_blob(item))
-                    elif kind == "text":
-                        await session.send_realtime_input(text=item)
-                    else:
-                        await session.send_tool_response(function_responses=[item])
-            except websockets.ConnectionClosed:
-                return  # the receive loop reports why
+            conn, self._standby = self._standby, None  # opened after a goAway, before the old one ended
+            if conn is not None and conn.replay_from != replay_from:
+                await conn.close()  # the model said more since its handle
+                conn = None
+            conn = conn or await self._open(handle, replay_from, fresh)
+            opened = isinstance(conn, Connection)
+            ended = await self._serve(conn) if opened else conn
+            self._cut_turn()
+            step = next_step(ended, resuming=not opened and bool(handle))
+            if step == "fatal":
+                return f"model closed the session ({ended})"
+            if step == "fresh":
+                log.warning("resumption handle refused (%s): starting a fresh session told the "
+                            "conversation so far", ended)
+                self.stats["fresh"] += 1
+                handle, replay_from, fresh, self.handle = "", handle, True, ""
+            elif self.handle:
+                handle = replay_from = self.handle
+                fresh = False
+            delay = self._budget.next_delay(loop.time())
+            if delay is None:
+                return f"gave up after {self._budget.attempts} reconnects (last: {ended})"
+            if step == "fresh":
+                delay = 0.0  # the service answered: it only refused the handle
+            self.stats["reconnects"] += 1
+            log.warning("Gemini connection ended (%s): reconnecting in %.2f s %s", ended, delay,
+                        "with the latest handle" if handle else "without a handle")
+            await asyncio.sleep(delay)
 
-    async def _receive_loop(self, session) -> None:
-        while True:  # receive() ends at every turn_complete (wire reference §6)
-            async for msg in session.receive():
-                self._handle(msg)
+    async def _open(self, handle: str, replay_from: str, fresh: bool) -> Connection | Ended:
+        self._opened += 1
+        conn = Connection(handle, replay_from, self._opened)
+        instruction = self._conversation.instruction(self.settings.system_instruction) \
+            if fresh and self._conversation else ""
+        config = live_config(self.settings, handle, self.toolbox.config(), instruction)
+        started = time.monotonic()
+        try:
+            await conn.open(self.client, self.settings.model, config)
+        except errors.APIError as e:
+            return Ended(e.code, str(e))
+        except (OSError, websockets.WebSocketException, TimeoutError) as e:
+            return Ended(None, f"model unreachable: {type(e).__name__}: {e}")
+        log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
+                 (time.monotonic() - started) * 1000,
+                 "resumed" if handle else "fresh, with the conversation so far" if instruction else "new")
+        return conn
+
+    async def _serve(self, conn: Connection) -> Ended:
+        """Until the current connection ends (following any handovers on the way)."""
+        self._ended = asyncio.get_running_loop().create_future()
+        self._use(conn)
+        try:
+            return await self._ended
+        finally:
+            self._ready.clear()
+            await cancel_all([t for t in (self._rx, self._handover) if t is not None])
+            self._handover, self._opening = None, ""
+            current, self._conn = self._conn, None
+            if current is not None:
+                await current.close()
+
+    def _use(self, conn: Connection) -> None:
+        """Send on ``conn`` from now on, starting with what its handle lacks."""
+        self._conn = conn
+        self.stats["connections"] += 1
+        # Queued re-sends of an earlier connection are in the journal too: recompute from it.
+        pending = [item for item in self._queue if not item[3]]
+        resend = [(kind, item, 0, True) for kind, item in self._journal.since(conn.replay_from)]
+        self._queue = deque(resend + pending)
+        if self.stats["connections"] > 1:
+            self.stats["resent_items"] += len(resend)
+            audio = sum(len(item) for kind, item, _, _ in resend if kind == "audio")
+            log.info("connection %d: re-sending %d items (%.2f s of caller audio) its handle lacks",
+                     conn.number, len(resend), audio / PCM_BYTES_PER_S)
+        self._active = False
+        self._rx = spawn(self._receive(conn), f"session-receive:{self.call}:{conn.number}")
+        self._budget.connected(asyncio.get_running_loop().time())
+        self._ready.set()
+        self._wake.set()
+
+    def _cut_turn(self) -> None:
+        """A connection ended mid-turn: what arrived of the turn plays out; a new one comes after."""
+        if self.in_turn:
+            self.emit(m.TurnDone(self.call, self.turn))
+            self.in_turn = False
+
+    async def _send_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._ready.is_set():
+                await self._ready.wait()
+                continue
+            conn = self._conn
+            kind, item, t_in, resend = self._queue.popleft()
+            if kind == "audio" and not resend:
+                self._audio_bytes -= len(item)
+            if not resend and kind != "tool":  # a tool response belongs to its connection's call
+                self._journal.sent(kind, item)
+            try:
+                await conn.send(kind, item)
+            except websockets.ConnectionClosed:
+                if kind == "tool":
+                    log.warning("a tool response was lost with its connection")
+                if self._conn is conn:
+                    self._ready.clear()  # the receive side learns why, and what comes next
+                continue
+            if kind == "audio":
+                self._sent_t_in = max(self._sent_t_in, t_in)
+
+    async def _receive(self, conn: Connection) -> None:
+        try:
+            while True:  # receive() ends at every turn_complete (wire reference §6)
+                async for msg in conn.session.receive():
+                    if conn is not self._conn:
+                        return  # handed over: the new connection speaks from now on
+                    self._handle(msg)
+        except errors.APIError as e:
+            ended = Ended(e.code, str(e))
+        except (OSError, websockets.WebSocketException) as e:
+            ended = Ended(None, f"{type(e).__name__}: {e}")
+        except Exception as e:
+            log.exception("receiving from Gemini failed")
+            ended = Ended(None, f"bug: {type(e).__name__}: {e}")
+        if conn is self._conn and self._ended is not None and not self._ended.done():
+            self._ended.set_result(ended)
+
+    # --- goAway: hand over to a new connection ---------------------------------------------------
+
+    def _go_away(self, time_left: str | None) -> None:
+        left = time_left_s(time_left)
+        log.warning("Gemini goAway, %s left: opening the next connection now", time_left)
+        self._deadline = asyncio.get_running_loop().time() + left
+        if self._handover is None or self._handover.done():
+            self._handover = spawn(self._hand_over(self._conn), f"session-handover:{self.call}")
+
+    def _quiet(self) -> bool:
+        return not self.in_turn and not self._tools and not self._active
+
+    async def _hand_over(self, old: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        while self._conn is old:
+            standby = self._standby
+            if standby is None or (standby.replay_from != self.handle and self._quiet()):
+                self._standby = None
+                if standby is not None:
+                    await standby.close()  # stale: the model has said more since its handle
+                self._opening = self.handle
+                conn = await self._open(self.handle, self.handle, False)
+                if isinstance(conn, Ended) and next_step(conn, resuming=bool(self.handle)) == "fresh":
+                    log.warning("resumption handle refused (%s): the next connection starts fresh, told "
+                                "the conversation so far", conn)
+                    self.stats["fresh"] += 1
+                    conn = await self._open("", self._opening, True)
+                self._opening = ""
+                if isinstance(conn, Ended):
+                    log.warning("standby connection failed (%s)", conn)
+                    await asyncio.sleep(STANDBY_RETRY_S)
+                    continue
+                self._standby = conn  # if the old one ended meanwhile, the reconnect takes this one
+                continue
+            forced = loop.time() >= self._deadline - self.settings.handover_margin_s
+            if forced or (self._quiet() and standby.replay_from == self.handle):
+                self._switch(standby, forced)
+                return
+            self._poke.clear()
+            try:
+                await asyncio.wait_for(self._poke.wait(),
+                                       self._deadline - self.settings.handover_margin_s - loop.time())
+            except TimeoutError:
+                pass
+
+    def _switch(self, new: Connection, forced: bool) -> None:
+        old, old_rx = self._conn, self._rx
+        self._standby = None
+        self.stats["handovers"] += 1
+        log.info("handing over to connection %d%s", new.number,
+                 " (time ran out: not at a turn boundary)" if forced else " at a turn boundary")
+        self._cut_turn()
+        self._use(new)
+        self._handover = None
+        if old_rx is not None:
+            old_rx.cancel()
+        spawn(old.close(), f"session-close-old:{self.call}")
+
+    # --- what Gemini says ------------------------------------------------------------------------
 
     def _handle(self, msg: types.LiveServerMessage) -> None:
-        update = msg.session_resumption_update
-        if update and update.resumable and update.new_handle:
-            self.handle = update.new_handle
-            self.emit(m.Resumption(self.call, update.new_handle))
-        if msg.go_away:
-            log.warning("Gemini goAway, %s left", msg.go_away.time_left)
         if msg.voice_activity and msg.voice_activity.voice_activity_type == \
                 types.VoiceActivityType.ACTIVITY_START:
             self.emit(m.CallerSpeech(self.call, "gemini"))
         if msg.tool_call:
+            self._active = True
             for fc in msg.tool_call.function_calls or []:
                 self._start_tool(fc)
         if msg.tool_call_cancellation:
             self._cancel_tools(msg.tool_call_cancellation.ids or [])
         if msg.server_content is not None:
+            self._active = True
             self._handle_content(msg.server_content, msg.data)
+        # The handle last: in a frame that carries both, it describes the state after the content.
+        update = msg.session_resumption_update
+        if update and update.resumable and update.new_handle:
+            self._new_handle(update.new_handle)
+        if msg.go_away:
+            self._go_away(msg.go_away.time_left)
+        self._poke.set()
+
+    def _new_handle(self, handle: str) -> None:
+        self.handle = handle
+        keep = tuple(h for h in (self._opening, self._standby.replay_from if self._standby else "") if h)
+        self._journal.mark(handle, keep)
+        self._active = False
+        self.emit(m.Resumption(self.call, handle, self._sent_t_in))
 
     def _handle_content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
         if audio:
@@ -172,8 +396,10 @@ class GeminiSession:
             self.emit(m.AudioDown(self.call, self.seq, time.monotonic_ns(), audio, self.turn))
         heard, said = content.input_transcription, content.output_transcription
         if heard and heard.text:
+            self._conversation.add("caller", heard.text)
             self.emit(m.Transcript(self.call, "caller", heard.text, bool(heard.finished)))
         if said and said.text:
+            self._conversation.add("model", said.text)
             turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio
             self.emit(m.Transcript(self.call, "model", said.text, bool(said.finished), turn))
         if content.interrupted:
@@ -197,6 +423,7 @@ class GeminiSession:
             result = {"error": f"{type(e).__name__}: {e}"}
         finally:
             self._tools.pop(fc.id or fc.name, None)
+            self._poke.set()
         log.info("tool %s → %s", fc.name, result)
         self._put("tool", types.FunctionResponse(id=fc.id, name=fc.name, response=result))
 

@@ -110,7 +110,7 @@ class ModelClientStage:
                 continue  # normal for frames still in flight when a call ends
             self.routes[msg.call] = peer.route
             if isinstance(msg, m.AudioUp):
-                session.send_audio(msg.audio)
+                session.send_audio(msg.audio, msg.t_in)
             elif isinstance(msg, m.Dtmf):
                 session.dtmf(msg.digit)
             elif isinstance(msg, m.Played):
@@ -137,7 +137,8 @@ class ModelClientStage:
                 for held in self.backlog.pop(msg.call, []):
                     self._router.send(route, held)
             if msg.call in self.sessions:
-                log.info("stream joined its %s session", "pre-warmed" if route else "existing")
+                log.info("%s joined its %s session", "transcoder" if msg.resume else "stream",
+                         "existing" if msg.resume else "pre-warmed" if route else "existing")
                 return
             try:
                 client = self._client or make_client(self.settings)
@@ -149,12 +150,17 @@ class ModelClientStage:
             context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
                                   transfer_allowed=self.settings.transfer_allowed)
             session = GeminiSession(msg.call, client, self.settings, self.toolbox, context, self._emit,
-                                    self._session_ended, msg.resume_handle)
+                                    self._session_ended, msg.resume_handle, msg.turn, msg.resume)
             self.sessions[msg.call] = session
             if route is None:
                 self.backlog[msg.call] = []
             session.start()
-            log.info("session starting%s; %d sessions", "" if route else " (pre-warm)", len(self.sessions))
+            how = ""
+            if route is None:
+                how = " (pre-warm)"
+            elif msg.resume:
+                how = " (taking over a live call%s)" % (", resuming its handle" if msg.resume_handle else "")
+            log.info("session starting%s; %d sessions", how, len(self.sessions))
 
     def _end(self, call: str, reason: str) -> None:
         session = self.sessions.pop(call, None)

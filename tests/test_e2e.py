@@ -54,22 +54,27 @@ async def test_sigterm_drains_then_closes_the_stream_and_stops_cleanly(tmp_path)
     import urllib.request
 
     stack = Stack(tmp_path / "run", BRIDGE_DRAIN_S="2").start()
-    call = asyncio.create_task(place_call(stack.url, speech_like(1.0, seed=3), listen_s=20, timeout_s=30))
-    await asyncio.to_thread(wait_for, lambda: stack.health()["calls"] == 1, 10, "the call to start", stack.log)
-    started = asyncio.get_running_loop().time()
-    stack.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)  # draining: the live call goes on, new calls are refused politely
-    with urllib.request.urlopen(stack.url + "/twiml", data=b"CallSid=CA2", timeout=5) as r:
-        assert "<Hangup" in r.read().decode()
     try:
-        urllib.request.urlopen(stack.url + "/readyz", timeout=5)
-        raise AssertionError("/readyz must say 503 while draining")
-    except urllib.error.HTTPError as e:
-        assert e.code == 503 and json.loads(e.read())["why"] == "draining"
-    assert not call.done()
-    result = await asyncio.wait_for(call, 15)
-    assert result.closed_by == "server"
-    assert 1.5 < asyncio.get_running_loop().time() - started < 6
-    assert stack.stop() == 0
+        call = asyncio.create_task(place_call(stack.url, speech_like(1.0, seed=3), listen_s=20, timeout_s=30))
+        await asyncio.to_thread(wait_for, lambda: stack.health()["calls"] == 1, 10, "the call to start", stack.log)
+        started = asyncio.get_running_loop().time()
+        stack.proc.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:  # supervisord forwards the signal when it gets to it: poll, never sleep
+            try:
+                urllib.request.urlopen(stack.url + "/readyz", timeout=5)
+                return False
+            except urllib.error.HTTPError as e:
+                return e.code == 503 and json.loads(e.read())["why"] == "draining"
+        await asyncio.to_thread(wait_for, draining, 1.5, "/readyz to say draining", stack.log)
+        # Draining: the live call goes on, new calls are refused politely.
+        with urllib.request.urlopen(stack.url + "/twiml", data=b"CallSid=CA2", timeout=5) as r:
+            assert "<Hangup" in r.read().decode()
+        assert not call.done()
+        result = await asyncio.wait_for(call, 15)
+        assert result.closed_by == "server"
+        assert 1.5 < asyncio.get_running_loop().time() - started < 6
+    finally:
+        assert stack.stop() == 0
     text = stack.log.read_text()
     assert "drain time over: ending 1 calls" in text and "Traceback" not in text

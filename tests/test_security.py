@@ -484,12 +484,12 @@ async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.asyncio.Context()
     got, heard = [], []
-    router = RouterLink(ctx, endpoint, 0.05, lambda: m.Hello(m.ROLE_GATEWAY, "gw", 0, endpoint),
+    router = RouterLink(ctx, endpoint, 0.25, lambda: m.Hello(m.ROLE_GATEWAY, "gw", 0, endpoint),
                         lambda peer, batch: got.append((peer.role, batch)), curve=keys)
 
     def dealer(curve, role, sink):
         hello = m.Hello(role, new_epoch(), 1, "")
-        return DealerLink(ctx, endpoint, 0.05, lambda: hello, lambda: 0, sink.extend, curve=curve)
+        return DealerLink(ctx, endpoint, 0.25, lambda: hello, lambda: 0, sink.extend, curve=curve)
 
     friend = dealer(keys, m.ROLE_TRANSCODER, heard)
     strangers = [dealer(CurveKeys(keys.server_public, other.client_public, "", other.client_secret),
@@ -508,7 +508,7 @@ async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(
         await until(lambda: got)
         router.send(next(iter(router.peers)), m.CallEnd("c1", "bye"))
         await until(lambda: heard)
-        await asyncio.sleep(0.5)  # time enough for the strangers' heartbeats and messages
+        await asyncio.sleep(1.0)  # time enough for the strangers' heartbeats and messages
         assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "5")])]
         assert [p.role for p in router.peers.values()] == [m.ROLE_TRANSCODER]
         assert heard == [m.CallEnd("c1", "bye")]

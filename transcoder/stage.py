@@ -123,13 +123,20 @@ class TranscoderStage:
             log.info("call pinned here (model_client %s); %d calls held", msg.model, len(self.calls))
 
     def _switch_model(self, audio: CallAudio, msg: m.CallStart) -> None:
-        """The call's model_client died and the gateway moved the call to another: its DSP state stays,
-        its audio goes to the new endpoint from now on. If the old one was only slow, not dead, it
+        """The call's model_client died and the gateway moved the call to another: the down direction
+        keeps its state, the caller's audio goes to the new endpoint from now on. If the old one was only slow, not dead, it
         must let the call go, or the caller would hear two sessions."""
         if audio.model != msg.model:
             self.models[audio.model].send(m.CallEnd(msg.call, "moved to another model_client"))
             log.warning("call moved from model_client %s to %s", audio.model, msg.model)
         audio.model = msg.model
+        audio.up.reset()  # the gateway replays earlier audio next: no filter state may bridge the jump
+        link = self.models.get(msg.model)
+        if link is not None and link.sock is None:
+            # Backing off after that endpoint fell silent (its process restarting): what is sent now
+            # would be dropped. A fresh link queues it until the new process binds the endpoint.
+            asyncio.ensure_future(link.stop())
+            del self.models[msg.model]
         self._model_link(msg.model).send(msg)
 
     def _free(self, call: str, reason: str) -> None:

@@ -1,0 +1,184 @@
+"""The pieces that keep one call's Gemini session alive across connections (wire reference §6, §8).
+
+- ``Connection``: one Live WebSocket, opened with a resumption handle (or none), closed by leaving the
+  SDK's context.
+- ``Journal``: what was sent since each handle we may still resume from. A handle is the service's
+  state at some point; what we sent after it is not in it, so a new connection opened with that handle
+  gets it again. Bounded (``max_bytes`` of audio; the oldest goes, counted).
+- ``RetryBudget``: reconnects in a row, with backoff; a connection that stayed up ``stable_s`` resets
+  the count (Pipecat's Gemini service does the same).
+- ``next_step``: what a close code means for the call.
+- ``resumed_instruction``: a fresh session's system instruction when a handle is refused: the
+  conversation so far, from the transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass
+
+from google import genai
+from google.genai import types
+
+from model_client.config import audio_blob
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+BACKOFF_S = 0.25  # the first retry is immediate, then 0.25 s doubling ...
+BACKOFF_CAP_S = 4.0  # ... to this
+MAX_CONTEXT_CHARS = 6000  # of transcript handed to a fresh session
+DEFAULT_TIME_LEFT_S = 10.0  # a goAway whose timeLeft we cannot read
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Why a connection ended (or failed to open): the WebSocket close code if there was one."""
+    code: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        detail = self.detail[:120]
+        return detail if detail.startswith(str(self.code)) else f"{self.code or 'no close code'}: {detail}"
+
+
+def next_step(ended: Ended, resuming: bool) -> str:
+    """"resume" (reconnect with the latest handle), "fresh" (the handle was refused: start again,
+    telling the model the conversation so far) or "fatal" (end the call). Wire reference §6: 1000
+    while the call is live, 1001, 1006, 1011 → resume; 1007 on a resume → fresh; 1007 otherwise is a
+    bad setup and 1008 a policy refusal, which retrying will not fix."""
+    if ended.code == 1007 and resuming:
+        return "fresh"
+    if ended.code in (1007, 1008):
+        return "fatal"
+    return "resume"
+
+
+def time_left_s(text: str | None) -> float:
+    """goAway's ``timeLeft`` is a proto Duration string ("50s", "0.3s")."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", text or "")
+    return float(match.group(1)) if match else DEFAULT_TIME_LEFT_S
+
+
+class Connection:
+    """One Live connection. ``replay_from`` names the journal mark whose items it must be sent again:
+    its own handle, or for a fresh session the refused handle."""
+
+    def __init__(self, handle: str, replay_from: str, number: int):
+        self.handle, self.replay_from, self.number = handle, replay_from, number
+        self.session = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            self.session = await self._stack.enter_async_context(
+                client.aio.live.connect(model=model, config=config))
+
+    async def send(self, kind: str, item: object) -> None:
+        if kind == "audio":
+            await self.session.send_realtime_input(audio=audio_blob(item))
+        elif kind == "text":
+            await self.session.send_realtime_input(text=item)
+        else:
+            await self.session.send_tool_response(function_responses=[item])
+
+    async def close(self) -> None:
+        """Leave the SDK's context: a close frame with 1000, if the socket is still open."""
+        try:
+            await self._stack.aclose()
+        except Exception as e:  # the socket may already be gone; nothing is left to do about it
+            log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
+
+
+class Journal:
+    """Items sent, in order, with a mark per handle; ``since(handle)`` is what that handle lacks."""
+
+    def __init__(self, max_bytes: int):
+        self._items: deque[tuple[int, str, object]] = deque()  # (index, kind, item)
+        self._next = 0
+        self._marks: dict[str, int] = {"": 0}  # no handle yet: everything since the session began
+        self._bytes = 0
+        self._max = max_bytes
+        self.shed = 0  # audio bytes forgotten before any handle covered them
+
+    def sent(self, kind: str, item: object) -> None:
+        self._items.append((self._next, kind, item))
+        self._next += 1
+        if kind == "audio":
+            self._bytes += len(item)
+            while self._bytes > self._max:
+                self._drop_oldest()
+
+    def mark(self, handle: str, keep: tuple[str, ...] = ()) -> None:
+        """``handle`` covers everything sent so far; only it and ``keep`` will be resumed from."""
+        self._marks = {h: i for h, i in self._marks.items() if h in keep}
+        self._marks[handle] = self._next
+        oldest = min(self._marks.values())
+        while self._items and self._items[0][0] < oldest:
+            self._drop_oldest(counted=False)
+
+    def since(self, handle: str) -> list[tuple[str, object]]:
+        start = self._marks.get(handle, 0)  # a handle we never saw (the gateway's): all we have
+        return [(kind, item) for index, kind, item in self._items if index >= start]
+
+    def _drop_oldest(self, counted: bool = True) -> None:
+        _, kind, item = self._items.popleft()
+        if kind == "audio":
+            self._bytes -= len(item)
+            if counted:
+                self.shed += len(item)
+
+
+class RetryBudget:
+    def __init__(self, max_attempts: int, stable_s: float):
+        self.max_attempts, self.stable_s = max_attempts, stable_s
+        self.attempts = 0
+        self._up_since: float | None = None
+
+    def connected(self, now: float) -> None:
+        self._up_since = now
+
+    def next_delay(self, now: float) -> float | None:
+        """Seconds to wait before the next attempt, or None when the budget is spent."""
+        if self._up_since is not None and now - self._up_since >= self.stable_s:
+            self.attempts = 0
+        self._up_since = None
+        if self.attempts >= self.max_attempts:
+            return None
+        delay = 0.0 if self.attempts == 0 else min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (self.attempts - 1))
+        self.attempts += 1
+        return delay
+
+
+class Conversation:
+    """What was said so far, from the transcripts, for a fresh session (bounded)."""
+
+    def __init__(self, max_chars: int = MAX_CONTEXT_CHARS):
+        self._lines: deque[list[str]] = deque()
+        self._chars = 0
+        self._max = max_chars
+
+    def add(self, role: str, text: str) -> None:
+        if not text:
+            return
+        if self._lines and self._lines[-1][0] == role:
+            self._lines[-1][1] += text
+        else:
+            self._lines.append([role, text])
+        self._chars += len(text)
+        while self._chars > self._max and len(self._lines) > 1:
+            self._chars -= len(self._lines.popleft()[1])
+
+    def __bool__(self) -> bool:
+        return bool(self._lines)
+
+    def instruction(self, base: str) -> str:
+        said = "\n".join(f"{'Caller' if role == 'caller' else 'You'}: {text.strip()}"
+                         for role, text in self._lines)
+        return (f"{base}\n\nThis phone call is already in progress. The connection to you was lost and "
+                f"could not be resumed, so here is the conversation so far:\n{said}\n"
+                "Carry on from there; do not greet the caller again.")
