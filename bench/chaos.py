@@ -3,7 +3,11 @@
 - ``transcoder``: kill -9 the busiest transcoder mid-call (supervisord restarts it);
 - ``model_client``: kill -9 one of two model_clients mid-call;
 - ``goaway``: the emulator sends goAway a few seconds into every connection, then closes it;
-- ``drop``: the emulator drops every connection (no close frame) a few seconds in.
+- ``drop``: the emulator drops every connection (no close frame) a few seconds in;
+- ``refused``: as ``drop``, and every resumption handle is refused: fresh sessions told the story so far;
+- ``gateway``: two stacks share a real redis-server behind a load balancer (bench/failover.py); the
+  gateway holding the calls is killed and stays down; each caller follows Twilio's ``<Redirect>`` to
+  the other stack, which resumes the call from the handle kept in Redis.
 
 Every call says three utterances with pauses between them; the emulator's echo persona says each
 back. A call is *lost* if it ended early or an echo never came. For each utterance the echo is
@@ -11,7 +15,8 @@ aligned piece by piece (200 ms) with what was said: a piece missing from the ech
 lost, and a piece that comes back shifted against the rest means audio went missing (or came twice)
 inside the utterance. The *gap* of an utterance is the larger of the two, in ms.
 
-    python -m bench.chaos [--calls 20] [--faults transcoder,model_client,goaway,drop] [--json docs/chaos.json]
+    python -m bench.chaos [--calls 20] [--faults transcoder,model_client,goaway,drop,refused,gateway]
+                          [--json docs/chaos.json]
 
 The same helpers drive tests/test_chaos.py (one call per fault, asserted).
 """
@@ -29,12 +34,13 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from xmlrpc.client import ServerProxy
+from xmlrpc.client import Fault, ServerProxy
 
 import numpy as np
 from supervisor.xmlrpc import SupervisorTransport
 
-from bench.stack import Stack, wait_for
+from bench.failover import Failover
+from bench.stack import RedisServer, Stack, wait_for
 from softphone.caller import CallError, place_call
 from softphone.speech import silence, speech_like
 from transcoder.g711 import decode_ulaw
@@ -170,6 +176,26 @@ class Supervisor:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def stop(self, name: str) -> None:
+        transport = SupervisorTransport(None, None, self.sock)
+        try:
+            ServerProxy("http://127.0.0.1", transport=transport).supervisor.stopProcess(name)
+        finally:
+            transport.close()
+
+    def kill9_and_keep_down(self, name: str) -> int:
+        """SIGKILL, then stop supervisord from restarting it (it may already be starting again)."""
+        pid = self.kill9(name)
+
+        def down():
+            try:
+                self.stop(name)
+            except Fault:
+                pass  # not running at this instant: try again
+            return self.processes()[name]["statename"] == "STOPPED"
+        wait_for(down, 10, f"{name} to stay down", self.stack.log)
+        return pid
+
     def wait_restarted(self, name: str, old_pid: int, timeout: float = 20.0) -> int:
         def restarted():
             p = self.processes()[name]
@@ -224,16 +250,21 @@ class Outcome:
     echoes: list[Echo] = field(default_factory=list)
 
 
-async def run_call(stack: Stack, seed: int, call_sid: str, listen_s: float = 1.5) -> tuple[Script, object]:
+async def run_call(url: str, seed: int, call_sid: str, listen_s: float = 1.5,
+                   follow_redirect: bool = False) -> tuple[Script, object]:
     plan = script(seed)
     try:
-        result = await place_call(stack.url, plan.audio, listen_s=listen_s, call_sid=call_sid, timeout_s=90)
+        result = await place_call(url, plan.audio, listen_s=listen_s, call_sid=call_sid, timeout_s=90,
+                                  follow_redirect=follow_redirect)
     except CallError as e:
         return plan, e
     return plan, result
 
 
-def judge(plan: Script, result) -> Outcome:
+def judge(plan: Script, result, fault: str = "") -> Outcome:
+    """Lost: the bridge ended the call, or an echo never came. A gateway's death takes with it what
+    the caller said since the model's last handle (it kept that audio), so there only the last
+    utterance, said on the new stream, must come back; the others count in ``utterances_lost``."""
     if isinstance(result, Exception):
         return Outcome(getattr(result, "call_sid", "?"), lost=f"call failed: {result}")
     outcome = Outcome(result.call_sid)
@@ -243,17 +274,21 @@ def judge(plan: Script, result) -> Outcome:
     for utterance, start in zip(plan.utterances, plan.starts):
         echo = echo_of(utterance, start, heard)
         outcome.echoes.append(echo)
-        if echo.found < 0.5 and not outcome.lost:
+        must = fault != "gateway" or start == plan.starts[-1]
+        if echo.found < 0.5 and must and not outcome.lost:
             outcome.lost = "an echo never came back"
     return outcome
 
 
 async def inject(stack: Stack, fault: str, at_s: float) -> str:
     """Kill the busiest process of the fault's role ``at_s`` into the run; "" for emulator faults."""
-    if fault not in ("transcoder", "model_client"):
+    if fault not in ("transcoder", "model_client", "gateway"):
         return ""
     await asyncio.sleep(at_s)
     sup = Supervisor(stack)
+    if fault == "gateway":
+        await asyncio.to_thread(sup.kill9_and_keep_down, "gateway:gateway")
+        return "gateway:gateway"
     name = await asyncio.to_thread(busiest, stack, fault)
     pid = await asyncio.to_thread(sup.kill9, name)
     await asyncio.to_thread(sup.wait_restarted, name, pid)
@@ -262,26 +297,50 @@ async def inject(stack: Stack, fault: str, at_s: float) -> str:
 
 async def run_fault(fault: str, calls: int, run_dir: Path, spread_s: float = 2.0,
                     heartbeat_s: float = 1.0) -> dict:
-    env = {**BASE_ENV, "BRIDGE_HEARTBEAT_S": str(heartbeat_s), **FAULT_ENV[fault]}
+    env = {**BASE_ENV, "BRIDGE_HEARTBEAT_S": str(heartbeat_s), **FAULT_ENV.get(fault, {})}
+    if fault == "gateway":
+        return await _run_gateway_fault(env, calls, run_dir, spread_s)
     stack = Stack(run_dir, **env).start()
     try:
-        started = time.monotonic()
-        tasks = []
-        for i in range(calls):
-            tasks.append(asyncio.create_task(run_call(stack, 1000 + i, f"CA{fault[:4]}{i:028d}"[:34])))
-            await asyncio.sleep(spread_s / calls)
-        killer = asyncio.create_task(inject(stack, fault, 4.2 - (time.monotonic() - started)))
-        results = await asyncio.gather(*tasks)
-        killed = await killer
-        outcomes = [judge(plan, result) for plan, result in results]
-        health = stack.health()
-        sessions = emulator_log(stack)
+        return await _drive(fault, stack, stack.url, stack, calls, spread_s)
     finally:
         stack.stop()
-    return summarise(fault, outcomes, killed, health, sessions)
 
 
-def summarise(fault: str, outcomes: list[Outcome], killed: str, health: dict, sessions: list[dict]) -> dict:
+async def _run_gateway_fault(env: dict, calls: int, run_dir: Path, spread_s: float) -> dict:
+    redis_server = RedisServer(run_dir / "redis").start()
+    stacks: list[Stack] = []
+    try:
+        async with Failover() as lb:
+            shared = dict(env, REDIS_URL=redis_server.url, PUBLIC_URL=lb.url, BRIDGE_SECRET="bench-chaos-secret")
+            stacks = [Stack(run_dir / "one", **shared).start(), Stack(run_dir / "two", **shared).start()]
+            lb.backends = [int(s.env["PORT"]) for s in stacks]
+            return await _drive("gateway", stacks[0], lb.url, stacks[1], calls, spread_s)
+    finally:
+        for stack in stacks:
+            stack.stop()
+        redis_server.stop()
+
+
+async def _drive(fault: str, victim: Stack, url: str, survivor: Stack, calls: int, spread_s: float) -> dict:
+    """The calls, placed at ``url``, with the fault injected into ``victim`` ~4 s in; the state
+    is read from ``survivor`` (the same stack unless the fault moves the calls)."""
+    started = time.monotonic()
+    tasks = []
+    for i in range(calls):
+        sid = f"CA{fault[:4]}{i:028d}"[:34]
+        tasks.append(asyncio.create_task(run_call(url, 1000 + i, sid, follow_redirect=url != victim.url)))
+        await asyncio.sleep(spread_s / calls)
+    killer = asyncio.create_task(inject(victim, fault, 4.2 - (time.monotonic() - started)))
+    results = await asyncio.gather(*tasks)
+    killed = await killer
+    outcomes = [judge(plan, result, fault) for plan, result in results]
+    gaps = [g for _, r in results if not isinstance(r, Exception) for g in r.stream_gaps_s]
+    return summarise(fault, outcomes, killed, survivor.health(), emulator_log(survivor), gaps)
+
+
+def summarise(fault: str, outcomes: list[Outcome], killed: str, health: dict, sessions: list[dict],
+              stream_gaps_s: list[float] = ()) -> dict:
     echoes = [e for o in outcomes for e in o.echoes if e.found > 0]
     gaps = [e.gap_ms for e in echoes]
     delays = [e.delay_s for e in echoes]
@@ -291,12 +350,14 @@ def summarise(fault: str, outcomes: list[Outcome], killed: str, health: dict, se
         "worst_gap_ms": round(max(gaps, default=0.0), 1),
         "frames_lost": int(round(sum(e.missing_ms for o in outcomes for e in o.echoes) / 20)),
         "utterances_with_gap": sum(1 for g in gaps if g > 0),
+        "utterances_lost": sum(1 for o in outcomes for e in o.echoes if e.found < 0.5),
         "echo_delay_p50_s": round(float(np.median(delays)), 2) if delays else None,
         "echo_delay_max_s": round(max(delays), 2) if delays else None,
         "worst": [{"call_sid": o.call_sid, "utterance": i, "gap_ms": round(e.gap_ms, 1),
                    "missing_ms": round(e.missing_ms, 1), "shift_ms": round(e.shift_ms, 1)}
                   for o, i, e in sorted(((o, i, e) for o in outcomes for i, e in enumerate(o.echoes)),
                                         key=lambda x: -x[2].gap_ms)[:3] if e.gap_ms > 0],
+        "no_stream_max_s": round(max(stream_gaps_s), 2) if stream_gaps_s else None,
         "gemini_sessions": len(sessions), "resumed_sessions": sum(1 for s in sessions if s["resumed_from"] is not None),
         "refused_handles": sum(1 for s in sessions if s["refused_handle"]),
         "gateway": {k: health["counters"].get(k, 0) for k in
@@ -305,12 +366,14 @@ def summarise(fault: str, outcomes: list[Outcome], killed: str, health: dict, se
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'fault':13} {'calls':>5} {'lost':>5} {'worst gap ms':>13} {'frames lost':>12} " \
-           f"{'echo delay p50/max s':>21} {'sessions':>9} {'resumed':>8}"
+    head = (f"{'fault':13} {'calls':>5} {'lost':>5} {'utt. lost':>9} {'worst gap ms':>13} {'frames lost':>12} "
+            f"{'no stream s':>11} {'echo delay p50/max s':>21} {'sessions':>9} {'resumed':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['fault']:13} {r['calls']:>5} {r['lost']:>5} {r['worst_gap_ms']:>13} "
-                     f"{r['frames_lost']:>12} {str(r['echo_delay_p50_s']) + ' / ' + str(r['echo_delay_max_s']):>21} "
+        delay = f"{r['echo_delay_p50_s']} / {r['echo_delay_max_s']}"
+        no_stream = "-" if r["no_stream_max_s"] is None else r["no_stream_max_s"]
+        lines.append(f"{r['fault']:13} {r['calls']:>5} {r['lost']:>5} {r['utterances_lost']:>9} "
+                     f"{r['worst_gap_ms']:>13} {r['frames_lost']:>12} {no_stream:>11} {delay:>21} "
                      f"{r['gemini_sessions']:>9} {r['resumed_sessions']:>8}")
     return "\n".join(lines)
 
@@ -318,7 +381,7 @@ def table(rows: list[dict]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20)
-    parser.add_argument("--faults", default="transcoder,model_client,goaway,drop,refused")
+    parser.add_argument("--faults", default="transcoder,model_client,goaway,drop,refused,gateway")
     parser.add_argument("--json", default="docs/chaos.json")
     parser.add_argument("--keep", default="", help="keep each stack's run directory (logs) under this")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="BRIDGE_HEARTBEAT_S (production default)")

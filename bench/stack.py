@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Variables that would point a test at real Gemini or at another stack.
 FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
            "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT",
-           "EMULATOR_PORT", "TWILIO_AUTH_TOKEN")
+           "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
 
 
 def _die_with_parent() -> None:
@@ -102,3 +103,39 @@ class Stack:
             raise AssertionError(f"supervisord did not stop in {timeout}s\n{self.log.read_text()[-4000:]}")
 
 
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free port, its files in ``run_dir``, gone with ``stop()``."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = run_dir / "redis.log"
+        self._run_dir = run_dir
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    def start(self) -> "RedisServer":
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self._run_dir)],
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        wait_for(lambda: _answers(self.port), 10, "redis-server to listen", self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")

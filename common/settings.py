@@ -12,6 +12,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from typing import Mapping
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -89,6 +90,7 @@ class Settings:
     reconnect_max: int = 5  # Gemini reconnects in a row (without a stable connection) before giving up
     reconnect_stable_s: float = 10.0  # a connection up this long resets the reconnect count
     handover_margin_s: float = 1.0  # after goAway: switch at once when this little time is left
+    redis_url: str = field(default="", repr=False)  # call state shared by gateways ("" = in memory)
     # Emulator (used when no Gemini credentials are set).
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8443
@@ -120,8 +122,9 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line (common/logs.py masks them)."""
+        redis_password = urlsplit(self.redis_url).password or ""
         return tuple(v for v in (self.api_key, self.twilio_auth_token, self.bridge_secret,
-                                 self.curve_server_secret, self.curve_client_secret) if v)
+                                 self.curve_server_secret, self.curve_client_secret, redis_password) if v)
 
     def model_client_endpoint_for(self, n: int) -> str:
         return self.model_client_endpoint.format(n=n)
@@ -180,6 +183,13 @@ def _endpoint(env: Mapping[str, str], name: str, default: str) -> str:
     if not value.startswith(("ipc://", "tcp://")):
         raise SettingsError(f"{name} must be an ipc:// or tcp:// endpoint, got {value!r}")
     return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("REDIS_URL", "").strip()
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("REDIS_URL must be redis://, rediss:// or unix:// (got another scheme)")
+    return url
 
 
 def _backend(env: Mapping[str, str]) -> tuple[str, str]:
@@ -417,6 +427,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reconnect_max=_int(env, "GEMINI_RECONNECT_MAX", Settings.reconnect_max),
         reconnect_stable_s=_float(env, "GEMINI_RECONNECT_STABLE_S", Settings.reconnect_stable_s),
         handover_margin_s=_float(env, "GEMINI_HANDOVER_MARGIN_S", Settings.handover_margin_s),
+        redis_url=_redis_url(env),
         emulator_tool_script=_tool_script(env),
         resampler=_resampler(env),
         **_security(env),

@@ -1,36 +1,44 @@
-"""Session resumption handles the emulator has issued: opaque, unique, valid for a while.
+"""Session resumption handles the emulator issues: opaque to clients, valid for a while, and good at
+any emulator instance.
 
-A handle maps to what a resumed session needs to carry on (here: how many turns it had). The store
-lives in the emulator process, so handles do not survive an emulator restart; a resume with such a
-handle is refused (1007), as the real service refuses an expired one.
+The real service is one service: a handle it issued on one connection resumes on any other, whichever
+server takes it. So a handle carries what a resumed session needs (here: how many turns it had) and
+when it expires, and any emulator process accepts it, including one started after it was issued. That
+lets a call move between two stacks (tests/test_chaos.py: its gateway dies, the other stack's
+model_client resumes it). A handle that does not parse, or has expired, is refused (1007), as the real
+service refuses an expired one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
 import time
-from collections import OrderedDict
 
 HANDLE_TTL_S = 2 * 3600  # the Gemini API keeps handles for about 2 h (wire reference §8)
-MAX_HANDLES = 10_000
+PREFIX = "emu-"
 
 
 class HandleStore:
-    def __init__(self, ttl_s: float = HANDLE_TTL_S, capacity: int = MAX_HANDLES):
-        self._ttl_s, self._capacity = ttl_s, capacity
-        self._handles: OrderedDict[str, tuple[float, int]] = OrderedDict()
+    def __init__(self, ttl_s: float = HANDLE_TTL_S):
+        self._ttl_s = ttl_s
 
     def issue(self, turns: int) -> str:
-        handle = "emu-" + secrets.token_urlsafe(18)
-        self._handles[handle] = (time.monotonic() + self._ttl_s, turns)
-        while len(self._handles) > self._capacity:
-            self._handles.popitem(last=False)
-        return handle
+        state = {"turns": turns, "expires": time.time() + self._ttl_s, "nonce": secrets.token_hex(6)}
+        return PREFIX + base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
 
     def get(self, handle: str) -> int | None:
-        """The turn count saved with ``handle``, or None if it is unknown or expired."""
-        entry = self._handles.get(handle)
-        if entry is None or entry[0] < time.monotonic():
-            self._handles.pop(handle, None)
+        """The turn count saved in ``handle``, or None if it is not one of ours or has expired."""
+        if not handle.startswith(PREFIX) or len(handle) > 256:
             return None
-        return entry[1]
+        body = handle[len(PREFIX):]
+        try:
+            state = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            turns, expires = state["turns"], state["expires"]
+        except (binascii.Error, ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(turns, int) or not isinstance(expires, (int, float)) or expires < time.time():
+            return None
+        return turns

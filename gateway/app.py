@@ -65,18 +65,18 @@ async def twiml_webhook(request: web.Request) -> web.Response:
 
 
 async def twiml_after(request: web.Request) -> web.Response:
-    """What Twilio does once the stream has ended: the call's disposition (gateway/dispositions.py)."""
+    """What Twilio does once the stream has ended: the call's disposition (gateway/call_state.py)."""
     form = await request.post()
     call_sid = form.get("CallSid", "")
     if not isinstance(call_sid, str) or not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
-    done = request.app[PIPELINE].dispositions.after(call_sid)
-    log.info("stream of %s ended: %s%s", call_sid, done.kind, f" to {done.target}" if done.target else "")
-    if done.kind == "transfer":
+    done = await request.app[PIPELINE].state.after(call_sid)
+    log.info("stream of %s ended: %s%s", call_sid, done.disposition, f" to {done.target}" if done.target else "")
+    if done.disposition == "transfer":
         body = twiml.dial_twiml(done.target)
-    elif done.kind == "resume":
+    elif done.disposition == "resume":
         return await twiml_webhook(request)  # a fresh stream for the same call
-    elif done.kind == "apologise":
+    elif done.disposition == "apologise":
         body = twiml.say_hangup_twiml(SORRY_MESSAGE)
     else:
         body = twiml.hangup_twiml()
@@ -125,7 +125,8 @@ async def healthz(request: web.Request) -> web.Response:
         "pending_streams": request.app[ADMISSIONS].pending,
         "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
                      "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call,
-                     "peer_disconnects": pipeline.router.disconnects, **pipeline.moves},
+                     "peer_disconnects": pipeline.router.disconnects, **pipeline.moves,
+                     "call_state_errors": pipeline.state.errors},
     })
 
 

@@ -27,7 +27,7 @@ from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
 from gateway.calls import Call
-from gateway.dispositions import Dispositions
+from gateway.call_state import make_call_state, transcript_pointer
 from gateway.replay import CallerRing
 
 PREWARM_TTL_S = 60.0  # a pre-warmed session whose stream never came is closed after this
@@ -42,7 +42,7 @@ class Pipeline:
         self.epoch = new_epoch()
         self.calls: dict[str, Call] = {}
         self.prewarmed: dict[str, tuple[str, float]] = {}  # call id -> (model endpoint, deadline)
-        self.dispositions = Dispositions()
+        self.state = make_call_state(settings.redis_url)  # dispositions, handles: gateway/call_state.py
         self.unknown_call = 0
         self.barge_ins = 0
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
@@ -57,6 +57,7 @@ class Pipeline:
         return m.Hello(m.ROLE_GATEWAY, self.epoch, 0, self.settings.gateway_endpoint)
 
     async def start(self) -> None:
+        await self.state.start()
         await self.router.start()
         spawn(self._sweep_loop(), "prewarm-sweep", self._tasks)
         spawn(self._orphan_loop(), "orphan-sweep", self._tasks)
@@ -65,6 +66,7 @@ class Pipeline:
         await cancel_all(self._tasks)
         await self.router.stop()
         self._ctx.destroy(linger=0)
+        await self.state.stop()
 
     # --- pinning ------------------------------------------------------------------------------
 
@@ -92,7 +94,9 @@ class Pipeline:
         if model is None:
             return
         self.prewarmed[call_id] = (model.endpoint, time.monotonic() + PREWARM_TTL_S)
-        self.router.send(model.route, m.CallStart(call_id, call_sid, "", {}, model.endpoint))
+        known = self.state.get(call_sid)  # a call resuming on a fresh stream carries on its session
+        self.router.send(model.route, m.CallStart(call_id, call_sid, "", {}, model.endpoint, known.handle,
+                                                  False, known.turn))
 
     def _model_for(self, call_id: str) -> str:
         endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
@@ -125,10 +129,26 @@ class Pipeline:
         call.transcoder, call.model = transcoder.route, model
         call.params, call.ring = params, CallerRing(self.settings.replay_s)
         self.calls[call.id] = call
+        known = self._carry_on(call)
         self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, params,
-                                                      call.model, call.resume_handle, False))
+                                                      call.model, call.resume_handle, False, known.turn))
         log.info("pinned to transcoder %s and model_client %s", transcoder.route.decode(), call.model)
         return True
+
+    def _carry_on(self, call: Call):
+        """A fresh stream of a call that was already going (its stream died): resume its Gemini
+        session from the kept handle, and say where the call's transcript began."""
+        known = self.state.get(call.call_sid)
+        here = transcript_pointer(call.transcript.path)
+        if known.handle:
+            call.resume_handle = known.handle
+            log.info("the call carries on: its Gemini session resumes from the kept handle (turn %d)",
+                     known.turn)
+        if not known.transcript:
+            self.state.update(call.call_sid, transcript=here)
+        elif known.transcript != here:
+            log.info("transcript continues from %s", known.transcript)
+        return known
 
     # --- calls → pipeline ---------------------------------------------------------------------
 
@@ -185,6 +205,8 @@ class Pipeline:
         elif isinstance(msg, m.Resumption):
             call.resume_handle = msg.handle
             call.ring.covered(msg.upto)
+            self.state.update(call.call_sid, handle=msg.handle,
+                              turn=max(call.playout.latest, call.playout.cleared_turn))
         elif isinstance(msg, m.Action):
             self._action(call, msg)
         elif isinstance(msg, m.CallEnd):
@@ -203,9 +225,9 @@ class Pipeline:
 
     def _action(self, call: Call, msg: m.Action) -> None:
         if msg.kind == "hangup":
-            self.dispositions.set(call.call_sid, "hangup")
+            self.state.update(call.call_sid, disposition="hangup", target="")
         elif msg.kind == "transfer" and self.settings.transfer_allowed(msg.target):
-            self.dispositions.set(call.call_sid, "transfer", msg.target)
+            self.state.update(call.call_sid, disposition="transfer", target=msg.target)
         else:
             log.error("action %s %r refused", msg.kind, msg.target)
             return

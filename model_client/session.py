@@ -90,7 +90,7 @@ class GeminiSession:
         self._task: asyncio.Task | None = None
         self._tools: dict[str, asyncio.Task] = {}  # running tool calls by id
         self._closing = False
-        if settings.greeting and not resumed:
+        if settings.greeting and not resumed and not handle:  # a handle: the call is under way
             self._put("text", settings.greeting)
 
     def start(self) -> None:

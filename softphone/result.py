@@ -40,6 +40,8 @@ class CallResult:
     reply_starts_s: list[float] = field(default_factory=list)  # audio began after ≥250 ms idle / a clear
     turn_latencies_s: list[float] = field(default_factory=list)  # speech end → each reply after it
     closed_by: str = "caller"  # "caller" (sent stop, closed) or "server" (closed the socket)
+    streams: int = 1  # Media Streams the call used (more after following <Redirect>s)
+    stream_gaps_s: list[float] = field(default_factory=list)  # no stream up between two of them
 
     def summary(self) -> dict:
         """JSON-serialisable: no audio bytes, only their durations."""
@@ -56,4 +58,5 @@ class CallResult:
             "start_to_audio_s": self.start_to_audio_s,
             "speech_end_s": self.speech_end_s, "reply_starts_s": list(self.reply_starts_s),
             "turn_latencies_s": list(self.turn_latencies_s), "closed_by": self.closed_by,
+            "streams": self.streams, "stream_gaps_s": list(self.stream_gaps_s),
         }

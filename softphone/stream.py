@@ -52,7 +52,7 @@ class MediaStream:
         self.closed_by: str | None = None
         self._seq = 0
         self._lock = asyncio.Lock()
-        self._t0 = 0.0
+        self.t0 = 0.0  # loop time the call clock started (the first frame's audio)
         self._warned_discard = False
         self._ended = False  # stop sent: Twilio says nothing more, and plays nothing more
 
@@ -62,7 +62,7 @@ class MediaStream:
             await self._send(lambda _: wire.connected(), numbered=False)  # §2: no sequenceNumber
             await self._send(lambda seq: wire.start(seq, self.account_sid, self.stream_sid,
                                                     self.call_sid, self.twiml.parameters))
-            self._t0 = asyncio.get_running_loop().time()
+            self.t0 = asyncio.get_running_loop().time()
             receiver = asyncio.create_task(self._receive(), name=f"softphone-receive-{self.call_sid}")
             try:
                 await self._stream_audio()
@@ -113,7 +113,7 @@ class MediaStream:
         if not self.realtime:
             await asyncio.sleep(0)  # fast, but the receiver must still get its turn
             return
-        due = self._t0 + (k + 1) * FRAME_S  # absolute schedule: a late wake-up does not shift the rest
+        due = self.t0 + (k + 1) * FRAME_S  # absolute schedule: a late wake-up does not shift the rest
         await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
 
     async def _send_due_dtmf(self) -> None:
@@ -126,7 +126,7 @@ class MediaStream:
         """The call clock in samples: audio sent so far (fast mode), or the wall clock (real time)."""
         if not self.realtime:
             return len(self.sent)
-        elapsed = int((asyncio.get_running_loop().time() - self._t0) * RATE)
+        elapsed = int((asyncio.get_running_loop().time() - self.t0) * RATE)
         return max(self.playback.clock, elapsed)
 
     async def _send(self, build: Callable[[int], dict], numbered: bool = True) -> bool:
@@ -181,7 +181,7 @@ class MediaStream:
             self.errors.append("media payload starts with a WAV header: Twilio plays it as noise (§3)")
         if payload and self.first_audio is None:
             self.first_audio = self.playback.clock
-            self.start_to_audio_s = asyncio.get_running_loop().time() - self._t0
+            self.start_to_audio_s = asyncio.get_running_loop().time() - self.t0
         if not self.playback.add_audio(payload) and not self._warned_discard:
             self._warned_discard = True  # Twilio raises it once per stream
             self.errors.append("31931 more than 10 minutes of audio queued: further audio discarded")

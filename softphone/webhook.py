@@ -38,6 +38,7 @@ class Twiml:
     stream_url: str
     parameters: dict[str, str]
     after_connect: list[str] = field(default_factory=list)  # verbs that run once the stream ends
+    redirect: str = ""  # the <Redirect> after </Connect>, resolved: where Twilio goes when the stream ends
     warnings: list[str] = field(default_factory=list)
 
 
@@ -98,8 +99,10 @@ def parse_twiml(text: str, webhook_url: str) -> Twiml:
         raise CallError(f"TwiML has no <Response><Connect><Stream url=…>: {text[:300]!r}")
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     url, warnings = _stream_url(stream.get("url"), webhook_url)
+    after = verbs[connect + 1:]
+    redirect = next((urljoin(webhook_url, (verb.text or "").strip()) for verb in after if verb.tag == "Redirect"), "")
     return Twiml(text=text, stream_url=url, parameters=parameters,
-                 after_connect=[verb.tag for verb in verbs[connect + 1:]], warnings=warnings)
+                 after_connect=[verb.tag for verb in after], redirect=redirect, warnings=warnings)
 
 
 def _stream_url(url: str, webhook_url: str) -> tuple[str, list[str]]:

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bench.chaos import BASE_ENV, Supervisor, echo_of, emulator_log, heard_of, holder, script
+from bench.failover import Failover
 from softphone.caller import place_call
 from softphone.webhook import new_sid
 from tests.conftest import Stack, wait_for
@@ -44,11 +45,13 @@ def kill_stack(tmp_path_factory):
 
 
 async def call_with_fault(stack: Stack, seed: int, fault=None, at_utterance: int = 1, into_s: float = 0.4,
-                          **shape):
-    """Place the scripted call; ``fault(call_sid)`` runs ``into_s`` into utterance ``at_utterance``."""
+                          url: str = "", **shape):
+    """Place the scripted call; ``fault(call_sid)`` runs ``into_s`` into utterance ``at_utterance``.
+    With ``url`` (a load balancer in front of stacks) the caller follows ``<Redirect>`` as Twilio does."""
     plan, sid = script(seed, **{**SHORT, **shape}), new_sid("CA")
     began = time.monotonic()
-    call = asyncio.create_task(place_call(stack.url, plan.audio, listen_s=1.0, call_sid=sid, timeout_s=60))
+    call = asyncio.create_task(place_call(url or stack.url, plan.audio, listen_s=1.0, call_sid=sid,
+                                          follow_redirect=bool(url), timeout_s=60))
     injected = None
     if fault is not None:
         await asyncio.sleep(plan.starts[at_utterance] / RATE + into_s - (time.monotonic() - began))
@@ -167,3 +170,28 @@ async def test_refused_handle_starts_fresh_with_the_conversation(tmp_path):
     finally:
         text = stop(stack)
     assert "starting a fresh session" in text
+
+
+async def test_gateway_killed_the_call_carries_on_at_the_other_stack(tmp_path, redis_server):
+    """Two stacks share a Redis behind a load balancer. The gateway holding the call is killed (and
+    stays down): Twilio's stream dies, Twilio follows the ``<Redirect>`` to ``/twiml/after``, which
+    lands on the other stack; that one finds the call's handle in Redis and its Gemini session resumes
+    the conversation. What the caller says while no stream is up is lost (a real line does the same):
+    the fault is injected in a pause, so every utterance must come back whole."""
+    async with Failover() as lb:
+        shared = dict(REDIS_URL=redis_server.url, PUBLIC_URL=lb.url, BRIDGE_SECRET="shared-secret-3f9a1c")
+        one = start(tmp_path / "one", **shared)
+        two = start(tmp_path / "two", **shared)
+        lb.backends = [int(one.env["PORT"]), int(two.env["PORT"])]
+        try:
+            kill = lambda sid: Supervisor(one).kill9_and_keep_down("gateway:gateway")  # noqa: E731
+            result, _ = await call_with_fault(one, 7, kill, into_s=-1.3, pause_s=3.0, url=lb.url)
+            assert result.streams == 2 and result.stream_gaps_s[0] < 2.0, result.stream_gaps_s
+            log.warning("no stream for %.2f s while the call moved", result.stream_gaps_s[0])
+            resumed = [s for s in emulator_log(two) if s["resumed_from"] is not None]
+            assert len(resumed) == 1 and resumed[0]["resumed_from"] >= 1 and resumed[0]["turns"] == 3, resumed
+        finally:
+            stop(one)
+            text = stop(two)
+    assert "the call carries on: its Gemini session resumes from the kept handle" in text
+    assert "transcript continues from" in text

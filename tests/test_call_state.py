@@ -1,0 +1,94 @@
+"""Call state kept past a stream and a gateway (gateway/call_state.py): the rules as tables, and the
+Redis store against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis.asyncio as redis
+
+from common.settings import SettingsError, load
+from gateway.call_state import (KEY_PREFIX, MAX_RESUMES, TTL_S, CallRecord, CallState, RedisCallState,
+                                next_after)
+from tests.conftest import free_port
+
+
+@pytest.mark.parametrize("kept, now, then", [
+    (CallRecord(), ("resume", 1), ("resume", 1)),
+    (CallRecord(resumes=MAX_RESUMES - 1), ("resume", MAX_RESUMES), ("resume", MAX_RESUMES)),
+    (CallRecord(resumes=MAX_RESUMES), ("apologise", MAX_RESUMES + 1), ("resume", MAX_RESUMES + 1)),
+    (CallRecord("hangup"), ("hangup", 0), ("resume", 0)),  # a hang-up happens once
+    (CallRecord("transfer", "+15550100003", 1), ("transfer", 1), ("resume", 1)),
+])
+def test_what_twiml_after_does(kept, now, then):
+    done, keep = next_after(kept)
+    assert (done.disposition, done.resumes) == now and (keep.disposition, keep.resumes) == then
+    assert keep.target == ""
+
+
+def test_a_record_survives_the_trip_through_redis_and_ignores_unknown_fields():
+    record = CallRecord("transfer", "sip:desk@example.com", 2, "emu-abc", 7, "host:/t/CA1.jsonl", 12.5)
+    raw = {k.encode(): v.encode() for k, v in record.to_redis().items()}
+    assert CallRecord.from_redis({**raw, b"added_later": b"x"}) == record
+
+
+async def test_in_memory_a_stream_that_died_resumes_twice_then_apologises():
+    state = CallState()
+    state.update("CA1", handle="h1", turn=3)
+    kinds = [(await state.after("CA1")).disposition for _ in range(MAX_RESUMES + 1)]
+    assert kinds == ["resume"] * MAX_RESUMES + ["apologise"]
+    assert state.get("CA1").handle == "h1" and state.get("CA1").turn == 3
+    state.update("CA2", disposition="hangup")
+    assert (await state.after("CA2")).disposition == "hangup"
+    assert state.get("nobody") == CallRecord()
+
+
+async def test_two_gateways_share_a_call_through_redis(redis_server):
+    one, two = RedisCallState(redis_server.url), RedisCallState(redis_server.url)
+    await one.start()
+    await two.start()
+    try:
+        one.update("CA10", handle="emu-h", turn=4, transcript="gw1:/t/CA10.jsonl")
+        one.update("CA10", disposition="transfer", target="+15550100003")
+        await _until(lambda: not one._dirty)
+        done = await two.after("CA10")  # the other instance gets Twilio's <Redirect>
+        assert (done.disposition, done.target, done.handle, done.turn) == ("transfer", "+15550100003", "emu-h", 4)
+        assert two.get("CA10").handle == "emu-h"  # now local to it: the stream start reads it there
+        await _until(lambda: not two._dirty)
+        assert (await one.load("CA10")).disposition == "resume"  # the transfer happened once
+        client = redis.from_url(redis_server.url)
+        assert 0 < await client.ttl(KEY_PREFIX + "CA10") <= TTL_S
+        await client.aclose()
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+async def test_redis_down_never_fails_a_call_and_is_logged_without_its_password(caplog):
+    caplog.set_level(logging.ERROR)
+    state = RedisCallState(f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+    await state.start()
+    try:
+        state.update("CA20", handle="emu-h", turn=2)
+        assert (await state.after("CA20")).disposition == "resume"
+        assert state.get("CA20").handle == "emu-h"  # memory still serves the call
+        await _until(lambda: state.errors >= 2)
+    finally:
+        await state.stop()
+    assert "cannot reach Redis at 127.0.0.1" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_redis_url_is_checked_and_its_password_is_a_secret(tmp_path):
+    env = {"BRIDGE_RUN_DIR": str(tmp_path)}
+    assert load({**env, "REDIS_URL": "redis://:pw-123456@redis:6379/0"}).secrets[-1] == "pw-123456"
+    assert load(env).redis_url == ""
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        load({**env, "REDIS_URL": "http://redis:6379"})
+
+
+async def _until(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
