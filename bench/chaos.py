@@ -50,13 +50,19 @@ PIECE_S = 0.2  # the echo is aligned in pieces this long
 FOUND_CORR = 0.8  # a piece is in the echo if it correlates this well somewhere
 VOICED_RMS = 300.0  # pieces quieter than this (int16) are pauses between syllables: not checked
 
+# Calls start over the first 2 s and say their first utterance from 0.3 s; a process is killed 6 s in:
+# for each call, between the end of the first pause and the middle of the second utterance. Pauses
+# are long (4 s) so that an echo made late by the load is not talked over by the next utterance (a
+# barge-in, rightly, which would cut the echo and count as audio lost).
+KILL_AT_S = 6.0
+
 # Each stack's environment for a fault: short timers so a call sees the fault within seconds.
 FAULT_ENV = {
     "transcoder": {"BRIDGE_TRANSCODERS": "2"},
     "model_client": {"BRIDGE_MODEL_CLIENTS": "2"},
-    "goaway": {"EMULATOR_GOAWAY_AFTER_S": "2.5"},
-    "drop": {"EMULATOR_DROP_AFTER_S": "2.5", "GEMINI_RECONNECT_STABLE_S": "1"},
-    "refused": {"EMULATOR_DROP_AFTER_S": "4", "EMULATOR_REFUSE_HANDLES": "true",
+    "goaway": {"EMULATOR_GOAWAY_AFTER_S": "5"},
+    "drop": {"EMULATOR_DROP_AFTER_S": "5", "GEMINI_RECONNECT_STABLE_S": "1"},
+    "refused": {"EMULATOR_DROP_AFTER_S": "6", "EMULATOR_REFUSE_HANDLES": "true",
                 "GEMINI_RECONNECT_STABLE_S": "1"},
 }
 BASE_ENV = {"GEMINI_SILENCE_MS": "300", "LOG_FORMAT": "json", "BRIDGE_HEARTBEAT_S": "0.25"}  # tests
@@ -251,8 +257,8 @@ class Outcome:
 
 
 async def run_call(url: str, seed: int, call_sid: str, listen_s: float = 1.5,
-                   follow_redirect: bool = False) -> tuple[Script, object]:
-    plan = script(seed)
+                   follow_redirect: bool = False, pause_s: float = 4.0) -> tuple[Script, object]:
+    plan = script(seed, pause_s=pause_s)
     try:
         result = await place_call(url, plan.audio, listen_s=listen_s, call_sid=call_sid, timeout_s=90,
                                   follow_redirect=follow_redirect)
@@ -323,7 +329,7 @@ async def _run_gateway_fault(env: dict, calls: int, run_dir: Path, spread_s: flo
 
 
 async def _drive(fault: str, victim: Stack, url: str, survivor: Stack, calls: int, spread_s: float) -> dict:
-    """The calls, placed at ``url``, with the fault injected into ``victim`` ~4 s in; the state
+    """The calls, placed at ``url``, with the fault injected into ``victim`` ``KILL_AT_S`` in; the state
     is read from ``survivor`` (the same stack unless the fault moves the calls)."""
     started = time.monotonic()
     tasks = []
@@ -331,7 +337,7 @@ async def _drive(fault: str, victim: Stack, url: str, survivor: Stack, calls: in
         sid = f"CA{fault[:4]}{i:028d}"[:34]
         tasks.append(asyncio.create_task(run_call(url, 1000 + i, sid, follow_redirect=url != victim.url)))
         await asyncio.sleep(spread_s / calls)
-    killer = asyncio.create_task(inject(victim, fault, 4.2 - (time.monotonic() - started)))
+    killer = asyncio.create_task(inject(victim, fault, KILL_AT_S - (time.monotonic() - started)))
     results = await asyncio.gather(*tasks)
     killed = await killer
     outcomes = [judge(plan, result, fault) for plan, result in results]
