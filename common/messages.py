@@ -191,13 +191,23 @@ class CallerSpeech:
     source: str  # "vad" | "gemini"
 
 
+@dataclass(slots=True)
+class Stats:
+    """tc/mc → gw, every few seconds: the stage's cumulative counters, its gauges, and its histograms
+    (``common/stats.py``), for the gateway's ``/metrics``. Values are checked where they are read."""
+    TAG: ClassVar[int] = 17
+    counters: dict  # name -> int, only ever growing
+    gauges: dict  # name -> int, now
+    histograms: dict  # name -> [count per bucket..., sum × 1000]
+
+
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
-           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech)
+           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech)}
-assert len(TYPES) == 16, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats)}
+assert len(TYPES) == 17, "duplicate tag"
 
 _PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict}
 

@@ -91,6 +91,7 @@ class Settings:
     reconnect_stable_s: float = 10.0  # a connection up this long resets the reconnect count
     handover_margin_s: float = 1.0  # after goAway: switch at once when this little time is left
     redis_url: str = field(default="", repr=False)  # call state shared by gateways ("" = in memory)
+    metrics_token: str = field(default="", repr=False)  # /metrics for non-loopback scrapers (Bearer)
     # Emulator (used when no Gemini credentials are set).
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 8443
@@ -124,7 +125,8 @@ class Settings:
         """Values that must never appear in a log line (common/logs.py masks them)."""
         redis_password = urlsplit(self.redis_url).password or ""
         return tuple(v for v in (self.api_key, self.twilio_auth_token, self.bridge_secret,
-                                 self.curve_server_secret, self.curve_client_secret, redis_password) if v)
+                                 self.curve_server_secret, self.curve_client_secret, redis_password,
+                                 self.metrics_token) if v)
 
     def model_client_endpoint_for(self, n: int) -> str:
         return self.model_client_endpoint.format(n=n)
@@ -428,6 +430,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reconnect_stable_s=_float(env, "GEMINI_RECONNECT_STABLE_S", Settings.reconnect_stable_s),
         handover_margin_s=_float(env, "GEMINI_HANDOVER_MARGIN_S", Settings.handover_margin_s),
         redis_url=_redis_url(env),
+        metrics_token=env.get("BRIDGE_METRICS_TOKEN", "").strip(),
         emulator_tool_script=_tool_script(env),
         resampler=_resampler(env),
         **_security(env),

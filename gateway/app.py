@@ -13,7 +13,7 @@ from aiohttp import WSCloseCode, web
 
 from common import messages as m
 from common.settings import Settings
-from gateway import limits, media_ws, phone, security, twiml
+from gateway import limits, media_ws, metrics, phone, security, twiml
 from gateway.admission import Admissions
 from gateway.pipeline import Pipeline
 
@@ -23,6 +23,7 @@ SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 ADMISSIONS = web.AppKey("admissions", Admissions)
 COUNTERS = web.AppKey("counters", dict)
+METRICS = web.AppKey("metrics", object)  # the /metrics handler, made once the pipeline exists
 DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: refuse new calls, let live ones end
 
 BUSY_MESSAGE = "Sorry, all of our agents are busy right now. Please call again later."
@@ -71,6 +72,7 @@ async def twiml_after(request: web.Request) -> web.Response:
     if not isinstance(call_sid, str) or not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
     done = await request.app[PIPELINE].state.after(call_sid)
+    _count(request.app, f"twiml_after_{done.disposition}")
     log.info("stream of %s ended: %s%s", call_sid, done.disposition, f" to {done.target}" if done.target else "")
     if done.disposition == "transfer":
         body = twiml.dial_twiml(done.target)
@@ -138,6 +140,7 @@ async def _pipeline_ctx(app: web.Application):
     pipeline = Pipeline(app[SETTINGS])
     await pipeline.start()
     app[PIPELINE] = pipeline
+    app[METRICS] = metrics.make_handler(pipeline, app[COUNTERS], app[ADMISSIONS], app[SETTINGS].metrics_token)
     yield
     await pipeline.stop()
 
@@ -173,6 +176,13 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/ws/twilio", media)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        handler = request.app.get(METRICS)
+        if handler is None:  # the pipeline is not up yet
+            raise web.HTTPServiceUnavailable(text="starting")
+        return await handler(request)
+    app.router.add_get("/metrics", metrics_endpoint)
     if settings.phone:
         phone.setup(app, PIPELINE, settings)  # the browser phone (development): /phone and its transcripts
     return app

@@ -52,6 +52,10 @@ class Call:
     _closing: bool = False
     _leaving: asyncio.Task | None = None
 
+    @property
+    def unwritten(self) -> int:
+        return len(self._out)
+
     def start_writer(self) -> None:
         self._writer = spawn(self._write_loop(), f"twilio-writer:{self.id}")
 

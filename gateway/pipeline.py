@@ -26,6 +26,7 @@ from common.curve import CurveKeys
 from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
+from common.stats import LATENCY_BUCKETS_MS, Histogram
 from gateway.calls import Call
 from gateway.call_state import make_call_state, transcript_pointer
 from gateway.replay import CallerRing
@@ -46,6 +47,9 @@ class Pipeline:
         self.unknown_call = 0
         self.barge_ins = 0
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
+        self.outcomes: dict[str, int] = {}  # calls ended, by why (gateway/metrics.py)
+        self.down_hop = Histogram(LATENCY_BUCKETS_MS)  # model_client received it → the gateway has it
+        self.peer_stats: dict[bytes, tuple[Peer, m.Stats]] = {}  # each live peer's latest Stats
         self.on_transcript = lambda call, msg: None  # set by gateway/phone.py when /phone is on
         self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
@@ -166,6 +170,7 @@ class Pipeline:
     def end_call(self, call: Call, reason: str) -> None:
         if self.calls.pop(call.id, None) is None:
             return
+        self._ended(reason)
         end = m.CallEnd(call.id, reason)
         if call.transcoder in self.router.peers:
             self.router.send(call.transcoder, end)
@@ -174,8 +179,15 @@ class Pipeline:
 
     # --- pipeline → calls ---------------------------------------------------------------------
 
+    def _ended(self, reason: str) -> None:
+        outcome = outcome_of(reason)
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
     def _on_batch(self, peer: Peer, batch: list) -> None:
         for msg in batch:
+            if isinstance(msg, m.Stats):
+                self.peer_stats[peer.route] = (peer, msg)
+                continue
             call = self.calls.get(msg.call)
             if call is None:
                 if isinstance(msg, m.CallEnd) and self.prewarmed.pop(msg.call, None):
@@ -188,6 +200,7 @@ class Pipeline:
 
     def _dispatch(self, call: Call, msg) -> None:
         if isinstance(msg, m.AudioOut):
+            self.down_hop.observe((time.monotonic_ns() - msg.t_in) / 1e6)
             call.send_audio(msg.audio, msg.turn)
         elif isinstance(msg, m.TurnDone):
             call.turn_done(msg.turn)
@@ -211,6 +224,7 @@ class Pipeline:
             self._action(call, msg)
         elif isinstance(msg, m.CallEnd):
             log.info("pipeline ended the call: %s", msg.reason)
+            self._ended(msg.reason)
             self.calls.pop(call.id, None)
             call.close()
         else:
@@ -236,6 +250,7 @@ class Pipeline:
         call.leave_after_playback()
 
     def _on_peer_lost(self, peer: Peer) -> None:
+        self.peer_stats.pop(peer.route, None)
         for call in list(self.calls.values()):
             with call_context(call.id):
                 if peer.role == m.ROLE_TRANSCODER and call.transcoder == peer.route:
@@ -317,3 +332,10 @@ class Pipeline:
                         self._reassign(call)
                     if call.model and call.transcoder:
                         call.orphaned = 0.0
+
+
+def outcome_of(reason: str) -> str:
+    """A call's end reason as a metric label: the words before any detail ("model closed the session
+    (1008: …)" → "model closed the session"), so the label set stays small."""
+    head = reason.split("(", 1)[0].split(":", 1)[0].strip().lower()
+    return head[:40] or "unknown"

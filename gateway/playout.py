@@ -73,6 +73,11 @@ class Playout:
         state = self.turns.get(self.latest)
         return state is not None and not state.done
 
+    @property
+    def queued_ms(self) -> int:
+        """Model audio not yet heard: sent to Twilio and unacknowledged, or held here."""
+        return (self._queued + self._held_bytes) // BYTES_PER_MS
+
     def add(self, ulaw: bytes, turn: int) -> bool:
         """Model audio for ``turn``; False if it belongs to a cleared turn and was dropped."""
         if turn <= self.cleared_turn:

@@ -93,6 +93,11 @@ class GeminiSession:
         if settings.greeting and not resumed and not handle:  # a handle: the call is under way
             self._put("text", settings.greeting)
 
+    @property
+    def pending_audio_bytes(self) -> int:
+        """Caller audio queued for Gemini, not sent yet (a queue depth for /metrics)."""
+        return self._audio_bytes
+
     def start(self) -> None:
         self._task = spawn(self._run(), f"session:{self.call}")
 

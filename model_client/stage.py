@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import zmq.asyncio
 from google import genai
@@ -19,6 +20,7 @@ from common.curve import CurveKeys
 from common.link import DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
+from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats
 from model_client.config import make_client
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
@@ -47,6 +49,8 @@ class ModelClientStage:
         self._gateway: DealerLink | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self.stats = StageStats({"up_hop_ms": LATENCY_BUCKETS_MS})
+        self._ended_sessions: dict[str, int] = {}  # session stats of ended sessions, summed
 
     def hello(self) -> m.Hello:
         return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, CAPACITY, self.endpoint)
@@ -66,6 +70,7 @@ class ModelClientStage:
         await self._router.start()
         await self._gateway.start()
         spawn(self._prepare_client(), "prepare-client", self._tasks)
+        spawn(self._report_loop(), "stats-report", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
 
@@ -80,6 +85,19 @@ class ModelClientStage:
             except FileNotFoundError:
                 await asyncio.sleep(0.2)
         log.error("no Gemini client yet (emulator certificate missing); will retry per call")
+
+    async def _report_loop(self) -> None:
+        """The gateway's /metrics: sessions, reconnects, hop latency up (common/stats.py)."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            totals = dict(self._ended_sessions)
+            for session in self.sessions.values():
+                for name, n in session.stats.items():
+                    totals[name] = totals.get(name, 0) + n
+            self.stats.counters.update({f"session_{name}": n for name, n in totals.items()})
+            self.stats.gauges.update(sessions=len(self.sessions), pending_audio_bytes=sum(
+                s.pending_audio_bytes for s in self.sessions.values()))
+            self._gateway.send(self.stats.message())
 
     async def run(self) -> None:
         await self._stopped.wait()
@@ -110,6 +128,7 @@ class ModelClientStage:
                 continue  # normal for frames still in flight when a call ends
             self.routes[msg.call] = peer.route
             if isinstance(msg, m.AudioUp):
+                self.stats.histograms["up_hop_ms"].observe((time.monotonic_ns() - msg.t_in) / 1e6)
                 session.send_audio(msg.audio, msg.t_in)
             elif isinstance(msg, m.Dtmf):
                 session.dtmf(msg.digit)
@@ -164,6 +183,7 @@ class ModelClientStage:
 
     def _end(self, call: str, reason: str) -> None:
         session = self.sessions.pop(call, None)
+        self._keep_stats(session)
         if session is not None:
             with call_context(call):
                 log.info("call ended (%s); %d sessions", reason, len(self.sessions))
@@ -171,8 +191,12 @@ class ModelClientStage:
         self._forget(call)
 
     def _session_ended(self, call: str) -> None:
-        self.sessions.pop(call, None)
+        self._keep_stats(self.sessions.pop(call, None))
         self._forget(call)
+
+    def _keep_stats(self, session: GeminiSession | None) -> None:
+        for name, n in (session.stats.items() if session is not None else ()):
+            self._ended_sessions[name] = self._ended_sessions.get(name, 0) + n
 
     def _forget(self, call: str) -> None:
         self.routes.pop(call, None)

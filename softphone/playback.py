@@ -39,6 +39,7 @@ class Playback:
         self._new_reply = True  # the next audio starts a reply whatever the gap (call start, clear)
         self.clock = 0
         self.heard = bytearray()
+        self.underruns = 0  # audio arrived after the queue had run dry inside a reply
         self.reply_starts: list[int] = []  # samples where audio began after silence or a clear
         self.discarded = 0  # bytes dropped past the 31931 cap
 
@@ -55,6 +56,8 @@ class Playback:
         if data and self._idle_since is not None:
             if self._new_reply or self.clock - self._idle_since >= REPLY_GAP:
                 self.reply_starts.append(self.clock)
+            elif self.clock > self._idle_since:
+                self.underruns += 1  # the reply's audio ran out before the rest of it came
             self._idle_since, self._new_reply = None, False
         if data:
             self._items.append(bytes(data))

@@ -26,6 +26,7 @@ EXAMPLES = [
     m.CallEnd("c1", "caller hung up"),
     m.CallerSpeech("c1", "vad"),
     m.Played("c1", 3, "3.4", False, 600),
+    m.Stats({"frames_up": 12}, {"calls": 2}, {"up_hop_ms": [1, 0, 3, 4500]}),
 ]
 
 

@@ -18,6 +18,7 @@ from common.curve import CurveKeys
 from common.link import DealerLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
+from common.stats import FRAME_BUCKETS_US, STATS_INTERVAL_S, StageStats
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class TranscoderStage:
         self.calls: dict[str, CallAudio] = {}
         self.models: dict[str, DealerLink] = {}
         self.unknown_call = 0  # messages for calls we don't hold (normal right after a call ends)
+        self.stats = StageStats({"up_frame_us": FRAME_BUCKETS_US, "down_frame_us": FRAME_BUCKETS_US})
+        self._reporter: asyncio.Task | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._gateway: DealerLink | None = None
         self._stopped = asyncio.Event()
@@ -45,6 +48,15 @@ class TranscoderStage:
                                    self.hello, lambda: len(self.calls), self._from_gateway,
                                    self._gateway_restarted, curve=CurveKeys.from_settings(self.settings))
         await self._gateway.start()
+        self._reporter = asyncio.create_task(self._report_loop(), name="stats-report")
+
+    async def _report_loop(self) -> None:
+        """The gateway's /metrics: per-frame DSP time, frames, calls held (common/stats.py)."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            self.stats.gauges["calls"] = len(self.calls)
+            self.stats.counters["unknown_call"] = self.unknown_call
+            self._gateway.send(self.stats.message())
 
     async def run(self) -> None:
         await self._stopped.wait()
@@ -53,6 +65,8 @@ class TranscoderStage:
         if self._ctx is None:
             return
         self._stopped.set()
+        if self._reporter is not None:
+            self._reporter.cancel()
         log.info("stopping with %d calls held", len(self.calls))
         for link in [self._gateway, *self.models.values()]:
             await link.stop()
@@ -90,8 +104,17 @@ class TranscoderStage:
         held = [msg for msg in run if msg.call in self.calls]
         self.unknown_call += len(run) - len(held)
         calls = [self.calls[msg.call] for msg in held]
-        for msg, audio, pcm in zip(held, calls, caller_audio_many(calls, [msg.audio for msg in held])):
+        started = time.perf_counter()
+        pcms = caller_audio_many(calls, [msg.audio for msg in held])
+        self._timed("up", started, len(held))
+        for msg, audio, pcm in zip(held, calls, pcms):
             self.models[audio.model].send(m.AudioUp(msg.call, audio.seq_up, msg.t_in, pcm))
+
+    def _timed(self, direction: str, started: float, frames: int) -> None:
+        if frames:
+            self.stats.histograms[f"{direction}_frame_us"].observe(
+                (time.perf_counter() - started) * 1e6 / frames)
+            self.stats.count(f"frames_{direction}", frames)
 
     def _control_from_gateway(self, msg) -> None:
         if isinstance(msg, m.CallStart):
@@ -171,7 +194,9 @@ class TranscoderStage:
         held = [msg for msg in run if msg.call in self.calls]
         self.unknown_call += len(run) - len(held)
         calls = [self.calls[msg.call] for msg in held]
+        started = time.perf_counter()
         out = model_audio_many(calls, [msg.audio for msg in held], [msg.turn for msg in held])
+        self._timed("down", started, len(held))
         for msg, audio, ulaw in zip(held, calls, out):
             if ulaw:
                 self._gateway.send(m.AudioOut(msg.call, audio.seq_down, msg.t_in, ulaw, msg.turn))
