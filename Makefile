@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 export PORT
 
-.PHONY: run test call clean
+.PHONY: run test call bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# How many calls this box carries (bench/load.py): JSON and a plot under docs/, a table on stdout.
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m bench.load
 
 # One call against `make run`'s stack, with synthetic speech; what came back is in out/.
 call: $(VENV)/.installed

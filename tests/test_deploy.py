@@ -181,3 +181,57 @@ def test_supervisord_conf_parses_and_runs_real_modules(tmp_path, monkeypatch, cr
         assert process.stopsignal == 15  # SIGTERM: every stage's clean shutdown
     priority = {group.name: group.priority for group in options.process_group_configs}
     assert priority["emulator"] < priority["transcoder"] == priority["model_client"] < priority["gateway"]
+
+
+# --- deploy/: Cloud Run and Kubernetes ---------------------------------------------------------------
+
+def setting_names() -> set[str]:
+    """Every environment variable the settings read (and the platform's own PORT)."""
+    import re
+    source = (ROOT / "common" / "settings.py").read_text()
+    return set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', source)) | {"PORT", "PUBLIC_URL"}
+
+
+def test_cloudrun_script_parses_and_sets_only_real_settings():
+    import re
+    script = (ROOT / "deploy" / "cloudrun.sh").read_text()
+    subprocess.run(["bash", "-n", str(ROOT / "deploy" / "cloudrun.sh")], check=True)
+    names = set(re.findall(r"\b([A-Z][A-Z0-9_]{3,})=", " ".join(re.findall(r'env[-_]vars[^\n]*', script))))
+    names |= set(re.findall(r'"?([A-Z][A-Z0-9_]{3,})=[a-z-]+:latest', script))
+    assert names and names <= setting_names(), names - setting_names()
+    for flag in ("--session-affinity", "--timeout 3600", "--min-instances 1", "--no-cpu-throttling",
+                 '--concurrency "$CONCURRENCY"'):
+        assert flag in script
+    assert not re.search(r"echo[^\n]*\$\{?(TWILIO_AUTH_TOKEN|GEMINI_API_KEY|BRIDGE_SECRET)", script)
+
+
+def test_cloudrun_concurrency_comes_from_the_load_bench(tmp_path):
+    """The script's default concurrency is the measured capacity with its headroom (docs/load.json)."""
+    import re
+    script = (ROOT / "deploy" / "cloudrun.sh").read_text()
+    capacity = json.loads((ROOT / "docs" / "load.json").read_text())["capacity"]["full_stack"]
+    headroom = float(re.search(r"^HEADROOM=([0-9.]+)$", script, re.M).group(1))
+    body = script[script.index("measured_concurrency() {"):script.index("\n}\n") + 3]
+    probe = tmp_path / "probe.sh"
+    probe.write_text(f"HEADROOM={headroom}\n{body}\nmeasured_concurrency\n")
+    got = subprocess.run(["bash", str(probe)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert int(got) == max(1, int(capacity * headroom)) > 1
+
+
+def test_kubernetes_manifest_matches_the_gateway():
+    import yaml
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    bridge = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "bridge")
+    pod = bridge["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert set(env) <= setting_names(), set(env) - setting_names()
+    assert env["REDIS_URL"].startswith("redis://redis:") and bridge["spec"]["replicas"] >= 2
+    assert container["ports"][0]["containerPort"] == int(env["PORT"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["terminationGracePeriodSeconds"] > float(env["BRIDGE_DRAIN_S"]) + 7  # + supervisord's stop
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    served = {r.resource.canonical for r in make_app(load({"BRIDGE_RUN_DIR": "/tmp"})).router.routes()}
+    assert {"/readyz", "/healthz"} <= served
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Service"} == {"bridge", "redis"}

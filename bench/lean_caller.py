@@ -1,0 +1,169 @@
+"""Many Twilio-side calls from one process, cheaply, for the load bench (bench/load.py).
+
+The softphone (softphone/) models Twilio's side in detail and checks everything the server sends; at
+hundreds of calls that care costs more CPU than the bridge itself. This caller keeps only what the
+load bench needs, on the same wire format (softphone/wire.py): the webhook, ``connected``/``start``,
+one shared 20 ms tick that sends every call's next frame (one wake-up per tick, not per call), marks
+echoed when their audio would have finished playing, ``clear`` honoured, ``stop`` at the end. What
+the caller heard is kept on the call clock, so bench/chaos.py's echo alignment can judge it.
+
+    python -m bench.lean_caller --url URL --calls N --seconds S   (prints one JSON result per call)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+
+import aiohttp
+import numpy as np
+
+from bench.chaos import echo_of, script
+from softphone import wire
+from softphone.webhook import fetch_twiml, new_sid, voice_params
+from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
+
+RATE, FRAME = 8000, 160
+TICK_S = FRAME / RATE
+REPLY_GAP = RATE // 4  # as softphone/playback.py: idle this long and new audio is a new reply
+
+
+class LeanCall:
+    def __init__(self, seed: int, seconds: float):
+        lengths, total = [], 0.3
+        while total < seconds - 4.0:
+            lengths.append(1.0 + 0.3 * ((seed + len(lengths)) % 3))
+            total += lengths[-1] + 2.5
+        self.plan = script(seed, lengths=tuple(lengths), pause_s=2.5)
+        ulaw = encode_ulaw(np.concatenate([self.plan.audio, np.zeros(RATE, np.int16)]))
+        self.frames = [ulaw[i:i + FRAME] for i in range(0, len(ulaw) - FRAME + 1, FRAME)]
+        self.heard = bytearray([ULAW_SILENCE]) * (len(self.frames) * FRAME)
+        self.call_sid, self.stream_sid = new_sid("CA"), new_sid("MZ")
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.seq = 0
+        self.k = 0  # next frame to send
+        self.t0 = 0.0
+        self.play_end = 0  # sample at which what was received so far finishes playing
+        self.marks: dict[str, asyncio.TimerHandle] = {}
+        self.underruns = 0
+        self.failed = ""
+
+    def now(self) -> int:
+        return int((asyncio.get_running_loop().time() - self.t0) * RATE)
+
+    def send(self, message: dict) -> None:
+        if self.ws is not None and not self.ws.closed:
+            asyncio.ensure_future(self.ws.send_str(json.dumps(message)))
+
+    def next_frame(self) -> bool:
+        """Send frame k; False once the caller has said everything."""
+        if self.k >= len(self.frames) or self.ws is None or self.ws.closed:
+            return False
+        self.seq += 1
+        self.send(wire.media(self.seq, self.stream_sid, self.k + 1, self.k * 20, self.frames[self.k]))
+        self.k += 1
+        return True
+
+    def on_text(self, text: str) -> None:
+        message = json.loads(text)
+        event = message.get("event")
+        if event == "media":
+            audio = base64.b64decode(message["media"]["payload"])
+            now = self.now()
+            if 0 < now - self.play_end < REPLY_GAP:
+                self.underruns += 1  # the reply ran dry and went on: late audio
+            at = max(now, self.play_end)
+            self.heard[at:at + len(audio)] = audio[:max(0, len(self.heard) - at)]
+            self.play_end = at + len(audio)
+        elif event == "mark":
+            name = message["mark"]["name"]
+            delay = max(0.0, (self.play_end - self.now()) / RATE)
+            self.marks[name] = asyncio.get_running_loop().call_later(delay, self.echo_mark, name)
+        elif event == "clear":
+            self.play_end = self.now()
+            for name in list(self.marks):
+                self.marks.pop(name).cancel()
+                self.echo_mark(name)
+
+    def echo_mark(self, name: str) -> None:
+        self.marks.pop(name, None)
+        self.seq += 1
+        self.send(wire.mark(self.seq, self.stream_sid, name))
+
+    def result(self) -> dict:
+        heard = decode_ulaw(bytes(self.heard)).astype(np.float64)
+        echoes = [echo_of(u, s, heard) for u, s in zip(self.plan.utterances, self.plan.starts)]
+        return {"failed": self.failed, "missing_ms": sum(e.missing_ms for e in echoes),
+                "underruns": self.underruns, "frames_sent": self.k, "utterances": len(echoes)}
+
+
+async def run_call(session: aiohttp.ClientSession, url: str, call: LeanCall) -> None:
+    try:
+        account = new_sid("AC")
+        twiml = await fetch_twiml(session, url + "/twiml", voice_params(call.call_sid, account), None)
+        async with session.ws_connect(twiml.stream_url) as ws:
+            await ws.send_str(json.dumps(wire.connected()))
+            call.seq += 1
+            await ws.send_str(json.dumps(wire.start(call.seq, account, call.stream_sid, call.call_sid,
+                                                    twiml.parameters)))
+            call.t0 = asyncio.get_running_loop().time()
+            call.ws = ws  # the ticker starts sending its frames now
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                call.on_text(message.data)
+            if call.k < len(call.frames):
+                call.failed = "the bridge ended the call"
+    except Exception as e:  # one failed call is a result, not the end of the run
+        call.failed = f"{type(e).__name__}: {e}"[:200]
+
+
+async def ticker(calls: list[LeanCall]) -> None:
+    """Every 20 ms, each live call's next frame; a call that has said everything says stop."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    live = list(calls)
+    while live:
+        due += TICK_S
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        for call in list(live):
+            if call.ws is None:
+                continue  # not connected yet: it starts at frame 0 when it is
+            if not call.next_frame():
+                live.remove(call)
+                if call.ws is not None and not call.ws.closed:
+                    call.seq += 1
+                    call.send(wire.stop(call.seq, call.stream_sid, "AC", call.call_sid))
+                    asyncio.ensure_future(call.ws.close())
+
+
+async def run(url: str, calls: int, first_seed: int, seconds: float, spread_s: float) -> list[dict]:
+    lean = [LeanCall(first_seed + i, seconds) for i in range(calls)]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        tick = asyncio.ensure_future(ticker(lean))
+        for call in lean:
+            tasks.append(asyncio.ensure_future(run_call(session, url, call)))
+            await asyncio.sleep(spread_s / max(calls, 1))
+        await asyncio.gather(*tasks)
+        tick.cancel()
+        await asyncio.gather(tick, return_exceptions=True)
+    return [call.result() for call in lean]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", required=True)
+    p.add_argument("--calls", type=int, required=True)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--spread", type=float, default=2.0)
+    a = p.parse_args()
+    print(json.dumps(asyncio.run(run(a.url.rstrip("/"), a.calls, a.first_seed, a.seconds, a.spread))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""How many calls one box carries: the real stack under supervisord (emulator, real google-genai SDK),
+N concurrent softphone calls at real-time pace, N ramped.
+
+    python -m bench.load [--steps 10,25,50,75,100] [--step-s 20] [--json docs/load.json] [--png docs/load.png]
+
+Each call talks for ``--step-s`` seconds: speech-like utterances (1.0-1.6 s) with pauses, each echoed
+back by the emulator's echo persona. The callers are bench/lean_caller.py in worker processes
+(``--per-worker`` calls each, one shared 20 ms tick per process) whose CPU is reported apart from the
+stack's. CPU and latency are read over the middle of each step, when every call is up. For each N:
+
+- hop latency per direction, p50/p99, from the gateway's ``/metrics`` (the difference over the step):
+  ``up`` = gateway → model_client (stamped at the gateway, read at the model_client: the transcoder's
+  work and two ZeroMQ hops), ``down`` = model_client → gateway. Histogram buckets, so a percentile
+  reads "≤ bound";
+- frames lost: caller audio missing from the echoes (200 ms pieces, bench/chaos.py's alignment), and
+  calls that failed or were ended by the bridge;
+- late frames at the softphone: a reply whose audio ran out mid-reply and then went on (underrun);
+- CPU (% of one core) and RSS of every process of the stack, and of the callers.
+
+The box's capacity is the largest N whose p99 stays ≤ 20 ms both ways with nothing lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.chaos import Supervisor
+from bench.stack import ROOT, Stack
+from common.stats import LATENCY_BUCKETS_MS
+
+P99_LIMIT_MS = 20.0
+SPREAD_S = 2.0  # calls of a step start over this long
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --- measuring the stack ----------------------------------------------------------------------------
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 2**20
+
+
+def program_pids(stack: Stack) -> dict[str, int]:
+    return {name.split(":")[-1]: info["pid"] for name, info in Supervisor(stack).processes().items()
+            if info["pid"]}
+
+
+def hop_counts(url: str) -> dict[str, list[float]]:
+    """Cumulative bucket counts of bridge_hop_latency_seconds per direction (all peers summed)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    counts = {"up": [0.0] * (len(LATENCY_BUCKETS_MS) + 1), "down": [0.0] * (len(LATENCY_BUCKETS_MS) + 1)}
+    bounds = [*(f"{b / 1000!r}" for b in LATENCY_BUCKETS_MS), "+Inf"]
+    for line in text.splitlines():
+        if line.startswith("bridge_hop_latency_seconds_bucket{"):
+            labels, value = line[len("bridge_hop_latency_seconds_bucket{"):].rsplit("} ", 1)
+            pairs = dict(part.split("=", 1) for part in labels.split(","))
+            direction, le = pairs["direction"].strip('"'), pairs["le"].strip('"')
+            counts[direction][bounds.index(le)] += float(value)
+    return counts
+
+
+def percentile_ms(before: list[float], after: list[float], q: float) -> float | None:
+    """The bucket bound (ms) under which ``q`` of the step's observations fall; inf above the last."""
+    delta = [a - b for a, b in zip(after, before)]
+    total = delta[-1]
+    if total <= 0:
+        return None
+    for bound, cumulative in zip((*LATENCY_BUCKETS_MS, math.inf), delta):
+        if cumulative >= q * total:
+            return bound
+    return math.inf
+
+
+# --- one step -----------------------------------------------------------------------------------------
+
+def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: int) -> dict:
+    """One step: ``calls`` calls for ``seconds``; CPU and latency are read over the middle of it,
+    when every call is up and none has ended (the callers' own analysis comes after)."""
+    pids = program_pids(stack)
+    started = time.monotonic()
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "bench.lean_caller", "--url", stack.url, "--calls",
+         str(min(per_worker, calls - first)), "--first-seed", str(seed + first), "--seconds", str(seconds),
+         "--spread", str(SPREAD_S)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for first in range(0, calls, per_worker)]
+    time.sleep(SPREAD_S + 2.0)
+    window0 = time.monotonic()
+    cpu0 = {name: cpu_ticks(pid) for name, pid in pids.items()}
+    callers0 = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid))
+    hops0 = hop_counts(stack.url)
+    time.sleep(max(1.0, seconds - SPREAD_S - 6.0))
+    window = time.monotonic() - window0
+    cpu = {name: round(100 * (cpu_ticks(pid) - cpu0[name]) / TICKS / window, 1)
+           for name, pid in pids.items() if _alive(pid)}
+    callers = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid)) - callers0
+    hops1 = hop_counts(stack.url)
+    rss = {name: round(rss_mb(pid), 1) for name, pid in pids.items() if _alive(pid)}
+    outcomes = []
+    for worker in workers:
+        out, _ = worker.communicate()
+        outcomes += json.loads(out) if worker.returncode == 0 and out.strip() else [{"failed": "worker died"}]
+    failed = [o["failed"] for o in outcomes if o.get("failed")]
+    return {
+        "calls": calls, "seconds": round(time.monotonic() - started, 1),
+        "up_p50_ms": percentile_ms(hops0["up"], hops1["up"], 0.5),
+        "up_p99_ms": percentile_ms(hops0["up"], hops1["up"], 0.99),
+        "down_p50_ms": percentile_ms(hops0["down"], hops1["down"], 0.5),
+        "down_p99_ms": percentile_ms(hops0["down"], hops1["down"], 0.99),
+        "calls_failed": len(failed), "why_failed": sorted(set(failed))[:3],
+        "frames_lost": int(sum(o.get("missing_ms", 0) for o in outcomes) / 20),
+        "frames_sent": sum(o.get("frames_sent", 0) for o in outcomes),
+        "underruns": sum(o.get("underruns", 0) for o in outcomes),
+        "cpu_pct": cpu, "stack_cpu_pct": round(sum(cpu.values()), 1),
+        "callers_cpu_pct": round(100 * callers / TICKS / window, 1), "rss_mb": rss,
+    }
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def holds(row: dict) -> bool:
+    p99 = [row["up_p99_ms"], row["down_p99_ms"]]
+    return (all(v is not None and v <= P99_LIMIT_MS for v in p99) and row["frames_lost"] == 0
+            and row["calls_failed"] == 0)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'calls':>5} {'up p50/p99 ms':>14} {'down p50/p99 ms':>16} {'lost':>5} {'failed':>6} "
+            f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13}  per process cpu % (rss MB)")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        procs = ", ".join(f"{n} {c} ({r['rss_mb'].get(n, 0):.0f})" for n, c in sorted(r["cpu_pct"].items()))
+        lines.append(f"{r['calls']:>5} {_ms(r['up_p50_ms'])}/{_ms(r['up_p99_ms']):<7} "
+                     f"{_ms(r['down_p50_ms'])}/{_ms(r['down_p99_ms']):<8} {r['frames_lost']:>5} "
+                     f"{r['calls_failed']:>6} {r['underruns']:>9} {r['stack_cpu_pct']:>11} "
+                     f"{r['callers_cpu_pct']:>13}  {procs}")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return f"{'≤' if value not in (None, math.inf) else ''}{value if value is not None else '-'}".rjust(6)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = [r["calls"] for r in rows]
+    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, style in (("up_p50_ms", "b-"), ("up_p99_ms", "b--"), ("down_p50_ms", "g-"), ("down_p99_ms", "g--")):
+        lat.plot(n, [min(r[key] or 0, 1000) for r in rows], style, marker="o", label=key.replace("_ms", ""))
+    lat.axhline(P99_LIMIT_MS, color="r", lw=0.8, label=f"{P99_LIMIT_MS:g} ms")
+    lat.set(xlabel="concurrent calls", ylabel="hop latency, ms (bucket bound)", yscale="log",
+            title="pipeline latency")
+    lat.legend(fontsize=8)
+    for name in sorted({k for r in rows for k in r["cpu_pct"]}):
+        cpu.plot(n, [r["cpu_pct"].get(name, 0) for r in rows], marker=".", label=name)
+    cpu.plot(n, [r["callers_cpu_pct"] for r in rows], "k--", label="callers (load generator)")
+    cpu.set(xlabel="concurrent calls", ylabel="% of one core", title="CPU per process")
+    cpu.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+async def main_async(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        stack = Stack(Path(tmp) / "run", GEMINI_SILENCE_MS="300", LOG_LEVEL="WARNING",
+                      BRIDGE_TRANSCODERS=str(args.transcoders), BRIDGE_MODEL_CLIENTS=str(args.model_clients),
+                      BRIDGE_MAX_CALLS=str(max(int(s) for s in args.steps.split(",")) * 2)).start()
+        try:
+            for i, calls in enumerate(int(s) for s in args.steps.split(",")):
+                row = await asyncio.to_thread(run_step, stack, calls, args.step_s, args.per_worker, 1000 * i)
+                rows.append(row)
+                print(table([row]).splitlines()[-1] if rows[1:] else table([row]), flush=True)
+                if not holds(row) and not args.keep_going:
+                    break
+        finally:
+            stack.stop()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", default="10,25,50,75,100")
+    p.add_argument("--step-s", type=float, default=20.0)
+    p.add_argument("--per-worker", type=int, default=50, help="calls per load-generator process")
+    p.add_argument("--transcoders", type=int, default=2)
+    p.add_argument("--model-clients", type=int, default=2)
+    p.add_argument("--keep-going", action="store_true", help="run every step even past capacity")
+    p.add_argument("--json", default="docs/load.json")
+    p.add_argument("--png", default="docs/load.png")
+    args = p.parse_args()
+    rows = asyncio.run(main_async(args))
+    held = [r["calls"] for r in rows if holds(r)]
+    capacity = max(held, default=0)
+    print(f"\ncapacity: {capacity} concurrent calls (p99 ≤ {P99_LIMIT_MS:g} ms each way, nothing lost)")
+    report = {"command": "python -m bench.load " + " ".join(sys.argv[1:]),
+              "capacity": {"full_stack": capacity}, "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"saved {args.json}")
+    if args.png and rows:
+        plot(rows, args.png)
+        print(f"saved {args.png}")
+
+
+if __name__ == "__main__":
+    main()

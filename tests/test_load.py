@@ -1,0 +1,38 @@
+"""The load bench runs (tiny N, no timing assertions): what it reports is there and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.load import percentile_ms
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("before, after, q, expected", [
+    ([0] * 12, [0, 0, 5, 10, 10, 10, 10, 10, 10, 10, 10, 10], 0.5, 1.0),  # 5 ≤ 1 ms, 5 more ≤ 2 ms
+    ([0] * 12, [0, 0, 5, 10, 10, 10, 10, 10, 10, 10, 10, 10], 0.99, 2.0),
+    ([0] * 12, [0] * 11 + [4], 0.5, float("inf")),  # all above the last bound
+    ([3] * 12, [3] * 12, 0.5, None),  # nothing observed in the step
+])
+def test_percentile_from_bucket_counts(before, after, q, expected):
+    assert percentile_ms(before, after, q) == expected
+
+
+@pytest.mark.e2e
+def test_load_bench_at_two_calls(tmp_path):
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, "-m", "bench.load", "--steps", "2", "--step-s", "12",
+                          "--per-worker", "1", "--transcoders", "1", "--model-clients", "1",
+                          "--json", str(out), "--png", ""],  # the plot needs the bench extra
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    step = report["steps"][0]
+    assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
+    assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
+    assert {"gateway", "emulator"} <= set(step["cpu_pct"]) and step["callers_cpu_pct"] > 0
+    assert "capacity:" in run.stdout
