@@ -188,7 +188,8 @@ async def main_async(args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         stack = Stack(Path(tmp) / "run", GEMINI_SILENCE_MS="300", LOG_LEVEL="WARNING",
                       BRIDGE_TRANSCODERS=str(args.transcoders), BRIDGE_MODEL_CLIENTS=str(args.model_clients),
-                      BRIDGE_MAX_CALLS=str(max(int(s) for s in args.steps.split(",")) * 2)).start()
+                      BRIDGE_MAX_CALLS=str(max(int(s) for s in args.steps.split(",")) * 2),
+                      **dict(kv.split("=", 1) for kv in args.env)).start()
         try:
             for i, calls in enumerate(int(s) for s in args.steps.split(",")):
                 row = await asyncio.to_thread(run_step, stack, calls, args.step_s, args.per_worker, 1000 * i)
@@ -208,6 +209,8 @@ def main() -> None:
     p.add_argument("--per-worker", type=int, default=50, help="calls per load-generator process")
     p.add_argument("--transcoders", type=int, default=2)
     p.add_argument("--model-clients", type=int, default=2)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the stack under test (repeatable), e.g. GEMINI_SEND_MS=20")
     p.add_argument("--keep-going", action="store_true", help="run every step even past capacity")
     p.add_argument("--json", default="docs/load.json")
     p.add_argument("--png", default="docs/load.png")

@@ -90,6 +90,7 @@ class Settings:
     reconnect_max: int = 5  # Gemini reconnects in a row (without a stable connection) before giving up
     reconnect_stable_s: float = 10.0  # a connection up this long resets the reconnect count
     handover_margin_s: float = 1.0  # after goAway: switch at once when this little time is left
+    send_ms: float = 40.0  # caller audio goes to Gemini at most once per this long (model_client/session.py)
     redis_url: str = field(default="", repr=False)  # call state shared by gateways ("" = in memory)
     metrics_token: str = field(default="", repr=False)  # /metrics for non-loopback scrapers (Bearer)
     # Emulator (used when no Gemini credentials are set).
@@ -429,6 +430,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reconnect_max=_int(env, "GEMINI_RECONNECT_MAX", Settings.reconnect_max),
         reconnect_stable_s=_float(env, "GEMINI_RECONNECT_STABLE_S", Settings.reconnect_stable_s),
         handover_margin_s=_float(env, "GEMINI_HANDOVER_MARGIN_S", Settings.handover_margin_s),
+        send_ms=_float(env, "GEMINI_SEND_MS", Settings.send_ms),
         redis_url=_redis_url(env),
         metrics_token=env.get("BRIDGE_METRICS_TOKEN", "").strip(),
         emulator_tool_script=_tool_script(env),

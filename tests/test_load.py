@@ -36,3 +36,15 @@ def test_load_bench_at_two_calls(tmp_path):
     assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
     assert {"gateway", "emulator"} <= set(step["cpu_pct"]) and step["callers_cpu_pct"] > 0
     assert "capacity:" in run.stdout
+
+
+@pytest.mark.e2e
+def test_soak_bench_briefly(tmp_path):
+    out = tmp_path / "soak.json"
+    run = subprocess.run([sys.executable, "-m", "bench.soak", "--calls", "2", "--minutes", "0.35",
+                          "--call-s", "9", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["calls_placed"] == 4 and report["calls_failed"] == 0
+    assert {"gateway", "emulator"} <= set(report["processes"]) and not report["process_restarted"]
