@@ -2,6 +2,7 @@
 N concurrent softphone calls at real-time pace, N ramped.
 
     python -m bench.load [--steps 10,25,50,75,100] [--step-s 20] [--json docs/load.json] [--png docs/load.png]
+    python -m bench.load --bridge-only [--steps 50,100,200,300]    (→ docs/load-bridge.json, .png)
 
 Each call talks for ``--step-s`` seconds: speech-like utterances (1.0-1.6 s) with pauses, each echoed
 back by the emulator's echo persona. The callers are bench/lean_caller.py in worker processes
@@ -18,6 +19,10 @@ stack's. CPU and latency are read over the middle of each step, when every call 
 - CPU (% of one core) and RSS of every process of the stack, and of the callers.
 
 The box's capacity is the largest N whose p99 stays ≤ 20 ms both ways with nothing lost.
+
+``--bridge-only`` measures the bridge alone: the model_clients answer with a lean echo themselves
+(``BRIDGE_ECHO_MODEL``, model_client/echo.py: the same ZeroMQ messages, no SDK, no emulator), so the
+gateway, the transcoders and the ZeroMQ hops carry the load.
 """
 
 from __future__ import annotations
@@ -212,15 +217,22 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the stack under test (repeatable), e.g. GEMINI_SEND_MS=20")
     p.add_argument("--keep-going", action="store_true", help="run every step even past capacity")
-    p.add_argument("--json", default="docs/load.json")
-    p.add_argument("--png", default="docs/load.png")
+    p.add_argument("--bridge-only", action="store_true",
+                   help="the model side is a lean echo in the model_clients (no SDK, no emulator)")
+    p.add_argument("--json", help="default docs/load.json (docs/load-bridge.json with --bridge-only)")
+    p.add_argument("--png", help="default docs/load.png (docs/load-bridge.png with --bridge-only)")
     args = p.parse_args()
+    name = "load-bridge" if args.bridge_only else "load"
+    args.json = f"docs/{name}.json" if args.json is None else args.json
+    args.png = f"docs/{name}.png" if args.png is None else args.png
+    if args.bridge_only:
+        args.env.append("BRIDGE_ECHO_MODEL=true")
     rows = asyncio.run(main_async(args))
     held = [r["calls"] for r in rows if holds(r)]
     capacity = max(held, default=0)
     print(f"\ncapacity: {capacity} concurrent calls (p99 ≤ {P99_LIMIT_MS:g} ms each way, nothing lost)")
     report = {"command": "python -m bench.load " + " ".join(sys.argv[1:]),
-              "capacity": {"full_stack": capacity}, "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
+              "capacity": {"bridge_only" if args.bridge_only else "full_stack": capacity}, "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")

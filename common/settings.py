@@ -58,7 +58,7 @@ class Settings:
     heartbeat_s: float = 1.0
     transcoders: int = 2
     model_clients: int = 1
-    # Model backend (DESIGN §5): "gemini", "vertex" or "emulator".
+    # Model backend (DESIGN §5): "gemini", "vertex" or "emulator" ("echo": bench only, no model at all).
     backend: str = "emulator"
     api_key: str = field(default="", repr=False)
     gcp_project: str = ""
@@ -196,7 +196,10 @@ def _redis_url(env: Mapping[str, str]) -> str:
 
 
 def _backend(env: Mapping[str, str]) -> tuple[str, str]:
-    """Gemini API key → "gemini"; Vertex flag → "vertex"; neither → the local emulator."""
+    """Gemini API key → "gemini"; Vertex flag → "vertex"; neither → the local emulator. The bridge-only
+    bench's lean echo (model_client/echo.py) → "echo"."""
+    if _bool(env, "BRIDGE_ECHO_MODEL"):
+        return "echo", ""
     key = env.get("GEMINI_API_KEY", "").strip() or env.get("GOOGLE_API_KEY", "").strip()
     if _bool(env, "GOOGLE_GENAI_USE_VERTEXAI"):
         if not env.get("GOOGLE_CLOUD_PROJECT", "").strip() and not key:

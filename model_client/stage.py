@@ -22,6 +22,7 @@ from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats
 from model_client.config import make_client
+from model_client.echo import EchoSession
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # Sessions per process: the SDK costs ~1% of a core per session (DESIGN §7); past ~90% CPU the loop
 # falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 80
+ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
 CLIENT_WAIT_S = 20
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
@@ -53,7 +55,8 @@ class ModelClientStage:
         self._ended_sessions: dict[str, int] = {}  # session stats of ended sessions, summed
 
     def hello(self) -> m.Hello:
-        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, CAPACITY, self.endpoint)
+        capacity = ECHO_CAPACITY if self.settings.backend == "echo" else CAPACITY
+        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, capacity, self.endpoint)
 
     async def start(self) -> None:
         self.toolbox = Toolbox(transfer=bool(self.settings.transfer_targets),
@@ -69,7 +72,8 @@ class ModelClientStage:
                                    curve=curve)
         await self._router.start()
         await self._gateway.start()
-        spawn(self._prepare_client(), "prepare-client", self._tasks)
+        if self.settings.backend != "echo":
+            spawn(self._prepare_client(), "prepare-client", self._tasks)
         spawn(self._report_loop(), "stats-report", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
@@ -159,6 +163,9 @@ class ModelClientStage:
                 log.info("%s joined its %s session", "transcoder" if msg.resume else "stream",
                          "existing" if msg.resume else "pre-warmed" if route else "existing")
                 return
+            if self.settings.backend == "echo":
+                self._start_session(route, msg, EchoSession(msg.call, self.settings, self._emit))
+                return
             try:
                 client = self._client or make_client(self.settings)
             except Exception as e:
@@ -168,18 +175,21 @@ class ModelClientStage:
             self._client = client
             context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
                                   transfer_allowed=self.settings.transfer_allowed)
-            session = GeminiSession(msg.call, client, self.settings, self.toolbox, context, self._emit,
-                                    self._session_ended, msg.resume_handle, msg.turn, msg.resume)
-            self.sessions[msg.call] = session
-            if route is None:
-                self.backlog[msg.call] = []
-            session.start()
-            how = ""
-            if route is None:
-                how = " (pre-warm)"
-            elif msg.resume:
-                how = " (taking over a live call%s)" % (", resuming its handle" if msg.resume_handle else "")
-            log.info("session starting%s; %d sessions", how, len(self.sessions))
+            self._start_session(route, msg, GeminiSession(
+                msg.call, client, self.settings, self.toolbox, context, self._emit, self._session_ended,
+                msg.resume_handle, msg.turn, msg.resume))
+
+    def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
+        self.sessions[msg.call] = session
+        if route is None:
+            self.backlog[msg.call] = []
+        session.start()
+        how = ""
+        if route is None:
+            how = " (pre-warm)"
+        elif msg.resume:
+            how = " (taking over a live call%s)" % (", resuming its handle" if msg.resume_handle else "")
+        log.info("session starting%s; %d sessions", how, len(self.sessions))
 
     def _end(self, call: str, reason: str) -> None:
         session = self.sessions.pop(call, None)

@@ -23,10 +23,12 @@ def test_percentile_from_bucket_counts(before, after, q, expected):
 
 
 @pytest.mark.e2e
-def test_load_bench_at_two_calls(tmp_path):
+@pytest.mark.parametrize("bridge_only", [False, True], ids=["full-stack", "bridge-only"])
+def test_load_bench_at_two_calls(tmp_path, bridge_only):
     out = tmp_path / "load.json"
     run = subprocess.run([sys.executable, "-m", "bench.load", "--steps", "2", "--step-s", "12",
                           "--per-worker", "1", "--transcoders", "1", "--model-clients", "1",
+                          *(["--bridge-only"] if bridge_only else []),
                           "--json", str(out), "--png", ""],  # the plot needs the bench extra
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -34,7 +36,12 @@ def test_load_bench_at_two_calls(tmp_path):
     step = report["steps"][0]
     assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
     assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
-    assert {"gateway", "emulator"} <= set(step["cpu_pct"]) and step["callers_cpu_pct"] > 0
+    assert "gateway" in step["cpu_pct"] and step["callers_cpu_pct"] > 0
+    # The echo in the model_clients replaces the emulator, and every utterance still comes back.
+    assert ("emulator" in step["cpu_pct"]) != bridge_only
+    assert list(report["capacity"]) == ["bridge_only" if bridge_only else "full_stack"]
+    if bridge_only:
+        assert step["frames_lost"] == 0
     assert "capacity:" in run.stdout
 
 
@@ -48,3 +55,16 @@ def test_soak_bench_briefly(tmp_path):
     report = json.loads(out.read_text())
     assert report["calls_placed"] == 4 and report["calls_failed"] == 0
     assert {"gateway", "emulator"} <= set(report["processes"]) and not report["process_restarted"]
+
+
+@pytest.mark.e2e
+def test_model_client_bench_at_two_sessions(tmp_path):
+    out = tmp_path / "mc.json"
+    run = subprocess.run([sys.executable, "-m", "bench.model_client", "--steps", "2", "--step-s", "6",
+                          "--warmup-s", "2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    step = json.loads(out.read_text())["steps"][0]
+    assert step["calls"] == 2 and step["calls_ended"] == 0
+    assert step["utterances"] >= 2 and step["turns"] >= step["utterances"] - 2  # the echoes came back
+    assert step["model_client_cpu_pct"] > 0 and step["emulator_cpu_pct"] > 0

@@ -17,6 +17,7 @@ def test_defaults_use_the_emulator():
     ({"GOOGLE_API_KEY": "k"}, "gemini"),
     ({"GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_CLOUD_PROJECT": "p"}, "vertex"),
     ({"GOOGLE_GENAI_USE_VERTEXAI": "false"}, "emulator"),
+    ({"BRIDGE_ECHO_MODEL": "true", "GEMINI_API_KEY": "k"}, "echo"),  # the bench's switch wins
 ])
 def test_backend_follows_credentials(env, backend):
     assert load(env).backend == backend

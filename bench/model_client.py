@@ -1,0 +1,233 @@
+"""What one model_client process costs per Gemini session: the real google-genai SDK over TLS.
+
+    python -m bench.model_client [--steps 10,20,30] [--step-s 15] [--env GEMINI_SEND_MS=20]
+                                 [--json docs/model_client.json]
+
+Starts the emulator and one ``python -m model_client`` (a temp BRIDGE_RUN_DIR) and plays the model_client's
+other two neighbours from this process with synchronous pyzmq: the gateway (a ROUTER at GATEWAY_ENDPOINT
+answering Hello and heartbeats) and a transcoder (a DEALER to the model_client's endpoint) that starts
+the calls and sends each one AudioUp of 20 ms every 20 ms (spread over the period, as real calls are):
+one second of speech-like sound, then two of silence, over and over, so the emulator echoes every
+utterance back as the model's turn.
+
+Calls are added step by step. For each step: the model_client's CPU (% of one core), per session, and
+what that implies for sessions per core (100 / CPU per session: the process's cost grows with its
+sessions); its CPU per message (each AudioUp in and AudioDown out counted); model turns received
+against utterances said (every utterance is echoed, so a shortfall is lost replies or a session that
+fell behind); and the emulator's and this generator's CPU apart. On a 2-core box the emulator, which
+stands in for Google, saturates the other core first (~3 % per session): it bounds N here, not the
+model_client. Attach py-spy to the pid printed at the start to see where the model_client's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+from bench.load import cpu_ticks, TICKS
+from bench.stack import ROOT, clean_env, wait_for
+from common import messages as m
+from common import settings as settings_module
+from common.link import new_epoch
+
+RATE, FRAME = 16000, 320  # PCM16 16 kHz, 20 ms
+PERIOD_NS = 20_000_000
+SAY_FRAMES, QUIET_FRAMES = 50, 100  # 1 s of sound, 2 s of silence
+AUDIO_UP, AUDIO_DOWN, TURN_DONE = m.AudioUp.TAG, m.AudioDown.TAG, m.TurnDone.TAG
+
+
+def caller_cycle() -> list[bytes]:
+    """Three seconds of caller audio as 20 ms frames: speech-like sound (a modulated 220 Hz tone and
+    noise, about −20 dBFS), then silence the emulator's VAD ends the turn on."""
+    rng = np.random.default_rng(7)
+    t = np.arange(SAY_FRAMES * FRAME) / RATE
+    sound = 4000 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + rng.normal(0, 500, len(t))
+    pcm = np.concatenate([sound, np.zeros(QUIET_FRAMES * FRAME)]).astype("<i2").tobytes()
+    return [pcm[i * 2 * FRAME:(i + 1) * 2 * FRAME] for i in range(SAY_FRAMES + QUIET_FRAMES)]
+
+
+class Harness:
+    def __init__(self, run_dir: str, extra_env: dict[str, str]):
+        gateway_ep = f"ipc://{run_dir}/gateway.ipc"
+        self.env = clean_env(Path(run_dir), GATEWAY_ENDPOINT=gateway_ep, BRIDGE_HEARTBEAT_S="1.0",
+                             PROCESS_NUM="0", LOG_LEVEL="WARNING", **extra_env)
+        self.model_ep = settings_module.load(self.env).model_client_endpoint_for(0)
+        self.epoch = new_epoch()
+        self.ctx = zmq.Context()
+        self.gw = self.ctx.socket(zmq.ROUTER)
+        self.gw.setsockopt(zmq.LINGER, 0)
+        self.gw.bind(gateway_ep)
+        self.tc = self.ctx.socket(zmq.DEALER)
+        self.tc.setsockopt(zmq.LINGER, 0)
+        self.tc.setsockopt(zmq.IDENTITY, f"transcoder-{self.epoch}".encode())
+        self.tc.setsockopt(zmq.SNDHWM, 100000)
+        self.tc.connect(self.model_ep)
+        self.logs = open(Path(run_dir) / "stages.log", "wb")
+        self.emulator = self._start("emulator")
+        wait_for(lambda: os.path.exists(Path(run_dir) / "emulator-cert.pem"), 20, "the emulator's certificate")
+        self.model = self._start("model_client")
+        self.gw_route: bytes | None = None
+        self.frames = caller_cycle()
+        self.calls = 0
+        self.seq: list[int] = []
+        self.due: list[int] = []
+        self.counts = {"up": 0, "down": 0, "turns": 0, "ended": 0, "said": 0}
+        self.last_beat = 0.0
+
+    def _start(self, module: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=self.env, stdout=self.logs,
+                                stderr=subprocess.STDOUT)
+
+    def connect(self) -> None:
+        self.tc.send(m.pack([m.Hello(m.ROLE_TRANSCODER, self.epoch, 0, "")]))
+        deadline = time.monotonic() + 30
+        while self.gw_route is None:
+            if time.monotonic() > deadline or self.model.poll() is not None:
+                raise SystemExit(f"the model_client did not say hello; see {self.logs.name}")
+            self.pump(time.monotonic() + 0.05)
+
+    def add_calls(self, total: int) -> None:
+        new = [m.CallStart(f"c{i}", f"CA{i}", f"MZ{i}", {}, self.model_ep) for i in range(self.calls, total)]
+        self.tc.send(m.pack(new))
+        now = time.monotonic_ns()
+        self.seq += [0] * len(new)
+        self.due = [now + PERIOD_NS + i * PERIOD_NS // total for i in range(total)]  # spread evenly
+        self.calls = total
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def play(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.tick()
+            self.pump(time.monotonic() + 0.002)
+
+    def tick(self) -> None:
+        now, batch = time.monotonic_ns(), []
+        for i in range(self.calls):
+            if self.due[i] <= now:
+                k = self.seq[i] % len(self.frames)
+                self.seq[i] += 1
+                self.counts["said"] += k == SAY_FRAMES  # an utterance just ended
+                batch.append((AUDIO_UP, f"c{i}", self.seq[i], now, self.frames[k]))
+                self.due[i] += PERIOD_NS
+        if batch:
+            self.counts["up"] += len(batch)
+            self.tc.send(msgpack.packb(batch, use_bin_type=True))
+        if time.monotonic() - self.last_beat >= 1.0:
+            self.last_beat = time.monotonic()
+            self.tc.send(m.pack([m.Heartbeat(self.epoch, self.calls)]))
+            if self.gw_route is not None:
+                self.gw.send_multipart([self.gw_route, m.pack([m.Heartbeat(self.epoch, 0)])])
+
+    def pump(self, until: float) -> None:
+        poller = zmq.Poller()
+        poller.register(self.gw, zmq.POLLIN)
+        poller.register(self.tc, zmq.POLLIN)
+        while (left := until - time.monotonic()) > 0:
+            for sock, _ in poller.poll(max(1, round(left * 1000))):
+                if sock is self.gw:
+                    self._from_model_to_gateway(*sock.recv_multipart())
+                else:
+                    self._from_model_to_transcoder(sock.recv())
+
+    def _from_model_to_gateway(self, route: bytes, frame: bytes) -> None:
+        for item in msgpack.unpackb(frame, raw=False):
+            if item[0] == m.Hello.TAG:
+                self.gw_route = route
+                self.gw.send_multipart([route, m.pack([m.Hello(m.ROLE_GATEWAY, self.epoch, 0, "")])])
+            elif item[0] == m.CallEnd.TAG:
+                self.counts["ended"] += 1
+
+    def _from_model_to_transcoder(self, frame: bytes) -> None:
+        for item in msgpack.unpackb(frame, raw=False):
+            if item[0] == AUDIO_DOWN:
+                self.counts["down"] += 1
+            elif item[0] == TURN_DONE:
+                self.counts["turns"] += 1
+            elif item[0] == m.CallEnd.TAG:
+                self.counts["ended"] += 1
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def run_step(self, calls: int, seconds: float, warmup_s: float) -> dict:
+        self.add_calls(calls)
+        self.play(warmup_s)
+        before, cpu0, t0 = dict(self.counts), self._cpu(), time.monotonic()
+        self.play(seconds)
+        wall, cpu1 = time.monotonic() - t0, self._cpu()
+        self.play(3.0)  # the replies to the step's last utterances
+        got = {k: self.counts[k] - before[k] for k in self.counts}
+        pct = {k: 100 * (cpu1[k] - cpu0[k]) / wall for k in cpu0}
+        per_session = pct["model_client"] / calls
+        return {"calls": calls, "seconds": seconds, "model_client_cpu_pct": round(pct["model_client"], 1),
+                "cpu_pct_per_session": round(per_session, 2),
+                "sessions_per_core": round(100 / per_session) if per_session else None,
+                "us_per_message": round(1e4 * pct["model_client"] * wall / max(1, got["up"] + got["down"]), 1),
+                "utterances": got["said"], "turns": got["turns"], "calls_ended": got["ended"],
+                "emulator_cpu_pct": round(pct["emulator"], 1), "generator_cpu_pct": round(pct["self"], 1)}
+
+    def _cpu(self) -> dict[str, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return {"model_client": cpu_ticks(self.model.pid) / TICKS, "emulator": cpu_ticks(self.emulator.pid) / TICKS,
+                "self": own.ru_utime + own.ru_stime}
+
+    def close(self) -> None:
+        for proc in (self.model, self.emulator):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.ctx.destroy(linger=0)
+        self.logs.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", default="10,20,30", help="concurrent sessions, step by step")
+    p.add_argument("--step-s", type=float, default=15.0, help="measured seconds per step")
+    p.add_argument("--warmup-s", type=float, default=4.0, help="before each step's window (sessions open)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the model_client and emulator (repeatable), e.g. GEMINI_SEND_MS=20")
+    p.add_argument("--json", default="docs/model_client.json")
+    args = p.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-mc-", dir="/tmp") as run_dir:
+        harness = Harness(run_dir, extra)
+        try:
+            harness.connect()
+            print(f"model_client pid {harness.model.pid} (py-spy top --pid {harness.model.pid})", flush=True)
+            print(f"{'sessions':>8} {'mc CPU %':>8} {'% /session':>10} {'sessions/core':>13} {'µs/msg':>7} "
+                  f"{'turns/utterances':>16} {'ended':>5} {'emulator %':>10} {'generator %':>11}", flush=True)
+            for n in (int(s) for s in args.steps.split(",")):
+                row = harness.run_step(n, args.step_s, args.warmup_s)
+                rows.append(row)
+                print(f"{n:>8} {row['model_client_cpu_pct']:>8} {row['cpu_pct_per_session']:>10} "
+                      f"{row['sessions_per_core']!s:>13} {row['us_per_message']:>7} "
+                      f"{row['turns']:>7}/{row['utterances']:<8} {row['calls_ended']:>5} "
+                      f"{row['emulator_cpu_pct']:>10} {row['generator_cpu_pct']:>11}", flush=True)
+        finally:
+            harness.close()
+    report = {"command": "python -m bench.model_client " + " ".join(sys.argv[1:]), "env": extra,
+              "load_average": os.getloadavg(), "steps": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"saved {args.json}")
+
+
+if __name__ == "__main__":
+    main()
