@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.chaos import Supervisor
+from bench.lean_caller import HANG_S
 from bench.stack import ROOT, Stack
 from common.stats import LATENCY_BUCKETS_MS
 
@@ -119,9 +120,16 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
     hops1 = hop_counts(stack.url)
     rss = {name: round(rss_mb(pid), 1) for name, pid in pids.items() if _alive(pid)}
     outcomes = []
-    for worker in workers:
-        out, _ = worker.communicate()
-        outcomes += json.loads(out) if worker.returncode == 0 and out.strip() else [{"failed": "worker died"}]
+    for worker, first in zip(workers, range(0, calls, per_worker)):
+        # Each call gives up by itself (lean_caller.HANG_S), then each takes ~0.5 s (more on a busy box)
+        # to align its echoes: this is a last resort against a hung worker.
+        try:
+            out, _ = worker.communicate(timeout=seconds + HANG_S + 3.0 * per_worker)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+        outcomes += json.loads(out) if worker.returncode == 0 and out.strip() else [
+            {"failed": f"load generator exited with {worker.returncode}"}] * min(per_worker, calls - first)
     failed = [o["failed"] for o in outcomes if o.get("failed")]
     return {
         "calls": calls, "seconds": round(time.monotonic() - started, 1),

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Awaitable, Protocol
+
+# Every stage is one process on one core (DESIGN §1). OpenBLAS would otherwise start a thread per core
+# for numpy's matrix products (the transcoder's and the emulator's FIR), threads that spin while they
+# wait and compete with the other stages. Each __main__ imports this module before numpy loads; an
+# explicit value in the environment wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 log = logging.getLogger(__name__)
 

@@ -64,3 +64,18 @@ def test_short_clicks_do_not_trigger():
     for start in (0.3, 0.9, 1.5):
         caller[int(start * RATE):int(start * RATE) + 1600] = 20000  # 100 ms bursts
     assert feed(BargeInDetector(), caller) == []
+
+
+def test_echo_level_is_the_loudest_of_the_remembered_model_audio():
+    """The sliding-window maximum matches a brute-force maximum over the last ``echo_memory_s``."""
+    rng = np.random.default_rng(3)
+    detector, sent = BargeInDetector(echo_memory_s=0.5), []
+    for step in range(400):
+        now = step * 0.02
+        if rng.random() < 0.7:
+            chunk = pcm(rng.normal(0, 10 ** rng.uniform(1, 4), 480))
+            detector.model_audio(chunk, now)
+            x = np.frombuffer(chunk, dtype="<i2").astype(np.float64)
+            sent.append((now, float(np.dot(x, x)) / len(x) / 32768.0 ** 2 + 1e-12))
+        recent = [p for t, p in sent if t >= now - 0.5]
+        assert detector._echo_power(now) == pytest.approx(max(recent, default=1e-12), rel=1e-12)

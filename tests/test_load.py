@@ -68,3 +68,15 @@ def test_model_client_bench_at_two_sessions(tmp_path):
     assert step["calls"] == 2 and step["calls_ended"] == 0
     assert step["utterances"] >= 2 and step["turns"] >= step["utterances"] - 2  # the echoes came back
     assert step["model_client_cpu_pct"] > 0 and step["emulator_cpu_pct"] > 0
+
+
+@pytest.mark.e2e
+def test_gateway_bench_at_two_calls(tmp_path):
+    out = tmp_path / "gw.json"
+    run = subprocess.run([sys.executable, "-m", "bench.gateway", "--steps", "2", "--step-s", "9",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    step = json.loads(out.read_text())["steps"][0]
+    assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
+    assert step["frames_heard"] > 0.9 * step["frames_sent"]  # the loopback came back through the gateway
+    assert step["gateway_cpu_pct"] > 0 and step["up_p50_ms"] is not None
