@@ -57,7 +57,7 @@ class LeanCall:
 
     def send(self, message: dict) -> None:
         if self.ws is not None and not self.ws.closed:
-            asyncio.ensure_future(self.ws.send_str(json.dumps(message)))
+            asyncio.ensure_future(self.ws.send_str(json.dumps(message))).add_done_callback(_written)
 
     def next_frame(self) -> bool:
         """Send frame k; False once the caller has said everything."""
@@ -104,6 +104,11 @@ class LeanCall:
         return {"failed": self.failed, "missing_ms": missing_ms, "underruns": self.underruns,
                 "frames_sent": self.k, "utterances": len(self.plan.utterances),
                 "frames_heard": self.received // FRAME}
+
+
+def _written(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a mark echo racing the bridge's close: the call is over, nothing to report
 
 
 async def run_call(session: aiohttp.ClientSession, url: str, call: LeanCall, seconds: float) -> None:

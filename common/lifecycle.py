@@ -8,6 +8,7 @@ happened instead of vanishing, and cancelled with a timeout by ``cancel_all``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -47,6 +48,11 @@ async def _main(stage: Stage, name: str) -> int:
         await stage.stop()
         return 2
     log.info("%s started", name)
+    # What exists now (modules, the SDK, settings) lives as long as the process. Frozen, it is left out
+    # of the collector's full passes, which otherwise walk all of it and stall the loop for tens of ms
+    # (measured: 38-116 ms in a gateway carrying 75 calls, 12-15 ms in a transcoder).
+    gc.collect()
+    gc.freeze()
     runner = asyncio.create_task(stage.run(), name=f"{name}.run")
     waiter = asyncio.create_task(stopping.wait(), name=f"{name}.signal")
     done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
