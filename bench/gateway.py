@@ -95,8 +95,8 @@ class BackSide:
 def run_step(gateway: subprocess.Popen, back: BackSide, url: str, calls: int, seconds: float,
              per_worker: int, seed: int) -> dict:
     workers = [subprocess.Popen(
-        [sys.executable, "-m", "bench.lean_caller", "--url", url, "--calls", str(min(per_worker, calls - first)),
-         "--first-seed", str(seed + first), "--seconds", str(seconds), "--spread", str(SPREAD_S),
+        [sys.executable, "-m", "bench.lean_caller", "--url", url,
+         "--calls", str(min(per_worker, calls - first)), "--first-seed", str(seed + first), "--seconds", str(seconds), "--spread", str(SPREAD_S),
          "--no-echo-check"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True) for first in range(0, calls, per_worker)]
     back.pump(time.monotonic() + SPREAD_S + 2.0)

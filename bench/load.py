@@ -240,7 +240,8 @@ def main() -> None:
     capacity = max(held, default=0)
     print(f"\ncapacity: {capacity} concurrent calls (p99 ≤ {P99_LIMIT_MS:g} ms each way, nothing lost)")
     report = {"command": "python -m bench.load " + " ".join(sys.argv[1:]),
-              "capacity": {"bridge_only" if args.bridge_only else "full_stack": capacity}, "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
+              "capacity": {"bridge_only" if args.bridge_only else "full_stack": capacity},
+              "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -75,7 +75,8 @@ class Harness:
         self.tc.connect(self.model_ep)
         self.logs = open(Path(run_dir) / "stages.log", "wb")
         self.emulator = self._start("emulator")
-        wait_for(lambda: os.path.exists(Path(run_dir) / "emulator-cert.pem"), 20, "the emulator's certificate")
+        cert = Path(run_dir) / "emulator-cert.pem"
+        wait_for(lambda: os.path.exists(cert), 20, "the emulator's certificate")
         self.model = self._start("model_client")
         self.gw_route: bytes | None = None
         self.frames = caller_cycle()
@@ -171,17 +172,18 @@ class Harness:
         got = {k: self.counts[k] - before[k] for k in self.counts}
         pct = {k: 100 * (cpu1[k] - cpu0[k]) / wall for k in cpu0}
         per_session = pct["model_client"] / calls
+        cpu_s, messages = pct["model_client"] * wall / 100, max(1, got["up"] + got["down"])
         return {"calls": calls, "seconds": seconds, "model_client_cpu_pct": round(pct["model_client"], 1),
                 "cpu_pct_per_session": round(per_session, 2),
                 "sessions_per_core": round(100 / per_session) if per_session else None,
-                "us_per_message": round(1e4 * pct["model_client"] * wall / max(1, got["up"] + got["down"]), 1),
+                "us_per_message": round(1e6 * cpu_s / messages, 1),
                 "utterances": got["said"], "turns": got["turns"], "calls_ended": got["ended"],
                 "emulator_cpu_pct": round(pct["emulator"], 1), "generator_cpu_pct": round(pct["self"], 1)}
 
     def _cpu(self) -> dict[str, float]:
         own = resource.getrusage(resource.RUSAGE_SELF)
-        return {"model_client": cpu_ticks(self.model.pid) / TICKS, "emulator": cpu_ticks(self.emulator.pid) / TICKS,
-                "self": own.ru_utime + own.ru_stime}
+        return {"model_client": cpu_ticks(self.model.pid) / TICKS,
+                "emulator": cpu_ticks(self.emulator.pid) / TICKS, "self": own.ru_utime + own.ru_stime}
 
     def close(self) -> None:
         for proc in (self.model, self.emulator):

@@ -31,7 +31,8 @@ def from_db(db: float) -> float:
 class BargeInDetector:
     def __init__(self, floor_db: float = -40.0, echo_margin_db: float = 15.0, onset_ms: int = 160,
                  release_ms: int = 300, echo_memory_s: float = 3.0):
-        self.floor, self.echo_margin, self.echo_memory_s = from_db(floor_db), from_db(echo_margin_db), echo_memory_s
+        self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)
+        self.echo_memory_s = echo_memory_s
         self.onset_frames, self.release_frames = onset_ms // 20, release_ms // 20
         # The model's recent output as (time, power), powers decreasing from the front: the front is
         # the loudest of the last ``echo_memory_s`` (a sliding-window maximum, O(1) per frame).
