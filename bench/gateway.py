@@ -31,7 +31,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from bench.lean_caller import HANG_S
+from bench.lean_caller import HANG_S, start_workers, worker_results
 from bench.load import SPREAD_S, TICKS, cpu_ticks, hop_counts, percentile_ms
 from bench.stack import ROOT, clean_env, get_json, wait_for
 from common import messages as m
@@ -94,11 +94,7 @@ class BackSide:
 
 def run_step(gateway: subprocess.Popen, back: BackSide, url: str, calls: int, seconds: float,
              per_worker: int, seed: int) -> dict:
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "bench.lean_caller", "--url", url,
-         "--calls", str(min(per_worker, calls - first)), "--first-seed", str(seed + first), "--seconds", str(seconds), "--spread", str(SPREAD_S),
-         "--no-echo-check"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True) for first in range(0, calls, per_worker)]
+    workers = start_workers(url, calls, per_worker, seed, seconds, SPREAD_S, "--no-echo-check")
     back.pump(time.monotonic() + SPREAD_S + 2.0)
     t0, cpu0, callers0 = time.monotonic(), cpu_ticks(gateway.pid), sum(cpu_ticks(w.pid) for w in workers)
     counts0, hops0, back.up_ms = dict(back.counts), hop_counts(url), []
@@ -111,13 +107,7 @@ def run_step(gateway: subprocess.Popen, back: BackSide, url: str, calls: int, se
     deadline = time.monotonic() + seconds + 2 * HANG_S
     while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
         back.pump(time.monotonic() + 0.2)
-    outcomes = []
-    for worker, first in zip(workers, range(0, calls, per_worker)):
-        if worker.poll() is None:
-            worker.kill()
-        out, _ = worker.communicate()
-        outcomes += json.loads(out) if worker.returncode == 0 and out.strip() else [
-            {"failed": f"load generator exited with {worker.returncode}"}] * min(per_worker, calls - first)
+    outcomes = worker_results(workers, calls, per_worker, timeout=1.0)
     failed = [o["failed"] for o in outcomes if o.get("failed")]
     return {
         "calls": calls, "gateway_cpu_pct": round(cpu, 1), "cpu_pct_per_call": round(cpu / calls, 2),

@@ -16,11 +16,14 @@ import argparse
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 
 import aiohttp
 import numpy as np
 
 from bench.chaos import echo_of, script
+from bench.stack import ROOT
 from softphone import wire
 from softphone.webhook import fetch_twiml, new_sid, voice_params
 from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
@@ -172,6 +175,30 @@ async def run(url: str, calls: int, first_seed: int, seconds: float, spread_s: f
         tick.cancel()
         await asyncio.gather(tick, return_exceptions=True)
     return [call.result(check_echoes) for call in lean]
+
+
+def start_workers(url: str, calls: int, per_worker: int, first_seed: int, seconds: float, spread_s: float,
+                  *flags: str) -> list[subprocess.Popen]:
+    """``calls`` calls in worker processes of ``per_worker`` each; their results come on stdout."""
+    return [subprocess.Popen(
+        [sys.executable, "-m", "bench.lean_caller", "--url", url, "--calls", str(min(per_worker, calls - first)),
+         "--first-seed", str(first_seed + first), "--seconds", str(seconds), "--spread", str(spread_s), *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True) for first in range(0, calls, per_worker)]
+
+
+def worker_results(workers: list[subprocess.Popen], calls: int, per_worker: int, timeout: float) -> list[dict]:
+    """Every call's result. A worker still running after ``timeout`` is killed (each call gives up by
+    itself, HANG_S after its end: this is a last resort); a worker that died fails all its calls."""
+    results = []
+    for worker, first in zip(workers, range(0, calls, per_worker)):
+        try:
+            out, _ = worker.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+        results += json.loads(out) if worker.returncode == 0 and out.strip() else [
+            {"failed": f"load generator exited with {worker.returncode}"}] * min(per_worker, calls - first)
+    return results
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +39,8 @@ import urllib.request
 from pathlib import Path
 
 from bench.chaos import Supervisor
-from bench.lean_caller import HANG_S
-from bench.stack import ROOT, Stack
+from bench.lean_caller import HANG_S, start_workers, worker_results
+from bench.stack import Stack
 from common.stats import LATENCY_BUCKETS_MS
 
 P99_LIMIT_MS = 20.0
@@ -102,11 +101,7 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
     when every call is up and none has ended (the callers' own analysis comes after)."""
     pids = program_pids(stack)
     started = time.monotonic()
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "bench.lean_caller", "--url", stack.url, "--calls",
-         str(min(per_worker, calls - first)), "--first-seed", str(seed + first), "--seconds", str(seconds),
-         "--spread", str(SPREAD_S)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        for first in range(0, calls, per_worker)]
+    workers = start_workers(stack.url, calls, per_worker, seed, seconds, SPREAD_S)
     time.sleep(SPREAD_S + 2.0)
     window0 = time.monotonic()
     cpu0 = {name: cpu_ticks(pid) for name, pid in pids.items()}
@@ -119,17 +114,8 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
     callers = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid)) - callers0
     hops1 = hop_counts(stack.url)
     rss = {name: round(rss_mb(pid), 1) for name, pid in pids.items() if _alive(pid)}
-    outcomes = []
-    for worker, first in zip(workers, range(0, calls, per_worker)):
-        # Each call gives up by itself (lean_caller.HANG_S), then each takes ~0.5 s (more on a busy box)
-        # to align its echoes: this is a last resort against a hung worker.
-        try:
-            out, _ = worker.communicate(timeout=seconds + HANG_S + 3.0 * per_worker)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out, _ = worker.communicate()
-        outcomes += json.loads(out) if worker.returncode == 0 and out.strip() else [
-            {"failed": f"load generator exited with {worker.returncode}"}] * min(per_worker, calls - first)
+    # Each call's echoes take a moment to align after it ends (more on a busy box).
+    outcomes = worker_results(workers, calls, per_worker, timeout=seconds + HANG_S + 3.0 * per_worker)
     failed = [o["failed"] for o in outcomes if o.get("failed")]
     return {
         "calls": calls, "seconds": round(time.monotonic() - started, 1),
