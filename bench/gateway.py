@@ -20,7 +20,6 @@ apart. Attach py-spy to the pid printed at the start to see where the gateway's 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import msgpack
 import zmq
 
 from bench.lean_caller import HANG_S, start_workers, worker_results
-from bench.load import SPREAD_S, TICKS, cpu_ticks, hop_counts, percentile_ms
+from bench.load import SPREAD_S, TICKS, cpu_ticks, hop_counts, percentile_ms, save_report
 from bench.stack import ROOT, clean_env, get_json, wait_for
 from common import messages as m
 from common.link import new_epoch
@@ -170,9 +169,7 @@ def main() -> None:
     report = {"command": "python -m bench.gateway " + " ".join(sys.argv[1:]), "env": extra,
               "load_average": os.getloadavg(), "steps": rows}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"saved {args.json}")
+        save_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,12 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
     }
 
 
+def save_report(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"saved {path}")
+
+
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
@@ -229,9 +235,7 @@ def main() -> None:
               "capacity": {"bridge_only" if args.bridge_only else "full_stack": capacity},
               "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"saved {args.json}")
+        save_report(args.json, report)
     if args.png and rows:
         plot(rows, args.png)
         print(f"saved {args.png}")

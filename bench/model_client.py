@@ -22,7 +22,6 @@ model_client. Attach py-spy to the pid printed at the start to see where the mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -35,7 +34,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from bench.load import cpu_ticks, TICKS
+from bench.load import TICKS, cpu_ticks, save_report
 from bench.stack import ROOT, clean_env, wait_for
 from common import messages as m
 from common import settings as settings_module
@@ -226,9 +225,7 @@ def main() -> None:
     report = {"command": "python -m bench.model_client " + " ".join(sys.argv[1:]), "env": extra,
               "load_average": os.getloadavg(), "steps": rows}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"saved {args.json}")
+        save_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ from bench.load import percentile_ms
 from tests.conftest import ROOT
 
 
+def run_bench(module: str, out, *args: str) -> tuple[dict, str]:
+    """``python -m bench.<module> ... --json out``: (its JSON report, its stdout)."""
+    run = subprocess.run([sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads(out.read_text()), run.stdout
+
+
 @pytest.mark.parametrize("before, after, q, expected", [
     ([0] * 12, [0, 0, 5, 10, 10, 10, 10, 10, 10, 10, 10, 10], 0.5, 1.0),  # 5 ≤ 1 ms, 5 more ≤ 2 ms
     ([0] * 12, [0, 0, 5, 10, 10, 10, 10, 10, 10, 10, 10, 10], 0.99, 2.0),
@@ -25,14 +33,10 @@ def test_percentile_from_bucket_counts(before, after, q, expected):
 @pytest.mark.e2e
 @pytest.mark.parametrize("bridge_only", [False, True], ids=["full-stack", "bridge-only"])
 def test_load_bench_at_two_calls(tmp_path, bridge_only):
-    out = tmp_path / "load.json"
-    run = subprocess.run([sys.executable, "-m", "bench.load", "--steps", "2", "--step-s", "12",
-                          "--per-worker", "1", "--transcoders", "1", "--model-clients", "1",
-                          *(["--bridge-only"] if bridge_only else []),
-                          "--json", str(out), "--png", ""],  # the plot needs the bench extra
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report, stdout = run_bench("load", tmp_path / "load.json", "--steps", "2", "--step-s", "12",
+                               "--per-worker", "1", "--transcoders", "1", "--model-clients", "1",
+                               *(["--bridge-only"] if bridge_only else []),
+                               "--png", "")  # the plot needs the bench extra
     step = report["steps"][0]
     assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
     assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
@@ -42,29 +46,20 @@ def test_load_bench_at_two_calls(tmp_path, bridge_only):
     assert list(report["capacity"]) == ["bridge_only" if bridge_only else "full_stack"]
     if bridge_only:
         assert step["frames_lost"] == 0
-    assert "capacity:" in run.stdout
+    assert "capacity:" in stdout
 
 
 @pytest.mark.e2e
 def test_soak_bench_briefly(tmp_path):
-    out = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, "-m", "bench.soak", "--calls", "2", "--minutes", "0.35",
-                          "--call-s", "9", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report, _ = run_bench("soak", tmp_path / "soak.json", "--calls", "2", "--minutes", "0.35", "--call-s", "9")
     assert report["calls_placed"] == 4 and report["calls_failed"] == 0
     assert {"gateway", "emulator"} <= set(report["processes"]) and not report["process_restarted"]
 
 
 @pytest.mark.e2e
 def test_model_client_bench_at_two_sessions(tmp_path):
-    out = tmp_path / "mc.json"
-    run = subprocess.run([sys.executable, "-m", "bench.model_client", "--steps", "2", "--step-s", "6",
-                          "--warmup-s", "2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    step = json.loads(out.read_text())["steps"][0]
+    report, _ = run_bench("model_client", tmp_path / "mc.json", "--steps", "2", "--step-s", "6", "--warmup-s", "2")
+    step = report["steps"][0]
     assert step["calls"] == 2 and step["calls_ended"] == 0
     assert step["utterances"] >= 2 and step["turns"] >= step["utterances"] - 2  # the echoes came back
     assert step["model_client_cpu_pct"] > 0 and step["emulator_cpu_pct"] > 0
@@ -72,11 +67,8 @@ def test_model_client_bench_at_two_sessions(tmp_path):
 
 @pytest.mark.e2e
 def test_gateway_bench_at_two_calls(tmp_path):
-    out = tmp_path / "gw.json"
-    run = subprocess.run([sys.executable, "-m", "bench.gateway", "--steps", "2", "--step-s", "9",
-                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    step = json.loads(out.read_text())["steps"][0]
+    report, _ = run_bench("gateway", tmp_path / "gw.json", "--steps", "2", "--step-s", "9")
+    step = report["steps"][0]
     assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
     assert step["frames_heard"] > 0.9 * step["frames_sent"]  # the loopback came back through the gateway
     assert step["gateway_cpu_pct"] > 0 and step["up_p50_ms"] is not None
