@@ -4,8 +4,9 @@
   table of peers from their Hello/Heartbeat, heartbeats them back, and reports a peer silent for
   ``LIVENESS`` intervals as lost.
 - ``DealerLink`` connects a DEALER to one ROUTER, says Hello on every (re)connect, heartbeats, and when
-  the other side falls silent it closes the socket and reconnects with doubling backoff. A changed
-  epoch on the other side is reported: "everything that peer held is gone".
+  the other side falls silent it closes the socket and reconnects with doubling backoff. A socket no
+  one has answered yet is kept (ZeroMQ retries the connection; what waits in it is for the endpoint's
+  next process). A changed epoch on the other side is reported: "everything that peer held is gone".
 
 Both batch: messages queued during one event-loop pass leave as one ZeroMQ message per peer, and a
 receive drains everything already queued before handing it on. Nothing waits for a timer to batch.
@@ -85,6 +86,7 @@ class _Link:
         self._release: Callable[[], None] = lambda: None
         self.sock: zmq.Socket | None = None
         self.dropped = 0  # batches shed because a peer's pipe was full
+        self._dropped_unlogged, self._drop_logged = 0, 0.0
         self.rejected = 0  # frames that broke the wire schema
         self._outbox: dict[bytes | None, list] = {}
         self._flush_scheduled = False
@@ -107,10 +109,19 @@ class _Link:
             frames = [m.pack(batch)] if route is None else [route, m.pack(batch)]
             try:  # copied: a zero-copy send of a big batch costs pyzmq's garbage-collector thread more
                 self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
-            except zmq.Again as e:  # the peer is not keeping up
-                self.dropped += 1
-                log.warning("dropped a batch of %d messages to %s: %s", len(batch), route or self.endpoint, e)
+            except zmq.Again:  # the peer is not keeping up, or not there
+                self._drop(route, len(batch))
         self._check_input()
+
+    def _drop(self, route: bytes | None, messages: int) -> None:
+        """Counted always, logged at most once a second: a peer that is away fills its pipe quickly."""
+        self.dropped += 1
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._drop_logged >= 1.0:
+            log.warning("%d batches to %s dropped (its pipe is full), the last of %d messages",
+                        self._dropped_unlogged, route or self.endpoint, messages)
+            self._drop_logged, self._dropped_unlogged = now, 0
 
     def _open(self, sock: zmq.Socket) -> None:
         self.sock = sock
@@ -315,7 +326,7 @@ class DealerLink(_Link):
         self.on_remote_restart = on_remote_restart
         self.remote_epoch = ""
         self.last_heard = 0.0
-        self.heard_since_connect = False
+        self.heard_since_connect = self._waiting_logged = False
 
     @property
     def alive(self) -> bool:
@@ -337,7 +348,7 @@ class DealerLink(_Link):
         _secure(sock, self.endpoint, self.curve, server=False)
         sock.connect(self.endpoint)
         self.last_heard = time.monotonic()  # grace: a fresh connection gets a full liveness window
-        self.heard_since_connect = False
+        self.heard_since_connect = self._waiting_logged = False
         self._open(sock)
         self.send(hello)
 
@@ -346,6 +357,8 @@ class DealerLink(_Link):
 
     def _handle(self, frame: bytes) -> None:
         batch = self._unpack(frame, self.endpoint)
+        if self._waiting_logged and not self.heard_since_connect:
+            log.info("%s answers", self.endpoint)
         self.last_heard = time.monotonic()
         self.heard_since_connect = True
         rest = []
@@ -377,6 +390,14 @@ class DealerLink(_Link):
                 if self.heard_since_connect:  # the grace window alone does not reset the backoff
                     backoff = 1
                 self.send(m.Heartbeat(self.hello().epoch, self.load()))
+                continue
+            if not self.heard_since_connect:
+                # No one has answered on this socket: there is no dead peer's queue to purge, and ZeroMQ
+                # retries the connection itself. What waits in it is for the endpoint's next process:
+                # closing it could throw away a CallStart for a call just moved there, leaving it deaf.
+                if not self._waiting_logged:
+                    self._waiting_logged = True
+                    log.warning("%s not answering since we connected; waiting for it", self.endpoint)
                 continue
             # Paranoid Pirate: a silent peer may have died with our messages queued to it; a fresh
             # socket purges them. Back off so a long outage is not a reconnect storm.

@@ -61,6 +61,9 @@ async def call_with_fault(stack: Stack, seed: int, fault=None, at_utterance: int
     for i, echo in enumerate(echoes):
         log.warning("utterance %d: found %.2f, gap %.0f ms, echo after %.2f s", i, echo.found, echo.gap_ms,
                     echo.delay_s)
+    if result.closed_by != "caller" or min(echo.found for echo in echoes) < 0.95:
+        log.warning("the stack's warnings:\n%s", "\n".join(  # what a failure on CI leaves to go on
+            line for line in stack.log.read_text().splitlines() if "WARN" in line or "ERROR" in line))
     assert result.closed_by == "caller", "the bridge ended the call"
     for i, echo in enumerate(echoes):
         assert echo.found >= 0.95, f"utterance {i}: only {echo.found:.0%} of it came back"

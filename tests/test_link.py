@@ -76,6 +76,27 @@ async def test_silent_peer_is_lost(ctx, tmp_path):
         await router.stop()
 
 
+async def test_what_waits_for_a_router_not_up_yet_reaches_it(ctx, tmp_path):
+    """A DEALER that has heard no one since connecting keeps its socket: ZeroMQ retries the connection
+    itself, and what waits in it (a CallStart for a call moved to a restarting model_client) is for
+    the endpoint's next process. Closing it on silence would leave that call deaf."""
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    got = []
+    dealer = make_dealer(ctx, endpoint, [], [])
+    await dealer.start()
+    router = make_router(ctx, endpoint, got, [])
+    try:
+        dealer.send(m.Dtmf("c1", "7"))
+        await asyncio.sleep(10 * HB)  # well past the liveness window: the far end is still not up
+        assert dealer.sock is not None
+        await router.start()
+        await until(lambda: got)
+        assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "7")])]
+    finally:
+        await dealer.stop()
+        await router.stop()
+
+
 async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     restarts = []
