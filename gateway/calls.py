@@ -175,3 +175,4 @@ class Call:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self._writer = self._leaving = None  # see common.lifecycle.cancel_all

@@ -76,6 +76,7 @@ class StreamGuard:
         if self._watchdog is not None and not self._watchdog.done():
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
+        self._watchdog = None  # see common.lifecycle.cancel_all
 
     def allow(self, msg) -> bool:
         """False: drop this message (already logged and counted)."""

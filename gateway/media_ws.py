@@ -6,6 +6,7 @@ is sent to Twilio before ``start`` has given us the streamSid.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import WSMsgType, web
@@ -147,12 +148,18 @@ async def handle(request: web.Request, pipeline: Pipeline, admissions: Admission
                 counters["twilio_rejected"] = counters.get("twilio_rejected", 0) + 1
                 log.warning("binary WebSocket frame dropped (Twilio sends text only)")
     finally:
-        await guard.stop()
+        # The call ends before anything here waits: a handler cancelled while it waits (the caller's
+        # connection lost under aiohttp's handler_cancellation, or a shutdown) skips what follows.
         request.app[OPEN_SOCKETS].discard(ws)
         stream.end("stream closed")
-        if stream.call is not None:
-            await stream.call.stop_writer()
+        await asyncio.shield(_stop_tasks(guard, stream.call))
     return ws
+
+
+async def _stop_tasks(guard: StreamGuard, call: Call | None) -> None:
+    await guard.stop()
+    if call is not None:
+        await call.stop_writer()
 
 
 OPEN_SOCKETS = web.AppKey("open_sockets", set)

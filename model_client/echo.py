@@ -65,3 +65,4 @@ class EchoSession:
     async def close(self) -> None:
         if self._reply is not None:
             await cancel_all([self._reply])
+            self._reply = None  # see common.lifecycle.cancel_all

@@ -139,6 +139,7 @@ class GeminiSession:
         self._closing = True
         if self._task is not None:
             await cancel_all([self._task, *self._tools.values()])
+            self._task = None  # see common.lifecycle.cancel_all
 
     def _put(self, kind: str, item: object) -> None:
         self._queue.append((kind, item, 0, False))
@@ -235,7 +236,8 @@ class GeminiSession:
         finally:
             self._ready.clear()
             await cancel_all([t for t in (self._rx, self._handover) if t is not None])
-            self._handover, self._opening = None, ""
+            self._rx = self._handover = None  # see common.lifecycle.cancel_all
+            self._opening = ""
             current, self._conn = self._conn, None
             if current is not None:
                 await current.close()

@@ -3,6 +3,8 @@ switch waits for a turn boundary and for the handle that follows it, and when ti
 switches anyway, losing no caller audio (the new connection gets it again and answers it)."""
 
 import asyncio
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -115,3 +117,19 @@ async def test_go_away_with_a_refused_handle_hands_over_to_a_fresh_session(emula
     log = sorted(stage.log, key=lambda s: s["number"])
     assert log[1]["refused_handle"], log
     assert log[2]["resumed_from"] is None and "Caller: (1.0 s of speech)" in log[2]["instruction"], log
+
+
+async def test_a_closed_session_is_freed_without_the_garbage_collector(emulator):
+    """A cancelled task keeps its CancelledError, whose traceback holds the session's frames: a session
+    that kept its tasks would sit in a reference cycle, with its TLS buffers and queued audio, until
+    the collector's next full pass (under churn, dozens of dead sessions at a time)."""
+    stage = await emulator()
+    gc.collect()
+    gc.disable()
+    try:
+        session, out = await run_session(stage, lambda session: talk(session, 0.5, 3, 0))
+        freed = weakref.ref(session)
+        del session
+        assert freed() is None, [type(r).__name__ for r in gc.get_referrers(freed())]
+    finally:
+        gc.enable()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -343,6 +344,32 @@ async def test_stream_tokens_are_checked_at_start(caplog):
     assert (got["stream_token_missing"], got["stream_token_malformed"], got["stream_token_unknown"],
             got["stream_token_reused"]) == (1, 1, 1, 1)
     assert token not in caplog.text
+
+
+async def test_an_ended_call_is_freed_without_the_garbage_collector():
+    """The stream closes without a ``stop`` (a dropped connection: aiohttp's test server cancels the
+    handler then, which must still end the call). The call's tasks are cancelled; a cancelled task's
+    traceback holds the coroutine's ``self``, so an object that kept its tasks would wait, with its
+    replay ring, for the collector's next full pass (common.lifecycle.cancel_all)."""
+    async with gateway() as client:
+        sid = new_sid("CA")
+        _, _, token = await ring(client, call_sid=sid)
+        gc.collect()
+        gc.disable()
+        try:
+            ws, stream_sid = await open_stream(client, token, sid)
+            for seq in range(2, 12):
+                await ws.send_json(wire.media(seq, stream_sid, seq - 1, 20 * seq, b"\xff" * 160))
+            await asyncio.sleep(0.3)
+            assert [type(o).__name__ for o in gc.get_objects()].count("Call") == 1
+            await ws.close()
+            async with asyncio.timeout(5):
+                while (await (await client.get("/healthz")).json())["calls"]:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            assert [type(o).__name__ for o in gc.get_objects()].count("Call") == 0
+        finally:
+            gc.enable()
 
 
 async def test_capacity_refuses_politely_at_the_webhook():
