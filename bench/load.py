@@ -133,6 +133,9 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
 
 
 def save_report(path: str, report: dict) -> None:
+    """Write the bench's JSON (``--json ""``: none)."""
+    if not path:
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"saved {path}")

@@ -27,7 +27,6 @@ arrays in the schema's field order (control messages go through common/messages)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -43,6 +42,7 @@ import zmq
 
 from common import messages as m
 from bench.dsp import ANCHOR_LUT_US, reference_us
+from bench.load import save_report
 from common.link import new_epoch
 
 P99_LIMIT_MS = 5.0
@@ -316,6 +316,7 @@ def main() -> None:
         harness = Harness(run_dir, args.tick_ms, extra, args.nice)
         try:
             harness.connect()
+            print(f"transcoder pid {harness.proc.pid} (py-spy top --pid {harness.proc.pid})", flush=True)
             print(f"{'calls':>6} {'up p50/p99/max ms':>20} {'down p50/p99/max ms':>20} {'lost':>11} "
                   f"{'tc CPU':>7} {'µs/frame':>8} {'gen CPU':>7} result", flush=True)
             steps = [int(n) for n in args.steps.split(",")] if args.steps else ramp(args.calls, args.beyond)
@@ -336,12 +337,10 @@ def main() -> None:
         finally:
             harness.close()
     print(f"\nmax calls with p99 < {P99_LIMIT_MS} ms both ways and no frame lost: {best}")
-    result = {"max_calls": best, "p99_limit_ms": P99_LIMIT_MS, "tick_ms": args.tick_ms,
+    result = {"command": "python -m bench.transcoder " + " ".join(sys.argv[1:]), "max_calls": best, "p99_limit_ms": P99_LIMIT_MS, "tick_ms": args.tick_ms,
               "resampler": args.resampler, "blas_threads": args.blas_threads, "nice": args.nice,
               "load_average": os.getloadavg(), "steps": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save_report(args.json, result)
 
 
 if __name__ == "__main__":
