@@ -128,8 +128,9 @@ class ModelClientStage:
                 self._handle_call_start(peer.route, msg)
                 continue
             session = self.sessions.get(msg.call)
-            if session is None:
-                continue  # normal for frames still in flight when a call ends
+            if session is None:  # normal for frames still in flight when a call ends; counted, as a
+                self.stats.count("unknown_call")  # call whose CallStart was lost would show here
+                continue
             self.routes[msg.call] = peer.route
             if isinstance(msg, m.AudioUp):
                 self.stats.histograms["up_hop_ms"].observe((time.monotonic_ns() - msg.t_in) / 1e6)
