@@ -337,9 +337,10 @@ def main() -> None:
         finally:
             harness.close()
     print(f"\nmax calls with p99 < {P99_LIMIT_MS} ms both ways and no frame lost: {best}")
-    result = {"command": "python -m bench.transcoder " + " ".join(sys.argv[1:]), "max_calls": best, "p99_limit_ms": P99_LIMIT_MS, "tick_ms": args.tick_ms,
-              "resampler": args.resampler, "blas_threads": args.blas_threads, "nice": args.nice,
-              "load_average": os.getloadavg(), "steps": rows}
+    result = {"command": "python -m bench.transcoder " + " ".join(sys.argv[1:]), "max_calls": best,
+              "p99_limit_ms": P99_LIMIT_MS, "tick_ms": args.tick_ms, "resampler": args.resampler,
+              "blas_threads": args.blas_threads, "nice": args.nice, "load_average": os.getloadavg(),
+              "steps": rows}
     save_report(args.json, result)
 
 

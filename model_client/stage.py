@@ -128,8 +128,8 @@ class ModelClientStage:
                 self._handle_call_start(peer.route, msg)
                 continue
             session = self.sessions.get(msg.call)
-            if session is None:  # normal for frames still in flight when a call ends; counted, as a
-                self.stats.count("unknown_call")  # call whose CallStart was lost would show here
+            if session is None:  # normal for frames in flight when a call ends; a call whose
+                self.stats.count("unknown_call")  # CallStart never came would show here too
                 continue
             self.routes[msg.call] = peer.route
             if isinstance(msg, m.AudioUp):
