@@ -33,6 +33,10 @@ MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
 TOOL_TIMEOUT_S = 15.0  # how long a scripted tool call waits for the client's response
 
 
+HANDLERS = {"realtime_input": "_handle_realtime_input", "client_content": "_handle_client_content",
+            "tool_response": "_handle_tool_response", "context_update": "_handle_ignored"}
+
+
 class LiveSession:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings,
                  handles: HandleStore, number: int, interrupted_ns: deque[int] | None = None):
@@ -46,10 +50,7 @@ class LiveSession:
         self._dropped = False
         self._vad: EnergyVad | None = None
         self._player: TurnPlayer | None = None
-        self._handlers = {"realtime_input": self._handle_realtime_input,
-                          "client_content": self._handle_client_content,
-                          "tool_response": self._handle_tool_response,
-                          "context_update": self._handle_ignored}
+        self._turns_at_end = 0
         self._tool_calls: dict[str, asyncio.Future] = {}  # scripted tool calls awaiting a response
         self.tool_calls = 0
         self.resumed_from: int | None = None  # the turn count a resumption handle restored
@@ -58,7 +59,7 @@ class LiveSession:
 
     @property
     def turns(self) -> int:
-        return self._player.turns if self._player else 0
+        return self._player.turns if self._player else self._turns_at_end
 
     async def run(self) -> None:
         try:
@@ -71,6 +72,9 @@ class LiveSession:
         finally:
             await cancel_all(self._tasks)
             await self._finish()
+            # The player holds our bound _send: dropped, so an ended session is freed at once rather
+            # than at the collector's next full pass (the soak measures every process's RSS).
+            self._turns_at_end, self._player = self.turns, None
 
     def shutdown(self) -> None:
         """The emulator is stopping: close with 1001 (going away)."""
@@ -151,7 +155,7 @@ class LiveSession:
                 kind, body = wire.parse(msg.data)
                 if kind == "setup":
                     raise wire.Malformed("setup sent twice")
-                self._handlers[kind](body)
+                getattr(self, HANDLERS[kind])(body)
         except wire.Malformed as e:
             self._reject(str(e))
         finally:
