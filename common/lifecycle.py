@@ -87,7 +87,7 @@ async def cancel_all(tasks, timeout: float = STOP_TIMEOUT_S) -> None:
     """Cancel ``tasks`` and wait for them. Per-call objects drop their references to the tasks after:
     a cancelled task keeps its CancelledError, whose traceback holds the coroutine's frames and so
     their ``self``: a reference cycle that only the collector's rare full pass frees, with everything
-    the call held (the soak in the README: model_client RSS +40.7 % over 10 minutes, +1.0 % since)."""
+    the call held (the soak in the README: model_client RSS +40.7 % over 10 minutes, +0.3 % since)."""
     tasks = [t for t in tasks if not t.done()]
     for t in tasks:
         t.cancel()
