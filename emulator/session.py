@@ -33,6 +33,7 @@ MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
 TOOL_TIMEOUT_S = 15.0  # how long a scripted tool call waits for the client's response
 
 
+# Method names, not bound methods: a session holding its own bound methods is a reference cycle.
 HANDLERS = {"realtime_input": "_handle_realtime_input", "client_content": "_handle_client_content",
             "tool_response": "_handle_tool_response", "context_update": "_handle_ignored"}
 
