@@ -168,8 +168,7 @@ def main() -> None:
             ctx.destroy(linger=0)
     report = {"command": "python -m bench.gateway " + " ".join(sys.argv[1:]), "env": extra,
               "load_average": os.getloadavg(), "steps": rows}
-    if args.json:
-        save_report(args.json, report)
+    save_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -177,16 +177,18 @@ async def run(url: str, calls: int, first_seed: int, seconds: float, spread_s: f
     return [call.result(check_echoes) for call in lean]
 
 
-def start_workers(url: str, calls: int, per_worker: int, first_seed: int, seconds: float, spread_s: float,
-                  *flags: str) -> list[subprocess.Popen]:
+def start_workers(url: str, calls: int, per_worker: int, first_seed: int, seconds: float,
+                  spread_s: float, *flags: str) -> list[subprocess.Popen]:
     """``calls`` calls in worker processes of ``per_worker`` each; their results come on stdout."""
     return [subprocess.Popen(
-        [sys.executable, "-m", "bench.lean_caller", "--url", url, "--calls", str(min(per_worker, calls - first)),
-         "--first-seed", str(first_seed + first), "--seconds", str(seconds), "--spread", str(spread_s), *flags],
+        [sys.executable, "-m", "bench.lean_caller", "--url", url, "--calls",
+         str(min(per_worker, calls - first)), "--first-seed", str(first_seed + first),
+         "--seconds", str(seconds), "--spread", str(spread_s), *flags],
         cwd=ROOT, stdout=subprocess.PIPE, text=True) for first in range(0, calls, per_worker)]
 
 
-def worker_results(workers: list[subprocess.Popen], calls: int, per_worker: int, timeout: float) -> list[dict]:
+def worker_results(workers: list[subprocess.Popen], calls: int, per_worker: int,
+                   timeout: float) -> list[dict]:
     """Every call's result. A worker still running after ``timeout`` is killed (each call gives up by
     itself, HANG_S after its end: this is a last resort); a worker that died fails all its calls."""
     results = []

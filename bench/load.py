@@ -237,8 +237,7 @@ def main() -> None:
     report = {"command": "python -m bench.load " + " ".join(sys.argv[1:]),
               "capacity": {"bridge_only" if args.bridge_only else "full_stack": capacity},
               "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
-    if args.json:
-        save_report(args.json, report)
+    save_report(args.json, report)
     if args.png and rows:
         plot(rows, args.png)
         print(f"saved {args.png}")

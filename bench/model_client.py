@@ -224,8 +224,7 @@ def main() -> None:
             harness.close()
     report = {"command": "python -m bench.model_client " + " ".join(sys.argv[1:]), "env": extra,
               "load_average": os.getloadavg(), "steps": rows}
-    if args.json:
-        save_report(args.json, report)
+    save_report(args.json, report)
 
 
 if __name__ == "__main__":

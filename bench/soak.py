@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.load import program_pids, rss_mb
+from bench.load import program_pids, rss_mb, save_report
 from bench.stack import ROOT, Stack, wait_for
 
 
@@ -106,10 +106,7 @@ def main() -> None:
     args = p.parse_args()
     report = soak(args.calls, args.minutes, args.call_s)
     print("\n" + table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"command": "python -m bench.soak " + " ".join(sys.argv[1:]),
-                                               **report}, indent=2) + "\n")
-        print(f"saved {args.json}")
+    save_report(args.json, {"command": "python -m bench.soak " + " ".join(sys.argv[1:]), **report})
 
 
 if __name__ == "__main__":
