@@ -15,7 +15,6 @@ of frames; the machines are noisy, so compare engines within one run. The plot n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.load import save_report
 from transcoder import g711, resample
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
@@ -158,8 +158,8 @@ def speed(engine: str, frames: int, batch_sizes: list[int]) -> dict:
     for n in batch_sizes:
         calls = [CallAudio(f"c{i}", "model", engine) for i in range(n)]
         reps = max(25, frames // n)
-        up = median_us(lambda: caller_audio_many(calls, [ulaw] * n), reps, 5) / n
-        down = median_us(lambda: model_audio_many(calls, [pcm] * n, [1] * n), reps, 5) / n
+        up = median_us(lambda: caller_audio_many(calls, ulaw * n, [len(ulaw)] * n), reps, 5) / n
+        down = median_us(lambda: model_audio_many(calls, pcm * n, [len(pcm)] * n, [1] * n), reps, 5) / n
         result[f"batch{n}_up_us"], result[f"batch{n}_down_us"] = round(up, 2), round(down, 2)
     return result
 

@@ -81,13 +81,19 @@ class BackSide:
                 _, call, seq, t_in, audio = item[:5]
                 self.up_ms.append((now - t_in) / 1e6)
                 replies.append((m.AudioOut.TAG, call, seq, now, audio, 1))
+            elif item[0] == m.AudioRun.TAG and item[1] == AUDIO_IN:  # the same, as columns
+                _, _, calls, seqs, t_ins, sizes, audio, _ = item
+                self.up_ms += [(now - t_in) / 1e6 for t_in in t_ins]
+                n = len(calls)
+                replies.append((m.AudioRun.TAG, m.AudioOut.TAG, calls, seqs, [now] * n, sizes, audio, [1] * n))
             elif item[0] == m.CallStart.TAG:
                 self.counts["calls_started"] += 1
             elif item[0] == m.CallEnd.TAG:
                 self.counts["calls_ended"] += 1
         if replies:
-            self.counts["audio_in"] += len(replies)
-            self.counts["audio_out"] += len(replies)
+            echoed = sum(len(r[2]) if r[0] == m.AudioRun.TAG else 1 for r in replies)
+            self.counts["audio_in"] += echoed
+            self.counts["audio_out"] += echoed
             self.tc.send(msgpack.packb(replies, use_bin_type=True))
 
 

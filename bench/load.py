@@ -137,7 +137,7 @@ def save_report(path: str, report: dict) -> None:
     if not path:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    Path(path).write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False) + "\n")
     print(f"saved {path}")
 
 

@@ -154,6 +154,8 @@ class Harness:
         for item in msgpack.unpackb(frame, raw=False):
             if item[0] == AUDIO_DOWN:
                 self.counts["down"] += 1
+            elif item[0] == m.AudioRun.TAG and item[1] == AUDIO_DOWN:
+                self.counts["down"] += len(item[2])
             elif item[0] == TURN_DONE:
                 self.counts["turns"] += 1
             elif item[0] == m.CallEnd.TAG:

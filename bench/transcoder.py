@@ -20,8 +20,9 @@ Each step also reports the transcoder's CPU per frame (both directions counted; 
 second) and how loaded the box is ("box ×": the anchors' LUT-decode yardstick timed now, against its
 0.75 µs in shared/reference/anchors.md). On a shared box, latency fails first: read both.
 
-The load generator stays lean: synchronous pyzmq, audio messages packed and read as plain msgpack
-arrays in the schema's field order (control messages go through common/messages).
+The load generator stays lean: synchronous pyzmq, audio packed and read as plain msgpack arrays in the
+schema's field order, as AudioRuns the way the real stages send it (control messages go through
+common/messages).
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ P99_LIMIT_MS = 5.0
 SILENCE_ULAW = bytes([0xFF]) * 160
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO_IN, AUDIO_UP, AUDIO_DOWN, AUDIO_OUT = m.AudioIn.TAG, m.AudioUp.TAG, m.AudioDown.TAG, m.AudioOut.TAG
+RUN = m.AudioRun.TAG
+
+
+def audio_columns(item: list, kind: int) -> tuple[list, list, list] | None:
+    """(calls, seqs, t_ins) of a raw audio item of ``kind``, a single message or a run; else None."""
+    if item[0] == kind:
+        return [item[1]], [item[2]], [item[3]]
+    if item[0] == RUN and item[1] == kind:
+        return item[2], item[3], item[4]
+    return None
 
 
 def caller_frames(count: int = 50) -> list[bytes]:
@@ -153,28 +164,32 @@ class Harness:
 
     def _from_transcoder_to_gateway(self, route: bytes, items: list, now: int) -> None:
         for item in items:
-            if item[0] == AUDIO_OUT:  # [tag, call, seq, t_in, audio, turn]
-                if self.step and item[3] >= self.step.start_ns:
-                    self.step.got_out += 1
-                    self.step.down_ms.append((now - item[3]) / 1e6)
+            if (audio := audio_columns(item, AUDIO_OUT)) is not None:
+                if self.step:
+                    late = [(now - t) / 1e6 for t in audio[2] if t >= self.step.start_ns]
+                    self.step.got_out += len(late)
+                    self.step.down_ms += late
             elif item[0] == m.Hello.TAG:
                 self.gw.send_multipart([route, self.hello(m.ROLE_GATEWAY, "")])
 
     def _from_transcoder_to_model(self, route: bytes, items: list, now: int) -> None:
         echo = []
         for item in items:
-            if item[0] == AUDIO_UP:  # [tag, call, seq, t_in, audio]
-                if self.step and item[3] >= self.step.start_ns:
-                    self.step.got_up += 1
-                    self.step.up_ms.append((now - item[3]) / 1e6)
-                echo.append((AUDIO_DOWN, item[1], item[2], time.monotonic_ns(), self.chunk, 1))
+            if (audio := audio_columns(item, AUDIO_UP)) is not None:
+                calls, seqs, t_ins = audio
+                if self.step:
+                    late = [(now - t) / 1e6 for t in t_ins if t >= self.step.start_ns]
+                    self.step.got_up += len(late)
+                    self.step.up_ms += late
+                n, t = len(calls), time.monotonic_ns()  # the echo: a run of AudioDown, turn 1
+                echo.append((RUN, AUDIO_DOWN, calls, seqs, [t] * n, [len(self.chunk)] * n, self.chunk * n, [1] * n))
+                if self.step:
+                    self.step.sent_down += n
             elif item[0] == m.Hello.TAG:
                 self.mc.send_multipart([route, self.hello(m.ROLE_MODEL_CLIENT, self.model_ep)])
             elif item[0] == m.CallStart.TAG:
                 self.started_at_model += 1
         if echo:
-            if self.step:
-                self.step.sent_down += len(echo)
             self.mc.send_multipart([route, msgpack.packb(echo, use_bin_type=True)])
 
     def pump(self, until: float) -> None:
@@ -218,17 +233,21 @@ class Harness:
 
     def tick(self) -> None:
         now = time.monotonic_ns()
-        batch = []
+        calls, seqs, audio = [], [], []
         frames, seq, due = self.frames, self.seq, self.next_due
         for i in range(self.started):
             if due[i] <= now:
                 seq[i] += 1
-                batch.append((AUDIO_IN, f"c{i}", seq[i], now, frames[seq[i] % 50], seq[i] * 20))
+                calls.append(f"c{i}")
+                seqs.append(seq[i])
+                audio.append(frames[seq[i] % 50])
                 due[i] += 20_000_000
-        if batch:
+        if calls:  # one run of AudioIn, as the gateway sends what is ready in one pass
+            n = len(calls)
             if self.step:
-                self.step.sent_in += len(batch)
-            self.gw.send_multipart([self.gw_route, msgpack.packb(batch, use_bin_type=True)])
+                self.step.sent_in += n
+            run = (RUN, AUDIO_IN, calls, seqs, [now] * n, [160] * n, b"".join(audio), [s * 20 for s in seqs])
+            self.gw.send_multipart([self.gw_route, msgpack.packb([run], use_bin_type=True)])
         if time.monotonic() - self.last_beat >= 1.0:
             self.last_beat = time.monotonic()
             beat = m.pack([m.Heartbeat(self.epoch, 0)])

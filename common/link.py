@@ -92,6 +92,7 @@ class _Link:
         self._flush_scheduled = False
         self._read_scheduled = False
         self._copy = True  # False: receive zmq.Frames, which know their connection (RouterLink's monitor)
+        self.runs = False  # True: audio arrives as the AudioRuns it travelled in (common/messages.py)
         self._tasks: set[asyncio.Task] = set()
 
     def _queue(self, route: bytes | None, msg) -> None:
@@ -156,7 +157,7 @@ class _Link:
 
     def _unpack(self, frame: bytes, source) -> list:
         try:
-            return m.unpack(frame)
+            return m.unpack(frame, self.runs)
         except m.WireError as e:
             self.rejected += 1
             log.error("malformed internal message from %s dropped: %s", source, e)
@@ -320,9 +321,10 @@ class DealerLink(_Link):
     def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
                  load: Callable[[], int], on_batch: Callable[[list], None],
                  on_remote_restart: Callable[[str], None] = lambda old: None, *,
-                 curve: CurveKeys | None = None):
+                 curve: CurveKeys | None = None, runs: bool = False):
         super().__init__(ctx, endpoint, heartbeat_s, curve)
         self.hello, self.load, self.on_batch = hello, load, on_batch
+        self.runs = runs
         self.on_remote_restart = on_remote_restart
         self.remote_epoch = ""
         self.last_heard = 0.0

@@ -5,6 +5,11 @@ fields in declaration order. Batches are how a stage sends everything that is re
 §2, "batch-first"). The decoder maps the integer tag to a type from ``TYPES`` and checks every field's
 type; anything else is a ``WireError``. A type is never picked by a name read off the wire.
 
+Consecutive audio messages of one type for different calls (a batch's usual content: one frame of each
+of many calls) travel as one ``AudioRun``: their fields as columns and their audio back to back. That
+is an encoding, not a new meaning: ``pack`` forms runs by itself and ``unpack`` hands back the single
+messages, unless the receiver asks for the runs (the transcoder, which filters a run as one block).
+
 Audio rides as raw bytes. Audio messages carry ``seq`` (per call, per direction) and ``t_in``, the
 ``time.monotonic_ns()`` at which the frame entered the pipeline (the gateway for the up path, the
 model_client for the down path); CLOCK_MONOTONIC is system-wide, so every hop on one host can be timed.
@@ -201,15 +206,86 @@ class Stats:
     histograms: dict  # name -> [count per bucket..., sum × 1000]
 
 
+AUDIO_TAGS = (AudioIn.TAG, AudioUp.TAG, AudioDown.TAG, AudioOut.TAG)
+_AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)
+_EXTRA = {AudioIn.TAG: "ts", AudioDown.TAG: "turn", AudioOut.TAG: "turn"}  # the field after ``audio``
+
+
+@dataclass(slots=True)
+class AudioRun:
+    """Audio messages of one type (``kind``, their TAG), one per call, as columns: ``audio`` is their
+    audio back to back, ``sizes`` cuts it, ``extra`` is the field after ``audio`` (AudioIn's ``ts``,
+    AudioDown's and AudioOut's ``turn``; empty for AudioUp). The order of the messages is kept."""
+    TAG: ClassVar[int] = 18
+    kind: int
+    calls: list
+    seqs: list
+    t_ins: list
+    sizes: list
+    audio: bytes
+    extra: list
+
+    @classmethod
+    def of(cls, msgs: list) -> AudioRun:
+        """The run of ``msgs``: audio messages of one type, each for a different call."""
+        kind = msgs[0].TAG
+        extra = [getattr(msg, _EXTRA[kind]) for msg in msgs] if kind in _EXTRA else []
+        return cls(kind, [msg.call for msg in msgs], [msg.seq for msg in msgs],
+                   [msg.t_in for msg in msgs], [len(msg.audio) for msg in msgs],
+                   b"".join([msg.audio for msg in msgs]), extra)
+
+    def messages(self) -> list:
+        cls, out, start = TYPES[self.kind], [], 0
+        extra = self.extra or [None] * len(self.calls)
+        for call, seq, t_in, size, more in zip(self.calls, self.seqs, self.t_ins, self.sizes, extra):
+            audio = self.audio[start:start + size]
+            start += size
+            out.append(cls(call, seq, t_in, audio) if more is None else cls(call, seq, t_in, audio, more))
+        return out
+
+    def take(self, rows: list[int]) -> AudioRun:
+        """The run of just the messages at ``rows`` (indices, in order)."""
+        chunks = self.chunks()
+        return AudioRun(self.kind, [self.calls[i] for i in rows], [self.seqs[i] for i in rows],
+                        [self.t_ins[i] for i in rows], [self.sizes[i] for i in rows],
+                        b"".join([chunks[i] for i in rows]), [self.extra[i] for i in rows] if self.extra else [])
+
+    def chunks(self) -> list[bytes]:
+        """Each message's audio."""
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(self.audio[start:start + size])
+            start += size
+        return out
+
+    def check(self) -> None:
+        """Raises WireError unless the columns make a valid run."""
+        n = len(self.calls)
+        if self.kind not in AUDIO_TAGS:
+            raise WireError(f"AudioRun of tag {self.kind}: not an audio message")
+        if not n or len(self.seqs) != n or len(self.t_ins) != n or len(self.sizes) != n \
+                or len(self.extra) != (n if self.kind in _EXTRA else 0):
+            raise WireError(f"AudioRun columns of unequal lengths ({n} calls)")
+        for name, column, kind in (("calls", self.calls, str), ("seqs", self.seqs, int),
+                                   ("t_ins", self.t_ins, int), ("sizes", self.sizes, int),
+                                   ("extra", self.extra, int)):
+            if column and set(map(type, column)) != {kind}:
+                raise WireError(f"AudioRun {name} must all be {kind.__name__}")
+        if len(set(self.calls)) != n:
+            raise WireError("AudioRun holds a call twice")
+        if min(self.sizes) < 0 or sum(self.sizes) != len(self.audio):
+            raise WireError(f"AudioRun sizes do not cut its {len(self.audio)} bytes of audio")
+
+
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
-           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats)
+           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats | AudioRun)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats)}
-assert len(TYPES) == 17, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun)}
+assert len(TYPES) == 18, "duplicate tag"
 
-_PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict}
+_PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict, "list": list}
 
 
 def _layout(cls: type) -> tuple[operator.attrgetter, tuple[type, ...], int]:
@@ -229,19 +305,41 @@ def _fields_of(msg) -> tuple:
 
 
 def pack(batch: list) -> bytes:
-    """One ZeroMQ frame holding every message in ``batch``."""
-    return msgpack.packb([(m.TAG, *_fields_of(m)) for m in batch], use_bin_type=True)
+    """One ZeroMQ frame holding every message in ``batch``, consecutive audio messages as runs."""
+    return msgpack.packb([(m.TAG, *_fields_of(m)) for m in runs_of(batch)], use_bin_type=True)
 
 
-def unpack(frame: bytes) -> list:
-    """The messages in one frame. Raises WireError for anything outside the schema."""
+def runs_of(batch: list) -> list:
+    """``batch`` with each stretch of two or more audio messages of one type, for different calls, as
+    an AudioRun (a call met again starts a new run: its frames must stay in order)."""
+    out, run, calls = [], [], set()
+    for msg in batch:
+        if run and (type(msg) is not type(run[0]) or msg.call in calls):
+            out.append(run[0] if len(run) == 1 else AudioRun.of(run))
+            run, calls = [], set()
+        if type(msg) in _AUDIO_TYPES:
+            run.append(msg)
+            calls.add(msg.call)
+        else:
+            out.append(msg)
+    if run:
+        out.append(run[0] if len(run) == 1 else AudioRun.of(run))
+    return out
+
+
+def unpack(frame: bytes, runs: bool = False) -> list:
+    """The messages in one frame; AudioRuns are split into their messages unless ``runs``. Raises
+    WireError for anything outside the schema."""
     try:
         items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types for bad input
         raise WireError(f"not msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(items, list):
         raise WireError(f"batch must be an array, got {type(items).__name__}")
-    return [_decode(item) for item in items]
+    batch = [_decode(item) for item in items]
+    if runs or not any(type(msg) is AudioRun for msg in batch):
+        return batch
+    return [one for msg in batch for one in (msg.messages() if type(msg) is AudioRun else (msg,))]
 
 
 def _decode(item) -> Message:
@@ -258,7 +356,10 @@ def _decode(item) -> Message:
     for value, expected in zip(values, types):
         if type(value) is not expected:
             raise WireError(f"{cls.__name__}: {_short(value)} is not {expected.__name__}")
-    return cls(*values)
+    msg = cls(*values)
+    if cls is AudioRun:
+        msg.check()
+    return msg
 
 
 def _short(value) -> str:

@@ -27,8 +27,8 @@ def test_caller_audio_many_equals_one_by_one(engine):
     for tick in range(8):
         # Mostly 20 ms frames, now and then an odd one, so calls drift apart in phase and length.
         frames = [ulaw(160 if (tick + i) % 5 else 161 + i, seed=tick * 10 + i) for i in range(6)]
-        got = caller_audio_many(many, frames)
-        assert got == [a.caller_audio(f) for a, f in zip(alone, frames)]
+        want = [a.caller_audio(f) for a, f in zip(alone, frames)]
+        assert caller_audio_many(many, b"".join(frames), [len(f) for f in frames]) == cut(want)
     assert [c.seq_up for c in many] == [a.seq_up for a in alone] == [8] * 6
 
 
@@ -42,15 +42,32 @@ def test_model_audio_many_equals_one_by_one_with_turns(engine):
                 group[3].turn_done(1)
         turns = [1 if tick < 6 else 2] * 5
         chunks = [pcm24(480 if i % 2 else 960 + 3 * tick, seed=tick * 10 + i) for i in range(5)]
-        got = model_audio_many(many, chunks, turns)
-        assert got == [a.model_audio(c, t) for a, c, t in zip(alone, chunks, turns)]
+        want = [a.model_audio(c, t) or b"" for a, c, t in zip(alone, chunks, turns)]
+        assert model_audio_many(many, b"".join(chunks), [len(c) for c in chunks], turns) == cut(want)
     assert [c.seq_down for c in many] == [a.seq_down for a in alone]
     assert [c.turn_done(2) for c in many] == [a.turn_done(2) for a in alone]
 
 
+def cut(chunks: list[bytes]) -> tuple[bytes, list[int]]:
+    return b"".join(chunks), [len(c) for c in chunks]
+
+
+@pytest.mark.parametrize("calls", [2, 3, 200])  # 200: more than one filter_many step (MAX_GROUP)
+def test_every_call_at_the_same_point_is_one_batch_and_equals_one_by_one(calls):
+    many, alone = pairs(calls)
+    for tick in range(3):
+        frames = [ulaw(160, seed=tick * 1000 + i) for i in range(calls)]
+        want = cut([a.caller_audio(f) for a, f in zip(alone, frames)])
+        assert caller_audio_many(many, b"".join(frames), [160] * calls) == want
+        chunks = [pcm24(480, seed=tick * 1000 + i) for i in range(calls)]
+        want = cut([a.model_audio(c, 1) for a, c in zip(alone, chunks)])
+        assert model_audio_many(many, b"".join(chunks), [960] * calls, [1] * calls) == want
+
+
 def test_first_frame_withholds_the_delay_then_frames_are_whole():
     many, _ = pairs(3)
-    first = caller_audio_many(many, [ulaw(160, seed=i) for i in range(3)])
-    later = caller_audio_many(many, [ulaw(160, seed=9 + i) for i in range(3)])
+    frames = b"".join(ulaw(160, seed=i) for i in range(3))
+    _, first = caller_audio_many(many, frames, [160] * 3)
+    _, later = caller_audio_many(many, frames, [160] * 3)
     delay = many[0].up.design.delay
-    assert {len(b) for b in first} == {2 * (320 - delay)} and {len(b) for b in later} == {640}
+    assert first == [2 * (320 - delay)] * 3 and later == [640] * 3

@@ -4,9 +4,10 @@ Up: µ-law 8 kHz → PCM16 16 kHz. Down: PCM16 24 kHz → µ-law 8 kHz, per mode
 flushed when the turn completes, and an interrupted turn's state is reset and its late chunks dropped.
 Nothing here is hard to rebuild: a new CallAudio from the next frame on is a valid continuation.
 
-``caller_audio_many``/``model_audio_many`` do the same for many calls at once: frames of calls whose
-resamplers are at the same point (same frame length and phase, the usual case) are decoded, filtered
-and encoded in one vectorised step; the bytes are exactly those the one-call methods would give.
+``caller_audio_many``/``model_audio_many`` do the same for many calls at once, on the columns of an
+AudioRun (the calls' audio back to back, and its cut): frames of calls whose resamplers are at the same
+point (same frame length and phase, the usual case) are decoded, filtered and encoded in one vectorised
+step; the bytes are exactly those the one-call methods would give.
 """
 
 from __future__ import annotations
@@ -63,10 +64,19 @@ class CallAudio:
         self.down.reset()
 
 
-def caller_audio_many(calls: list[CallAudio], frames: list[bytes]) -> list[bytes]:
-    """``caller_audio`` for many calls (each at most once): µ-law frames in, PCM16 16 kHz out."""
+def caller_audio_many(calls: list[CallAudio], ulaw: bytes, sizes: list[int]) -> tuple[bytes, list[int]]:
+    """``caller_audio`` for many calls (each at most once): their µ-law frames back to back (``sizes``
+    cuts them) in, their PCM16 16 kHz back to back out, with its cut."""
+    resamplers = [c.up for c in calls]
+    if _one_batch(resamplers, sizes, 1):
+        codes = np.frombuffer(ulaw, np.uint8).reshape(len(calls), -1)
+        out = _filter_rows(resamplers, g711.DECODE_FLOAT[codes], g711.float_to_pcm16, 2)
+        for c in calls:
+            c.seq_up += 1
+        return out
+    frames = _cut(ulaw, sizes)
     out = [b""] * len(calls)
-    for group in _groups([c.up for c in calls], frames, 1):
+    for group in _groups(resamplers, frames, 1):
         if len(group) == 1 or not calls[group[0]].up.batched:
             for i in group:
                 out[i] = calls[i].caller_audio(frames[i])
@@ -76,15 +86,24 @@ def caller_audio_many(calls: list[CallAudio], frames: list[bytes]) -> list[bytes
         _split(g711.float_to_pcm16(y), 2 * y.shape[1], 2, group, skips, out)
         for i in group:
             calls[i].seq_up += 1
-    return out
+    return b"".join(out), [len(b) for b in out]
 
 
-def model_audio_many(calls: list[CallAudio], chunks: list[bytes], turns: list[int]) -> list[bytes | None]:
-    """``model_audio`` for many calls (each at most once): PCM16 24 kHz in, µ-law 8 kHz out, None for
-    a chunk of an interrupted turn."""
-    out: list[bytes | None] = [None] * len(calls)
+def model_audio_many(calls: list[CallAudio], pcm24: bytes, sizes: list[int],
+                     turns: list[int]) -> tuple[bytes, list[int]]:
+    """``model_audio`` for many calls (each at most once): PCM16 24 kHz chunks back to back in, µ-law
+    8 kHz back to back out, with its cut; a chunk of an interrupted turn gives nothing (size 0)."""
     playing = [i for i in range(len(calls)) if calls[i].plays(turns[i])]
-    for group in _groups([calls[i].down for i in playing], [chunks[i] for i in playing], 2):
+    resamplers = [c.down for c in calls]
+    if len(playing) == len(calls) and _one_batch(resamplers, sizes, 2):
+        pcm = np.frombuffer(pcm24, "<i2").reshape(len(calls), -1)
+        out = _filter_rows(resamplers, pcm.astype(np.float64), g711.float_to_ulaw, 1)
+        for c in calls:
+            c.seq_down += 1
+        return out
+    chunks = _cut(pcm24, sizes)
+    out = [b""] * len(calls)
+    for group in _groups([resamplers[i] for i in playing], [chunks[i] for i in playing], 2):
         group = [playing[g] for g in group]
         if len(group) == 1 or not calls[group[0]].down.batched:
             for i in group:
@@ -95,6 +114,39 @@ def model_audio_many(calls: list[CallAudio], chunks: list[bytes], turns: list[in
         _split(g711.float_to_ulaw(y), y.shape[1], 1, group, skips, out)
         for i in group:
             calls[i].seq_down += 1
+    return b"".join(out), [len(b) for b in out]
+
+
+def _one_batch(resamplers: list, sizes: list[int], width: int) -> bool:
+    """Whether every chunk can be filtered in the same ``filter_many`` steps: the usual case, where all
+    calls send 20 ms frames and so stay at the same point of their resamplers."""
+    first = resamplers[0]
+    if len(resamplers) < 2 or not first.batched or not sizes[0] or sizes[0] % width or sizes.count(sizes[0]) != len(sizes):
+        return False
+    key = first.batch_key(sizes[0] // width)
+    return all(r.batch_key(sizes[0] // width) == key for r in resamplers)
+
+
+def _filter_rows(resamplers: list, x: np.ndarray, encode, size: int) -> tuple[bytes, list[int]]:
+    """``filter_many`` over the rows of ``x``, MAX_GROUP at a time, encoded: (bytes back to back, cut)."""
+    blobs, sizes = [], []
+    for k in range(0, len(resamplers), MAX_GROUP):
+        y, skips = fir.filter_many(resamplers[k:k + MAX_GROUP], x[k:k + MAX_GROUP])
+        blob, row = encode(y), y.shape[1] * size
+        if any(skips):  # a stream's first frame withholds the group delay
+            blob = b"".join([blob[j * row + skip * size:(j + 1) * row] for j, skip in enumerate(skips)])
+            sizes += [row - skip * size for skip in skips]
+        else:
+            sizes += [row] * len(skips)
+        blobs.append(blob)
+    return b"".join(blobs), sizes
+
+
+def _cut(blob: bytes, sizes: list[int]) -> list[bytes]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(blob[start:start + size])
+        start += size
     return out
 
 

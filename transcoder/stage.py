@@ -46,7 +46,8 @@ class TranscoderStage:
         self._ctx = zmq.asyncio.Context()
         self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, self.settings.heartbeat_s,
                                    self.hello, lambda: len(self.calls), self._from_gateway,
-                                   self._gateway_restarted, curve=CurveKeys.from_settings(self.settings))
+                                   self._gateway_restarted, curve=CurveKeys.from_settings(self.settings),
+                                   runs=True)
         await self._gateway.start()
         self._reporter = asyncio.create_task(self._report_loop(), name="stats-report")
 
@@ -78,7 +79,7 @@ class TranscoderStage:
         if link is None:
             link = DealerLink(self._ctx, endpoint, self.settings.heartbeat_s, self.hello,
                               lambda: len(self.calls), self._from_model,
-                              curve=CurveKeys.from_settings(self.settings))
+                              curve=CurveKeys.from_settings(self.settings), runs=True)
             self.models[endpoint] = link
             asyncio.ensure_future(link.start())
         return link
@@ -86,29 +87,45 @@ class TranscoderStage:
     # --- gateway → model_client ---------------------------------------------------------------
 
     def _from_gateway(self, batch: list) -> None:
-        # Caller audio is filtered a run at a time: every AudioIn up to the next other message (or the
-        # next frame of a call already in the run), so each call's messages keep their order.
-        run: dict[str, m.AudioIn] = {}
+        # Caller audio comes in runs (common/messages.py), each filtered as one block; a lone AudioIn
+        # is a run of one. Order within a call is kept: a run never holds a call twice.
         for msg in batch:
-            if run and (not isinstance(msg, m.AudioIn) or msg.call in run):
-                self._caller_audio(list(run.values()))
-                run = {}
-            if isinstance(msg, m.AudioIn):
-                run[msg.call] = msg
+            if type(msg) is m.AudioIn:
+                self._caller_audio(m.AudioRun.of([msg]))
+            elif type(msg) is m.AudioRun and msg.kind == m.AudioIn.TAG:
+                self._caller_audio(msg)
+            elif type(msg) is m.AudioRun:
+                self._unexpected(msg, "gateway")
             else:
                 self._control_from_gateway(msg)
-        if run:
-            self._caller_audio(list(run.values()))
 
-    def _caller_audio(self, run: list[m.AudioIn]) -> None:
-        held = [msg for msg in run if msg.call in self.calls]
-        self.unknown_call += len(run) - len(held)
-        calls = [self.calls[msg.call] for msg in held]
+    def _caller_audio(self, run: m.AudioRun) -> None:
+        run, audios = self._held(run)
+        if not audios:
+            return
         started = time.perf_counter()
-        pcms = caller_audio_many(calls, [msg.audio for msg in held])
-        self._timed("up", started, len(held))
-        for msg, audio, pcm in zip(held, calls, pcms):
-            self.models[audio.model].send(m.AudioUp(msg.call, audio.seq_up, msg.t_in, pcm))
+        pcm, sizes = caller_audio_many(audios, run.audio, run.sizes)
+        self._timed("up", started, len(audios))
+        up = m.AudioRun(m.AudioUp.TAG, run.calls, [a.seq_up for a in audios], run.t_ins, sizes, pcm, [])
+        models = {a.model for a in audios}
+        if len(models) == 1:
+            self.models[audios[0].model].send(up)
+            return
+        for model in models:  # several model_clients: each gets its calls' share
+            self.models[model].send(up.take([i for i, a in enumerate(audios) if a.model == model]))
+
+    @staticmethod
+    def _unexpected(run: m.AudioRun, source: str) -> None:
+        log.error("unexpected run of %s from the %s dropped", m.TYPES[run.kind].__name__, source)
+
+    def _held(self, run: m.AudioRun) -> tuple[m.AudioRun, list[CallAudio]]:
+        """The run less its messages for calls not held here (counted), and the held calls' state."""
+        audios = [self.calls.get(call) for call in run.calls]
+        if None in audios:
+            held = [i for i, audio in enumerate(audios) if audio is not None]
+            self.unknown_call += len(audios) - len(held)
+            run, audios = run.take(held), [audios[i] for i in held]
+        return run, audios
 
     def _timed(self, direction: str, started: float, frames: int) -> None:
         if frames:
@@ -178,28 +195,29 @@ class TranscoderStage:
 
     def _from_model(self, batch: list) -> None:
         # Model audio is filtered a run at a time, as caller audio is (see _from_gateway).
-        run: dict[str, m.AudioDown] = {}
         for msg in batch:
-            if run and (not isinstance(msg, m.AudioDown) or msg.call in run):
-                self._model_audio(list(run.values()))
-                run = {}
-            if isinstance(msg, m.AudioDown):
-                run[msg.call] = msg
+            if type(msg) is m.AudioDown:
+                self._model_audio(m.AudioRun.of([msg]))
+            elif type(msg) is m.AudioRun and msg.kind == m.AudioDown.TAG:
+                self._model_audio(msg)
+            elif type(msg) is m.AudioRun:
+                self._unexpected(msg, "model_client")
             else:
                 self._control_from_model(msg)
-        if run:
-            self._model_audio(list(run.values()))
 
-    def _model_audio(self, run: list[m.AudioDown]) -> None:
-        held = [msg for msg in run if msg.call in self.calls]
-        self.unknown_call += len(run) - len(held)
-        calls = [self.calls[msg.call] for msg in held]
+    def _model_audio(self, run: m.AudioRun) -> None:
+        run, audios = self._held(run)
+        if not audios:
+            return
         started = time.perf_counter()
-        out = model_audio_many(calls, [msg.audio for msg in held], [msg.turn for msg in held])
-        self._timed("down", started, len(held))
-        for msg, audio, ulaw in zip(held, calls, out):
-            if ulaw:
-                self._gateway.send(m.AudioOut(msg.call, audio.seq_down, msg.t_in, ulaw, msg.turn))
+        ulaw, sizes = model_audio_many(audios, run.audio, run.sizes, run.extra)
+        self._timed("down", started, len(audios))
+        out = m.AudioRun(m.AudioOut.TAG, run.calls, [a.seq_down for a in audios], run.t_ins, sizes, ulaw,
+                         run.extra)
+        if 0 in sizes:  # an interrupted turn's chunk, or one too short to give a sample yet
+            out = out.take([i for i, size in enumerate(sizes) if size])
+        if out.calls:
+            self._gateway.send(out)
 
     def _control_from_model(self, msg) -> None:
         gateway = self._gateway
