@@ -72,3 +72,12 @@ def test_gateway_bench_at_two_calls(tmp_path):
     assert step["calls"] == 2 and step["calls_failed"] == 0 and step["frames_sent"] > 600
     assert step["frames_heard"] > 0.9 * step["frames_sent"]  # the loopback came back through the gateway
     assert step["gateway_cpu_pct"] > 0 and step["up_p50_ms"] is not None
+
+
+@pytest.mark.e2e
+def test_transcoder_bench_at_three_calls(tmp_path):
+    report, _ = run_bench("transcoder", tmp_path / "tc.json", "--steps", "3", "--step-s", "1",
+                          "--warmup-s", "1", "--repeat", "2")
+    step = report["steps"][0]
+    assert step["calls"] == 3 and step["frames_in"] > 100 and len(step["windows_p99_ms"]) == 2
+    assert step["lost_in_any_window"] == 0 and step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
