@@ -279,12 +279,11 @@ def main() -> None:
           "resident memory per CallAudio (both directions, Python objects included)")
     meta = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or
             platform.machine(), "load_average": os.getloadavg(), "frames_timed": frames,
-            "fir_state_array_bytes": fir_state_bytes()}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {args.json}")
-    plot(curves, Path(args.png))
-    print(f"wrote {args.png}")
+            "fir_state_array_bytes": fir_state_bytes(), "command": " ".join(["python -m bench.dsp", *sys.argv[1:]])}
+    save_report(args.json, {"meta": meta, "rows": rows})
+    if args.png:  # --png "": no plot
+        plot(curves, Path(args.png))
+        print(f"wrote {args.png}")
 
 
 if __name__ == "__main__":
