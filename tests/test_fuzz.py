@@ -519,3 +519,15 @@ def test_malformed_frames_at_a_transcoders_dealers(transcoder, messages, to_mode
           what="the transcoder's log")
     assert _log_lines(log, "malformed internal message") == before + len(messages)
     assert proc.poll() is None
+
+
+def test_audio_runs_of_the_wrong_kind_are_logged_and_dropped(transcoder):
+    proc, log, (gateway, route), (model, model_route) = transcoder
+    wrong_way_up = m.AudioRun(m.AudioUp.TAG, ["c1", "c2"], [1, 1], [0, 0], [2, 2], b"\0" * 4, [])
+    wrong_way_down = m.AudioRun(m.AudioIn.TAG, ["c1", "c2"], [1, 1], [0, 0], [1, 1], b"\xff\xff", [0, 0])
+    gateway.send_multipart([route, m.pack([wrong_way_up])])
+    model.send_multipart([model_route, m.pack([wrong_way_down])])
+    until(lambda: _log_lines(log, "unexpected run of AudioUp from the gateway dropped") == 1
+          and _log_lines(log, "unexpected run of AudioIn from the model_client dropped") == 1,
+          what="the transcoder's log")
+    assert proc.poll() is None

@@ -33,6 +33,7 @@ class TranscoderStage:
         self.calls: dict[str, CallAudio] = {}
         self.models: dict[str, DealerLink] = {}
         self.unknown_call = 0  # messages for calls we don't hold (normal right after a call ends)
+        self.unexpected = 0  # messages of a kind that peer never sends us (a bug on one side)
         self.stats = StageStats({"up_frame_us": FRAME_BUCKETS_US, "down_frame_us": FRAME_BUCKETS_US})
         self._reporter: asyncio.Task | None = None
         self._ctx: zmq.asyncio.Context | None = None
@@ -57,6 +58,7 @@ class TranscoderStage:
             await asyncio.sleep(STATS_INTERVAL_S)
             self.stats.gauges["calls"] = len(self.calls)
             self.stats.counters["unknown_call"] = self.unknown_call
+            self.stats.counters["unexpected"] = self.unexpected
             self._gateway.send(self.stats.message())
 
     async def run(self) -> None:
@@ -114,9 +116,10 @@ class TranscoderStage:
         for model in models:  # several model_clients: each gets its calls' share
             self.models[model].send(up.take([i for i, a in enumerate(audios) if a.model == model]))
 
-    @staticmethod
-    def _unexpected(run: m.AudioRun, source: str) -> None:
-        log.error("unexpected run of %s from the %s dropped", m.TYPES[run.kind].__name__, source)
+    def _unexpected(self, msg, source: str) -> None:
+        self.unexpected += 1
+        kind = f"run of {m.TYPES[msg.kind].__name__}" if type(msg) is m.AudioRun else type(msg).__name__
+        log.error("unexpected %s from the %s dropped", kind, source)
 
     def _held(self, run: m.AudioRun) -> tuple[m.AudioRun, list[CallAudio]]:
         """The run less its messages for calls not held here (counted), and the held calls' state."""
@@ -147,7 +150,7 @@ class TranscoderStage:
             self.models[audio.model].send(msg)
             self._free(msg.call, msg.reason)
         else:
-            log.error("unexpected %s from the gateway dropped", type(msg).__name__)
+            self._unexpected(msg, "gateway")
 
     def _handle_call_start(self, msg: m.CallStart) -> None:
         register_call(msg.call, msg.call_sid, msg.stream_sid)
