@@ -20,7 +20,8 @@ then; a frame lost in any window still fails the step.
 
 Each step also reports the transcoder's CPU per frame (both directions counted; a call is 100 frames a
 second) and how loaded the box is ("box ×": the anchors' LUT-decode yardstick timed now, against its
-0.75 µs in shared/reference/anchors.md). On a shared box, latency fails first: read both.
+0.75 µs in shared/reference/anchors.md) and the share of the box's CPU time the hypervisor gave to
+other guests ("steal", from /proc/stat). On a shared box, latency fails first: read all three.
 
 The load generator stays lean: synchronous pyzmq, audio packed and read as plain msgpack arrays in the
 schema's field order, as AudioRuns the way the real stages send it (control messages go through
@@ -280,13 +281,14 @@ class Harness:
     def measure(self, calls: int, seconds: float) -> dict:
         slowdown = reference_us(2000) / ANCHOR_LUT_US  # how loaded the box is right now
         self.step = step = Step(calls, seconds, time.monotonic_ns())
-        tc0, gen0, t0 = self.transcoder_cpu(), self.own_cpu(), time.monotonic()
+        tc0, gen0, t0, box0 = self.transcoder_cpu(), self.own_cpu(), time.monotonic(), box_ticks()
         self.play(seconds)
-        tc1, gen1, wall = self.transcoder_cpu(), self.own_cpu(), time.monotonic() - t0
+        tc1, gen1, wall, box1 = self.transcoder_cpu(), self.own_cpu(), time.monotonic() - t0, box_ticks()
         self.pump(time.monotonic() + 0.3)  # replies still in flight count; nothing new is sent
         self.step = None
+        steal = 100 * (box1[1] - box0[1]) / max(1, box1[0] - box0[0])
         return {**step.summary(100 * (tc1 - tc0) / wall, 100 * (gen1 - gen0) / wall, tc1 - tc0),
-                "box_slowdown": round(slowdown, 2)}
+                "box_slowdown": round(slowdown, 2), "steal_pct": round(steal, 1)}
 
     def play(self, seconds: float) -> None:
         """Send every call's frames as they fall due, one batch per tick, for ``seconds``."""
@@ -318,6 +320,13 @@ class Harness:
             self.proc.kill()
         self.ctx.destroy(linger=0)
         self.log.close()
+
+
+def box_ticks() -> tuple[int, int]:
+    """(all CPU ticks, ticks stolen by the hypervisor) of the whole box, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return sum(ticks), ticks[7]
 
 
 def ramp(target: int, beyond: bool) -> list[int]:
@@ -358,7 +367,7 @@ def main() -> None:
             harness.connect()
             print(f"transcoder pid {harness.proc.pid} (py-spy top --pid {harness.proc.pid})", flush=True)
             print(f"{'calls':>6} {'up p50/p99/max ms':>20} {'down p50/p99/max ms':>20} {'lost':>11} "
-                  f"{'tc CPU':>7} {'µs/frame':>8} {'gen CPU':>7} result", flush=True)
+                  f"{'tc CPU':>7} {'µs/frame':>8} {'gen CPU':>7} {'steal':>6} result", flush=True)
             steps = [int(n) for n in args.steps.split(",")] if args.steps else ramp(args.calls, args.beyond)
             for n in steps:
                 row = harness.run_step(n, args.step_s, args.warmup_s, args.repeat)
@@ -368,7 +377,7 @@ def main() -> None:
                 print(f"{n:>6} {row['up_p50_ms']!s:>6}/{row['up_p99_ms']}/{row['up_max_ms']!s:<7} "
                       f"{row['down_p50_ms']!s:>6}/{row['down_p99_ms']}/{row['down_max_ms']!s:<7} "
                       f"{row['lost_up']:>5}/{row['lost_down']:<5} {row['transcoder_cpu_pct']:>6}% "
-                      f"{row['tc_cpu_us_per_frame']:>8} {row['loadgen_cpu_pct']:>6}% "
+                      f"{row['tc_cpu_us_per_frame']:>8} {row['loadgen_cpu_pct']:>6}% {row['steal_pct']:>5}% "
                       f"{'pass' if row['passed'] else 'FAIL'} (box ×{row['box_slowdown']})", flush=True)
                 if row["passed"]:
                     best = max(best, n)
