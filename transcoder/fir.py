@@ -138,12 +138,13 @@ def filter_many(resamplers: list[FirResampler], x: np.ndarray) -> tuple[np.ndarr
     buf[:, d.history:d.history + n] = x
     done = -(-resamplers[0]._consumed * d.up // d.down)
     out = d.apply(buf, offset, groups)[:, done - first:due - first] if groups else np.zeros((calls, 0))
-    histories = buf[:, n:n + d.history].copy()
-    skips = []
-    for i, r in enumerate(resamplers):
-        given = -(-r._consumed * d.up // d.down)  # causal outputs before this chunk
-        skips.append(min(max(0, d.delay - given), due - done))  # the group delay is withheld once
-        r._history = histories[i]
+    consumed = [r._consumed for r in resamplers]
+    if min(consumed) * d.up >= d.delay * d.down:  # every stream is past its group delay (the usual case)
+        skips = [0] * calls
+    else:  # causal outputs before this chunk: the group delay is withheld once
+        skips = [min(max(0, d.delay - -(-c * d.up // d.down)), due - done) for c in consumed]
+    for r, history in zip(resamplers, buf[:, n:n + d.history].copy()):
+        r._history = history
         r._consumed += n
     return out, skips
 
