@@ -57,6 +57,17 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+def box_ticks() -> tuple[int, int]:
+    """(all CPU ticks, ticks stolen by the hypervisor for other guests) of the whole box (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return sum(ticks), ticks[7]
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return round(100 * (after[1] - before[1]) / max(1, after[0] - before[0]), 1)
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
@@ -106,13 +117,13 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
     window0 = time.monotonic()
     cpu0 = {name: cpu_ticks(pid) for name, pid in pids.items()}
     callers0 = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid))
-    hops0 = hop_counts(stack.url)
+    hops0, box0 = hop_counts(stack.url), box_ticks()
     time.sleep(max(1.0, seconds - SPREAD_S - 6.0))
     window = time.monotonic() - window0
     cpu = {name: round(100 * (cpu_ticks(pid) - cpu0[name]) / TICKS / window, 1)
            for name, pid in pids.items() if _alive(pid)}
     callers = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid)) - callers0
-    hops1 = hop_counts(stack.url)
+    hops1, steal = hop_counts(stack.url), steal_pct(box0, box_ticks())
     rss = {name: round(rss_mb(pid), 1) for name, pid in pids.items() if _alive(pid)}
     # Each call's echoes take a moment to align after it ends (more on a busy box).
     outcomes = worker_results(workers, calls, per_worker, timeout=seconds + HANG_S + 3.0 * per_worker)
@@ -128,7 +139,7 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
         "frames_sent": sum(o.get("frames_sent", 0) for o in outcomes),
         "underruns": sum(o.get("underruns", 0) for o in outcomes),
         "cpu_pct": cpu, "stack_cpu_pct": round(sum(cpu.values()), 1),
-        "callers_cpu_pct": round(100 * callers / TICKS / window, 1), "rss_mb": rss,
+        "callers_cpu_pct": round(100 * callers / TICKS / window, 1), "rss_mb": rss, "steal_pct": steal,
     }
 
 
@@ -155,14 +166,14 @@ def holds(row: dict) -> bool:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'calls':>5} {'up p50/p99 ms':>14} {'down p50/p99 ms':>16} {'lost':>5} {'failed':>6} "
-            f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13}  per process cpu % (rss MB)")
+            f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13} {'steal %':>7}  per process cpu % (rss MB)")
     lines = [head, "-" * len(head)]
     for r in rows:
         procs = ", ".join(f"{n} {c} ({r['rss_mb'].get(n, 0):.0f})" for n, c in sorted(r["cpu_pct"].items()))
         lines.append(f"{r['calls']:>5} {_ms(r['up_p50_ms'])}/{_ms(r['up_p99_ms']):<7} "
                      f"{_ms(r['down_p50_ms'])}/{_ms(r['down_p99_ms']):<8} {r['frames_lost']:>5} "
                      f"{r['calls_failed']:>6} {r['underruns']:>9} {r['stack_cpu_pct']:>11} "
-                     f"{r['callers_cpu_pct']:>13}  {procs}")
+                     f"{r['callers_cpu_pct']:>13} {r['steal_pct']:>7}  {procs}")
     return "\n".join(lines)
 
 

@@ -46,7 +46,7 @@ import zmq
 
 from common import messages as m
 from bench.dsp import ANCHOR_LUT_US, reference_us
-from bench.load import save_report
+from bench.load import box_ticks, save_report, steal_pct
 from common.link import new_epoch
 
 P99_LIMIT_MS = 5.0
@@ -286,9 +286,8 @@ class Harness:
         tc1, gen1, wall, box1 = self.transcoder_cpu(), self.own_cpu(), time.monotonic() - t0, box_ticks()
         self.pump(time.monotonic() + 0.3)  # replies still in flight count; nothing new is sent
         self.step = None
-        steal = 100 * (box1[1] - box0[1]) / max(1, box1[0] - box0[0])
         return {**step.summary(100 * (tc1 - tc0) / wall, 100 * (gen1 - gen0) / wall, tc1 - tc0),
-                "box_slowdown": round(slowdown, 2), "steal_pct": round(steal, 1)}
+                "box_slowdown": round(slowdown, 2), "steal_pct": steal_pct(box0, box1)}
 
     def play(self, seconds: float) -> None:
         """Send every call's frames as they fall due, one batch per tick, for ``seconds``."""
@@ -320,13 +319,6 @@ class Harness:
             self.proc.kill()
         self.ctx.destroy(linger=0)
         self.log.close()
-
-
-def box_ticks() -> tuple[int, int]:
-    """(all CPU ticks, ticks stolen by the hypervisor) of the whole box, from /proc/stat."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:9]]
-    return sum(ticks), ticks[7]
 
 
 def ramp(target: int, beyond: bool) -> list[int]:
