@@ -89,17 +89,20 @@ class TranscoderStage:
     # --- gateway → model_client ---------------------------------------------------------------
 
     def _from_gateway(self, batch: list) -> None:
-        # Caller audio comes in runs (common/messages.py), each filtered as one block; a lone AudioIn
-        # is a run of one. Order within a call is kept: a run never holds a call twice.
+        self._dispatch(batch, m.AudioIn, self._caller_audio, self._control_from_gateway, "gateway")
+
+    def _dispatch(self, batch: list, audio_type: type, on_audio, on_control, source: str) -> None:
+        """Audio comes in runs (common/messages.py), each filtered as one block; a lone audio message
+        is a run of one. Order within a call is kept: a run never holds a call twice."""
         for msg in batch:
-            if type(msg) is m.AudioIn:
-                self._caller_audio(m.AudioRun.of([msg]))
-            elif type(msg) is m.AudioRun and msg.kind == m.AudioIn.TAG:
-                self._caller_audio(msg)
+            if type(msg) is audio_type:
+                on_audio(m.AudioRun.of([msg]))
+            elif type(msg) is m.AudioRun and msg.kind == audio_type.TAG:
+                on_audio(msg)
             elif type(msg) is m.AudioRun:
-                self._unexpected(msg, "gateway")
+                self._unexpected(msg, source)
             else:
-                self._control_from_gateway(msg)
+                on_control(msg)
 
     def _caller_audio(self, run: m.AudioRun) -> None:
         run, audios = self._held(run)
@@ -197,16 +200,7 @@ class TranscoderStage:
     # --- model_client → gateway ---------------------------------------------------------------
 
     def _from_model(self, batch: list) -> None:
-        # Model audio is filtered a run at a time, as caller audio is (see _from_gateway).
-        for msg in batch:
-            if type(msg) is m.AudioDown:
-                self._model_audio(m.AudioRun.of([msg]))
-            elif type(msg) is m.AudioRun and msg.kind == m.AudioDown.TAG:
-                self._model_audio(msg)
-            elif type(msg) is m.AudioRun:
-                self._unexpected(msg, "model_client")
-            else:
-                self._control_from_model(msg)
+        self._dispatch(batch, m.AudioDown, self._model_audio, self._control_from_model, "model_client")
 
     def _model_audio(self, run: m.AudioRun) -> None:
         run, audios = self._held(run)
