@@ -279,7 +279,8 @@ def main() -> None:
           "resident memory per CallAudio (both directions, Python objects included)")
     meta = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or
             platform.machine(), "load_average": os.getloadavg(), "frames_timed": frames,
-            "fir_state_array_bytes": fir_state_bytes(), "command": " ".join(["python -m bench.dsp", *sys.argv[1:]])}
+            "fir_state_array_bytes": fir_state_bytes(),
+            "command": " ".join(["python -m bench.dsp", *sys.argv[1:]])}
     save_report(args.json, {"meta": meta, "rows": rows})
     if args.png:  # --png "": no plot
         plot(curves, Path(args.png))

@@ -85,7 +85,8 @@ class BackSide:
                 _, _, calls, seqs, t_ins, sizes, audio, _ = item
                 self.up_ms += [(now - t_in) / 1e6 for t_in in t_ins]
                 n = len(calls)
-                replies.append((m.AudioRun.TAG, m.AudioOut.TAG, calls, seqs, [now] * n, sizes, audio, [1] * n))
+                replies.append((m.AudioRun.TAG, m.AudioOut.TAG, calls, seqs, [now] * n, sizes, audio,
+                                [1] * n))
             elif item[0] == m.CallStart.TAG:
                 self.counts["calls_started"] += 1
             elif item[0] == m.CallEnd.TAG:

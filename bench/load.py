@@ -166,7 +166,8 @@ def holds(row: dict) -> bool:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'calls':>5} {'up p50/p99 ms':>14} {'down p50/p99 ms':>16} {'lost':>5} {'failed':>6} "
-            f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13} {'steal %':>7}  per process cpu % (rss MB)")
+            f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13} {'steal %':>7}  "
+            "per process cpu % (rss MB)")
     lines = [head, "-" * len(head)]
     for r in rows:
         procs = ", ".join(f"{n} {c} ({r['rss_mb'].get(n, 0):.0f})" for n, c in sorted(r["cpu_pct"].items()))

@@ -186,7 +186,8 @@ class Harness:
                     self.step.got_up += len(late)
                     self.step.up_ms += late
                 n, t = len(calls), time.monotonic_ns()  # the echo: a run of AudioDown, turn 1
-                echo.append((RUN, AUDIO_DOWN, calls, seqs, [t] * n, [len(self.chunk)] * n, self.chunk * n, [1] * n))
+                echo.append((RUN, AUDIO_DOWN, calls, seqs, [t] * n, [len(self.chunk)] * n, self.chunk * n,
+                             [1] * n))
                 if self.step:
                     self.step.sent_down += n
             elif item[0] == m.Hello.TAG:

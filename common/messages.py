@@ -248,7 +248,8 @@ class AudioRun:
         chunks = self.chunks()
         return AudioRun(self.kind, [self.calls[i] for i in rows], [self.seqs[i] for i in rows],
                         [self.t_ins[i] for i in rows], [self.sizes[i] for i in rows],
-                        b"".join([chunks[i] for i in rows]), [self.extra[i] for i in rows] if self.extra else [])
+                        b"".join([chunks[i] for i in rows]),
+                        [self.extra[i] for i in rows] if self.extra else [])
 
     def chunks(self) -> list[bytes]:
         """Each message's audio."""
@@ -278,7 +279,8 @@ class AudioRun:
 
 
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
-           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats | AudioRun)
+           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats
+           | AudioRun)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,

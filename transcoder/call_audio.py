@@ -121,7 +121,9 @@ def _one_batch(resamplers: list, sizes: list[int], width: int) -> bool:
     """Whether every chunk can be filtered in the same ``filter_many`` steps: the usual case, where all
     calls send 20 ms frames and so stay at the same point of their resamplers."""
     first = resamplers[0]
-    if len(resamplers) < 2 or not first.batched or not sizes[0] or sizes[0] % width or sizes.count(sizes[0]) != len(sizes):
+    if len(resamplers) < 2 or not first.batched or not sizes[0] or sizes[0] % width:
+        return False
+    if sizes.count(sizes[0]) != len(sizes):
         return False
     key = first.batch_key(sizes[0] // width)
     return all(r.batch_key(sizes[0] // width) == key for r in resamplers)
