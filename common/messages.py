@@ -235,13 +235,9 @@ class AudioRun:
                    b"".join([msg.audio for msg in msgs]), extra)
 
     def messages(self) -> list:
-        cls, out, start = TYPES[self.kind], [], 0
-        extra = self.extra or [None] * len(self.calls)
-        for call, seq, t_in, size, more in zip(self.calls, self.seqs, self.t_ins, self.sizes, extra):
-            audio = self.audio[start:start + size]
-            start += size
-            out.append(cls(call, seq, t_in, audio) if more is None else cls(call, seq, t_in, audio, more))
-        return out
+        """The run's single messages, in order."""
+        columns = [self.calls, self.seqs, self.t_ins, self.chunks()] + ([self.extra] if self.extra else [])
+        return [TYPES[self.kind](*fields) for fields in zip(*columns)]
 
     def take(self, rows: list[int]) -> AudioRun:
         """The run of just the messages at ``rows`` (indices, in order)."""
