@@ -206,8 +206,8 @@ class Stats:
     histograms: dict  # name -> [count per bucket..., sum × 1000]
 
 
-AUDIO_TAGS = (AudioIn.TAG, AudioUp.TAG, AudioDown.TAG, AudioOut.TAG)
 _AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)
+_AUDIO_TAGS = tuple(cls.TAG for cls in _AUDIO_TYPES)
 _EXTRA = {AudioIn.TAG: "ts", AudioDown.TAG: "turn", AudioOut.TAG: "turn"}  # the field after ``audio``
 
 
@@ -249,16 +249,12 @@ class AudioRun:
 
     def chunks(self) -> list[bytes]:
         """Each message's audio."""
-        out, start = [], 0
-        for size in self.sizes:
-            out.append(self.audio[start:start + size])
-            start += size
-        return out
+        return cut(self.audio, self.sizes)
 
     def check(self) -> None:
         """Raises WireError unless the columns make a valid run."""
         n = len(self.calls)
-        if self.kind not in AUDIO_TAGS:
+        if self.kind not in _AUDIO_TAGS:
             raise WireError(f"AudioRun of tag {self.kind}: not an audio message")
         if not n or len(self.seqs) != n or len(self.t_ins) != n or len(self.sizes) != n \
                 or len(self.extra) != (n if self.kind in _EXTRA else 0):
@@ -272,6 +268,15 @@ class AudioRun:
             raise WireError("AudioRun holds a call twice")
         if min(self.sizes) < 0 or sum(self.sizes) != len(self.audio):
             raise WireError(f"AudioRun sizes do not cut its {len(self.audio)} bytes of audio")
+
+
+def cut(blob: bytes, sizes: list[int]) -> list[bytes]:
+    """``blob`` cut into pieces of ``sizes`` bytes (an AudioRun's audio into each message's)."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(blob[start:start + size])
+        start += size
+    return out
 
 
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from common.messages import cut
 from transcoder import fir, g711, resample
 
 MAX_GROUP = 128  # calls filtered in one step
@@ -74,7 +75,7 @@ def caller_audio_many(calls: list[CallAudio], ulaw: bytes, sizes: list[int]) -> 
         for c in calls:
             c.seq_up += 1
         return out
-    frames = _cut(ulaw, sizes)
+    frames = cut(ulaw, sizes)
     out = [b""] * len(calls)
     for group in _groups(resamplers, frames, 1):
         if len(group) == 1 or not calls[group[0]].up.batched:
@@ -82,9 +83,10 @@ def caller_audio_many(calls: list[CallAudio], ulaw: bytes, sizes: list[int]) -> 
                 out[i] = calls[i].caller_audio(frames[i])
             continue
         codes = np.frombuffer(b"".join([frames[i] for i in group]), np.uint8).reshape(len(group), -1)
-        y, skips = fir.filter_many([calls[i].up for i in group], g711.DECODE_FLOAT[codes])
-        _split(g711.float_to_pcm16(y), 2 * y.shape[1], 2, group, skips, out)
-        for i in group:
+        pcm, lengths = _filter_rows([calls[i].up for i in group], g711.DECODE_FLOAT[codes],
+                                    g711.float_to_pcm16, 2)
+        for i, piece in zip(group, cut(pcm, lengths)):
+            out[i] = piece
             calls[i].seq_up += 1
     return b"".join(out), [len(b) for b in out]
 
@@ -101,7 +103,7 @@ def model_audio_many(calls: list[CallAudio], pcm24: bytes, sizes: list[int],
         for c in calls:
             c.seq_down += 1
         return out
-    chunks = _cut(pcm24, sizes)
+    chunks = cut(pcm24, sizes)
     out = [b""] * len(calls)
     for group in _groups([resamplers[i] for i in playing], [chunks[i] for i in playing], 2):
         group = [playing[g] for g in group]
@@ -110,9 +112,10 @@ def model_audio_many(calls: list[CallAudio], pcm24: bytes, sizes: list[int],
                 out[i] = calls[i].model_audio(chunks[i], turns[i])
             continue
         pcm = np.frombuffer(b"".join([chunks[i] for i in group]), "<i2").reshape(len(group), -1)
-        y, skips = fir.filter_many([calls[i].down for i in group], pcm.astype(np.float64))
-        _split(g711.float_to_ulaw(y), y.shape[1], 1, group, skips, out)
-        for i in group:
+        ulaw, lengths = _filter_rows([calls[i].down for i in group], pcm.astype(np.float64),
+                                     g711.float_to_ulaw, 1)
+        for i, piece in zip(group, cut(ulaw, lengths)):
+            out[i] = piece
             calls[i].seq_down += 1
     return b"".join(out), [len(b) for b in out]
 
@@ -130,7 +133,8 @@ def _one_batch(resamplers: list, sizes: list[int], width: int) -> bool:
 
 
 def _filter_rows(resamplers: list, x: np.ndarray, encode, size: int) -> tuple[bytes, list[int]]:
-    """``filter_many`` over the rows of ``x``, MAX_GROUP at a time, encoded: (bytes back to back, cut)."""
+    """``filter_many`` over the rows of ``x``, encoded: (bytes back to back, cut). MAX_GROUP rows at a
+    time: beyond that the working arrays outgrow the CPU's caches and it gets slower."""
     blobs, sizes = [], []
     for k in range(0, len(resamplers), MAX_GROUP):
         y, skips = fir.filter_many(resamplers[k:k + MAX_GROUP], x[k:k + MAX_GROUP])
@@ -144,25 +148,10 @@ def _filter_rows(resamplers: list, x: np.ndarray, encode, size: int) -> tuple[by
     return b"".join(blobs), sizes
 
 
-def _cut(blob: bytes, sizes: list[int]) -> list[bytes]:
-    out, start = [], 0
-    for size in sizes:
-        out.append(blob[start:start + size])
-        start += size
-    return out
-
-
 def _groups(resamplers: list, chunks: list[bytes], width: int) -> list[list[int]]:
-    """Indices of the chunks that can be filtered together (same engine state, same length), at most
-    MAX_GROUP at a time: beyond that the working arrays outgrow the CPU's caches and it gets slower."""
+    """Indices of the chunks that can be filtered together (same engine state, same length)."""
     groups: dict = defaultdict(list)
     for i, (r, chunk) in enumerate(zip(resamplers, chunks)):
         n = len(chunk)
         groups[r.batch_key(n // width) if r.batched and n % width == 0 else i].append(i)
-    return [g[k:k + MAX_GROUP] for g in groups.values() for k in range(0, len(g), MAX_GROUP)]
-
-
-def _split(blob: bytes, row: int, size: int, group: list[int], skips: list[int], out: list) -> None:
-    """Row j of ``blob`` (``row`` bytes each), less its first skips[j] samples, is out[group[j]]."""
-    for j, i in enumerate(group):
-        out[i] = blob[j * row + skips[j] * size:(j + 1) * row]
+    return list(groups.values())
