@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from google import genai
 from google.genai import types
 
-from model_client.config import audio_blob
+from model_client.config import audio_blob, audio_text, sends_audio_text
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,21 @@ class Connection:
     def __init__(self, handle: str, replay_from: str, number: int):
         self.handle, self.replay_from, self.number = handle, replay_from, number
         self.session = None
+        self.direct_audio = False  # audio_text written on the SDK's socket (see send)
         self._stack = contextlib.AsyncExitStack()
 
     async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             self.session = await self._stack.enter_async_context(
                 client.aio.live.connect(model=model, config=config))
+        self.direct_audio = await sends_audio_text(self.session)
+        if not self.direct_audio:
+            _warn_sdk_audio()
 
     async def send(self, kind: str, item: object) -> None:
-        if kind == "audio":
+        if kind == "audio" and self.direct_audio:
+            await self.session._ws.send(audio_text(item))  # what send_realtime_input would send
+        elif kind == "audio":
             await self.session.send_realtime_input(audio=audio_blob(item))
         elif kind == "text":
             await self.session.send_realtime_input(text=item)
@@ -92,6 +98,17 @@ class Connection:
             await self._stack.aclose()
         except Exception as e:  # the socket may already be gone; nothing is left to do about it
             log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
+
+
+_warned = False
+
+
+def _warn_sdk_audio() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("this google-genai sends audio differently from what model_client/config.py "
+                    "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
 
 
 class Journal:
