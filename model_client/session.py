@@ -71,9 +71,9 @@ class GeminiSession:
                       "duplicates": 0}
         self._queue: deque[tuple[str, object, int, bool]] = deque()  # (kind, item, t_in, resend)
         self._audio_bytes = 0
-        # Caller audio leaves at most once per ``send_ms``: each send costs the SDK's JSON and base64,
-        # a TLS record and a syscall whatever its size, so 40 ms chunks halve the cost of 20 ms ones
-        # for at most 20 ms more on the way to Gemini (the first frame after a pause goes at once).
+        # Caller audio leaves at most once per ``send_ms``: each send costs a WebSocket frame, a TLS
+        # record and a syscall whatever its size, so 40 ms chunks cost less than 20 ms ones, for at
+        # most 20 ms more on the way to Gemini (the first frame after a pause goes at once).
         self._send_gap_s = settings.send_ms / 1000
         self._last_audio_send = 0.0
         self._wake = asyncio.Event()

@@ -28,9 +28,9 @@ from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
 
-# Sessions per process: the SDK costs ~1% of a core per session (DESIGN §7); past ~90% CPU the loop
-# falls off a cliff, so the gateway must not assign more than this.
-CAPACITY = 80
+# Sessions per process: ~0.4-0.5% of a core each (README Performance: 73-78% of a core at 160-200
+# sessions); past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
+CAPACITY = 150
 ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
 CLIENT_WAIT_S = 20
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
