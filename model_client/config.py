@@ -1,4 +1,11 @@
-"""The google-genai client and the Live session config, built with the SDK's real types (pure).
+"""The google-genai client and the Live session config, built with the SDK's real types (pure), and
+the text frame that carries caller audio (``audio_text``).
+
+Caller audio is 25 sends a second per session, and ``send_realtime_input`` spends most of each on
+pydantic and the SDK's converters; DESIGN §7 asks for a leaner path for it without leaning on the SDK's
+internals. This one writes the same text on the session's socket, which does lean on the session's
+private ``_ws`` (and ``_api_client`` for the check), so ``sends_audio_text`` checks every connection
+first: anything unexpected and audio goes through the SDK's own method, as before.
 
 Corrections to the seed's config are in the wire reference §10: voice under ``speech_config``, VAD under
 ``realtime_input_config.automatic_activity_detection``, resumption as ``session_resumption``.
