@@ -9,7 +9,9 @@ session resumes from the handle. (Twilio runs that ``<Redirect>`` only when the 
 call did not: a caller hanging up ends everything. So never a dead line: a hang-up or transfer the model
 asked for, else a bounded number of fresh streams, then an apology.)
 
-``CallState`` keeps everything in memory. ``RedisCallState`` keeps the memory copy too (every read a
+``CallState`` keeps everything in memory: a call's record from its first change until ``AFTER_S``
+after its last stream here ended (so memory holds the live calls and the last few minutes' ended
+ones, not every call since the gateway started). ``RedisCallState`` keeps the memory copy too (every read a
 stream start needs is then local and synchronous) and writes through to Redis, one hash per call
 (``bridge:call:<CallSid>``) expiring ``TTL_S`` after its last change. Redis trouble never fails a call:
 a write is retried with the next one, a read falls back to memory; both are logged and counted.
@@ -27,13 +29,16 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 TTL_S = 4 * 3600  # longer than any call
+# After a stream ends, Twilio asks /twiml/after at once and a resumed stream starts within seconds;
+# a record with no stream for this long is done with here (Redis keeps its copy for TTL_S).
+AFTER_S = 300.0
 MAX_RESUMES = 2  # fresh streams after failures before the call apologises and hangs up
 KEY_PREFIX = "bridge:call:"
 REDIS_TIMEOUT_S = 1.0
 MAX_CALLS = 100_000  # memory copy bound: the oldest go (still in Redis when configured)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     disposition: str = "resume"  # "resume" | "hangup" | "transfer" | "apologise"
     target: str = ""  # the transfer's number
@@ -77,6 +82,7 @@ class CallState:
 
     def __init__(self):
         self._calls: dict[str, CallRecord] = {}
+        self._ended: dict[str, float] = {}  # CallSid -> when its last stream ended, oldest first
         self.errors = 0  # Redis operations that failed
 
     def get(self, call_sid: str) -> CallRecord:
@@ -94,10 +100,27 @@ class CallState:
         self._changed(call_sid, record)
         return record
 
+    def stream_started(self, call_sid: str) -> None:
+        self._ended.pop(call_sid, None)
+
+    def stream_ended(self, call_sid: str, now: float | None = None) -> None:
+        """The call has no stream here now: its record goes ``AFTER_S`` later unless one starts."""
+        now = time.time() if now is None else now
+        self._ended.pop(call_sid, None)
+        self._ended[call_sid] = now
+        while self._ended:
+            oldest, ended = next(iter(self._ended.items()))
+            if ended > now - AFTER_S:
+                break
+            del self._ended[oldest]
+            self._calls.pop(oldest, None)
+
     async def after(self, call_sid: str) -> CallRecord:
         """The disposition for a stream that ended (see ``next_after``)."""
         now, keep = next_after(await self.load(call_sid))
         self.update(call_sid, **{f.name: getattr(keep, f.name) for f in fields(keep) if f.name != "touched"})
+        if call_sid not in self._ended:  # its stream was on another gateway
+            self.stream_ended(call_sid)
         return now
 
     async def load(self, call_sid: str) -> CallRecord:

@@ -133,6 +133,7 @@ class Pipeline:
         call.transcoder, call.model = transcoder.route, model
         call.params, call.ring = params, CallerRing(self.settings.replay_s)
         self.calls[call.id] = call
+        self.state.stream_started(call.call_sid)
         known = self._carry_on(call)
         self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, params,
                                                       call.model, call.resume_handle, False, known.turn))
@@ -170,12 +171,18 @@ class Pipeline:
     def end_call(self, call: Call, reason: str) -> None:
         if self.calls.pop(call.id, None) is None:
             return
+        self._stream_gone(call)
         self._ended(reason)
         end = m.CallEnd(call.id, reason)
         if call.transcoder in self.router.peers:
             self.router.send(call.transcoder, end)
         else:  # no transcoder to carry it: tell the model_client over the directory
             self._tell_model(call.model, end)
+
+    def _stream_gone(self, call: Call) -> None:
+        """Once no stream of the call is left here, its kept state may go (gateway/call_state.py)."""
+        if all(other.call_sid != call.call_sid for other in self.calls.values()):
+            self.state.stream_ended(call.call_sid)
 
     # --- pipeline → calls ---------------------------------------------------------------------
 
@@ -226,6 +233,7 @@ class Pipeline:
             log.info("pipeline ended the call: %s", msg.reason)
             self._ended(msg.reason)
             self.calls.pop(call.id, None)
+            self._stream_gone(call)
             call.close()
         else:
             log.error("unexpected %s from the pipeline dropped", type(msg).__name__)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 import redis.asyncio as redis
 
 from common.settings import SettingsError, load
-from gateway.call_state import (KEY_PREFIX, MAX_RESUMES, TTL_S, CallRecord, CallState, RedisCallState,
-                                next_after)
+from gateway.call_state import (AFTER_S, KEY_PREFIX, MAX_RESUMES, TTL_S, CallRecord, CallState,
+                                RedisCallState, next_after)
 from tests.conftest import free_port
 
 
@@ -43,6 +44,30 @@ async def test_in_memory_a_stream_that_died_resumes_twice_then_apologises():
     state.update("CA2", disposition="hangup")
     assert (await state.after("CA2")).disposition == "hangup"
     assert state.get("nobody") == CallRecord()
+
+
+def test_a_record_goes_a_while_after_the_calls_last_stream_here_ended():
+    state = CallState()
+    for call_sid in ("CA1", "CA2"):
+        state.stream_started(call_sid)
+        state.update(call_sid, handle=f"h-{call_sid}")
+    state.stream_ended("CA1", now=1000.0)
+    state.stream_ended("CA3", now=1000.0 + AFTER_S - 1)  # a later end forgets what is due by then
+    assert state.get("CA1").handle == "h-CA1"  # Twilio's /twiml/after may still come
+    state.stream_started("CA1")  # it did: the call resumed on a fresh stream
+    state.stream_ended("CA4", now=1000.0 + AFTER_S + 1)
+    assert state.get("CA1").handle == "h-CA1"
+    state.stream_ended("CA1", now=2000.0)
+    state.stream_ended("CA5", now=2000.0 + AFTER_S)
+    assert state.get("CA1") == CallRecord() and state.get("CA2").handle == "h-CA2" and len(state) == 1
+
+
+async def test_twiml_after_for_a_stream_that_was_elsewhere_is_forgotten_too():
+    state = CallState()
+    state.update("CA1", disposition="hangup")  # as if loaded from Redis: no stream of it here
+    assert (await state.after("CA1")).disposition == "hangup"
+    state.stream_ended("CA2", now=time.time() + AFTER_S + 1)
+    assert len(state) == 0
 
 
 async def test_two_gateways_share_a_call_through_redis(redis_server):
