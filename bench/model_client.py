@@ -15,7 +15,8 @@ what that implies for sessions per core (100 / CPU per session: the process's co
 sessions); its CPU per message (each AudioUp in and AudioDown out counted); model turns received
 against utterances said (every utterance is echoed, so a shortfall is lost replies or a session that
 fell behind); and the emulator's and this generator's CPU apart (the emulator stands in for Google:
-~0.3 % of a core per session). Attach py-spy to the pid printed at the start to see where the model_client's time goes.
+~0.3 % of a core per session). Attach py-spy to the pid printed at the start to see where the
+model_client's time goes.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ asked for, else a bounded number of fresh streams, then an apology.)
 
 ``CallState`` keeps everything in memory: a call's record from its first change until ``AFTER_S``
 after its last stream here ended (so memory holds the live calls and the last few minutes' ended
-ones, not every call since the gateway started). ``RedisCallState`` keeps the memory copy too (every read a
-stream start needs is then local and synchronous) and writes through to Redis, one hash per call
+ones, not every call since the gateway started). ``RedisCallState`` keeps the memory copy too (every
+read a stream start needs is then local and synchronous) and writes through to Redis, one hash per call
 (``bridge:call:<CallSid>``) expiring ``TTL_S`` after its last change. Redis trouble never fails a call:
 a write is retried with the next one, a read falls back to memory; both are logged and counted.
 """

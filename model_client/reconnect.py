@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections import deque
@@ -100,15 +101,10 @@ class Connection:
             log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
 
 
-_warned = False
-
-
+@functools.cache  # once per process
 def _warn_sdk_audio() -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        log.warning("this google-genai sends audio differently from what model_client/config.py "
-                    "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
+    log.warning("this google-genai sends audio differently from what model_client/config.py "
+                "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
 
 
 class Journal:

@@ -133,3 +133,22 @@ async def test_a_closed_session_is_freed_without_the_garbage_collector(emulator)
         assert freed() is None, [type(r).__name__ for r in gc.get_referrers(freed())]
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["audio_text on the socket", "the SDK's method"])
+async def test_caller_audio_is_answered_either_way_it_is_sent(emulator, monkeypatch, direct):
+    """model_client/config.py: an SDK that fails the per-connection check gets audio through its own
+    send_realtime_input; the emulator hears the same either way."""
+    async def check(session) -> bool:
+        return direct
+    monkeypatch.setattr("model_client.reconnect.sends_audio_text", check)
+    stage = await emulator()
+
+    async def script(session):
+        await asyncio.sleep(0.1)
+        await talk(session, 1.0, 4, 0)
+        await asyncio.sleep(1.5)
+
+    session, out = await run_session(stage, script)
+    audio = sum(len(msg.audio) for msg in out if isinstance(msg, m.AudioDown))
+    assert turns_done(out) == [1] and audio / 48000 > 0.9  # the whole echo of 1 s
