@@ -82,3 +82,9 @@ def test_transcoder_bench_at_three_calls(tmp_path):
     assert step["calls"] == 3 and step["frames_in"] > 100 and len(step["windows_p99_ms"]) == 2
     assert step["lost_in_any_window"] == 0
     assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
+
+
+def test_wakeup_bench_briefly(tmp_path):
+    report, _ = run_bench("wakeup", tmp_path / "wakeup.json", "--rounds", "3")
+    assert [row["path"] for row in report["rounds"]] == ["pipe", "zeromq_ipc"]
+    assert all(row["p50_us"] > 0 for row in report["rounds"])

@@ -1,0 +1,90 @@
+"""What a hop between two idle processes costs on this machine, before any of our code runs.
+
+    python -m bench.wakeup [--rounds 500] [--json docs/wakeup.json]
+
+Two round trips, each started 20 ms after the last (so the other side has gone idle, as it has
+between the 20 ms frames of a lightly loaded call): a byte over a pipe (the kernel's wake-up alone),
+and a 200-byte message over a ZeroMQ DEALER → ROUTER pair on ipc:// (what each hop of the pipeline
+adds: every message passes through the sender's and the receiver's ZeroMQ I/O threads). Half a round
+trip is one hop; the pipeline's up direction is two hops (gateway → transcoder → model_client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import zmq
+
+from bench.load import save_report
+
+IDLE_S = 0.02
+
+
+def pipe_round_trips(rounds: int) -> list[float]:
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    if os.fork() == 0:
+        while os.read(to_child, 1) == b"x":
+            os.write(from_child, b"x")
+        os._exit(0)
+    times = []
+    for _ in range(rounds):
+        time.sleep(IDLE_S)
+        start = time.perf_counter_ns()
+        os.write(from_parent, b"x")
+        os.read(to_parent, 1)
+        times.append((time.perf_counter_ns() - start) / 1000)
+    os.write(from_parent, b"q")
+    os.wait()
+    return times
+
+
+def zmq_round_trips(rounds: int) -> list[float]:
+    endpoint = f"ipc://{tempfile.mkdtemp()}/hop.ipc"
+    if os.fork() == 0:
+        router = zmq.Context().socket(zmq.ROUTER)
+        router.bind(endpoint)
+        while True:
+            route, body = router.recv_multipart()
+            if body == b"q":
+                os._exit(0)
+            router.send_multipart([route, body])
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    dealer.send(b"warm up")
+    dealer.recv()
+    times = []
+    for _ in range(rounds):
+        time.sleep(IDLE_S)
+        start = time.perf_counter_ns()
+        dealer.send(b"x" * 200)
+        dealer.recv()
+        times.append((time.perf_counter_ns() - start) / 1000)
+    dealer.send(b"q")
+    os.wait()
+    ctx.destroy(linger=0)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=500)
+    p.add_argument("--json", default="docs/wakeup.json")
+    args = p.parse_args()
+    rows = []
+    print(f"{'round trip after 20 ms idle':<32} {'p50 µs':>8} {'p90 µs':>8}")
+    for name, measure in (("pipe", pipe_round_trips), ("zeromq_ipc", zmq_round_trips)):
+        times = sorted(measure(args.rounds))
+        rows.append({"path": name, "p50_us": round(statistics.median(times)),
+                     "p90_us": round(times[len(times) * 9 // 10])})
+        print(f"{name:<32} {rows[-1]['p50_us']:>8} {rows[-1]['p90_us']:>8}")
+    save_report(args.json, {"command": f"python -m bench.wakeup --rounds {args.rounds}", "rounds": rows})
+
+
+if __name__ == "__main__":
+    main()
