@@ -24,6 +24,17 @@ from bench.load import save_report
 IDLE_S = 0.02
 
 
+def timed(round_trip, rounds: int) -> list[float]:
+    """µs of each of ``rounds`` calls of ``round_trip``, each after IDLE_S of nothing."""
+    times = []
+    for _ in range(rounds):
+        time.sleep(IDLE_S)
+        start = time.perf_counter_ns()
+        round_trip()
+        times.append((time.perf_counter_ns() - start) / 1000)
+    return times
+
+
 def pipe_round_trips(rounds: int) -> list[float]:
     to_child, from_parent = os.pipe()
     to_parent, from_child = os.pipe()
@@ -31,13 +42,7 @@ def pipe_round_trips(rounds: int) -> list[float]:
         while os.read(to_child, 1) == b"x":
             os.write(from_child, b"x")
         os._exit(0)
-    times = []
-    for _ in range(rounds):
-        time.sleep(IDLE_S)
-        start = time.perf_counter_ns()
-        os.write(from_parent, b"x")
-        os.read(to_parent, 1)
-        times.append((time.perf_counter_ns() - start) / 1000)
+    times = timed(lambda: (os.write(from_parent, b"x"), os.read(to_parent, 1)), rounds)
     os.write(from_parent, b"q")
     os.wait()
     return times
@@ -58,13 +63,7 @@ def zmq_round_trips(rounds: int) -> list[float]:
     dealer.connect(endpoint)
     dealer.send(b"warm up")
     dealer.recv()
-    times = []
-    for _ in range(rounds):
-        time.sleep(IDLE_S)
-        start = time.perf_counter_ns()
-        dealer.send(b"x" * 200)
-        dealer.recv()
-        times.append((time.perf_counter_ns() - start) / 1000)
+    times = timed(lambda: (dealer.send(b"x" * 200), dealer.recv()), rounds)
     dealer.send(b"q")
     os.wait()
     ctx.destroy(linger=0)
