@@ -59,7 +59,8 @@ def steady(name: str, hz: float, seconds: float = 0.5) -> np.ndarray:
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("sizes", [[1], [7], [160], [161], [479], [480], [3, 500, 17, 1, 320]],
+@pytest.mark.parametrize("sizes", [[1], [7], [160], [161], [479], [480], [3, 500, 17, 1, 320],
+                                   [160, 3000, 160]],  # 3000: past what a FIR keeps between chunks
                          ids=lambda s: "+".join(map(str, s)))
 def test_chunk_boundaries_are_invisible(engine, name, sizes):
     x = noise(4801)

@@ -36,7 +36,7 @@ class CallAudio:
     def caller_audio(self, ulaw: bytes) -> bytes:
         """µ-law 8 kHz in, PCM16 LE 16 kHz out."""
         self.seq_up += 1
-        return g711.float_to_pcm16(self.up.filter(g711.DECODE_FLOAT[np.frombuffer(ulaw, np.uint8)]))
+        return g711.float_to_pcm16(self.up.filter(g711.DECODE_FLOAT.take(np.frombuffer(ulaw, np.uint8))))
 
     def model_audio(self, pcm24: bytes, turn: int) -> bytes | None:
         """PCM16 LE 24 kHz in, µ-law 8 kHz out; None for a chunk of an interrupted turn."""
@@ -71,7 +71,7 @@ def caller_audio_many(calls: list[CallAudio], ulaw: bytes, sizes: list[int]) -> 
     resamplers = [c.up for c in calls]
     if _one_batch(resamplers, sizes, 1):
         codes = np.frombuffer(ulaw, np.uint8).reshape(len(calls), -1)
-        out = _filter_rows(resamplers, g711.DECODE_FLOAT[codes], g711.float_to_pcm16, 2)
+        out = _filter_rows(resamplers, g711.DECODE_FLOAT.take(codes), g711.float_to_pcm16, 2)
         for c in calls:
             c.seq_up += 1
         return out
@@ -83,7 +83,7 @@ def caller_audio_many(calls: list[CallAudio], ulaw: bytes, sizes: list[int]) -> 
                 out[i] = calls[i].caller_audio(frames[i])
             continue
         codes = np.frombuffer(b"".join([frames[i] for i in group]), np.uint8).reshape(len(group), -1)
-        pcm, lengths = _filter_rows([calls[i].up for i in group], g711.DECODE_FLOAT[codes],
+        pcm, lengths = _filter_rows([calls[i].up for i in group], g711.DECODE_FLOAT.take(codes),
                                     g711.float_to_pcm16, 2)
         for i, piece in zip(group, cut(pcm, lengths)):
             out[i] = piece
@@ -123,13 +123,9 @@ def model_audio_many(calls: list[CallAudio], pcm24: bytes, sizes: list[int],
 def _one_batch(resamplers: list, sizes: list[int], width: int) -> bool:
     """Whether every chunk can be filtered in the same ``filter_many`` steps: the usual case, where all
     calls send 20 ms frames and so stay at the same point of their resamplers."""
-    first = resamplers[0]
-    if len(resamplers) < 2 or not first.batched or not sizes[0] or sizes[0] % width:
+    if len(resamplers) < 2 or not resamplers[0].batched or not sizes[0] or sizes[0] % width:
         return False
-    if sizes.count(sizes[0]) != len(sizes):
-        return False
-    key = first.batch_key(sizes[0] // width)
-    return all(r.batch_key(sizes[0] // width) == key for r in resamplers)
+    return sizes.count(sizes[0]) == len(sizes) and fir.in_step(resamplers)
 
 
 def _filter_rows(resamplers: list, x: np.ndarray, encode, size: int) -> tuple[bytes, list[int]]:

@@ -1,11 +1,12 @@
 """Polyphase FIR resampling for our fixed ratios (taps designed in ``fir_design.py``), pure numpy.
 
 A resampler by up/down ("L/M") with taps h at rate_in × L computes the causal output
-``y[n] = Σ_i x[i] · h[n·M − i·L]``. Its state per call is the last ``history`` input samples and two
-counters. Output for a chunk is one matrix product: outputs are taken in groups of ``group``, each
-group's inputs are one window of ``width`` samples, so the windows are the rows of a strided view of
-[history, chunk] and ``windows @ table`` gives every output of the chunk. The same product serves many
-calls at once (one row block per call), which is how the transcoder filters a whole wake-up.
+``y[n] = Σ_i x[i] · h[n·M − i·L]``. Its state per call is the last ``history`` input samples and a
+counter (and the input buffer one-call filtering reuses). Output for a chunk is one matrix product:
+outputs are taken in groups of ``group``, each group's inputs are one window of ``width`` samples, so
+the windows are the rows of a strided view of [history, chunk] and ``windows @ table`` gives every
+output of the chunk. The same product serves many calls at once (one row block per call), which is
+how the transcoder filters a whole wake-up.
 
 Output is time-aligned: the filter's group delay (``delay`` output samples) is withheld at the start
 and handed out by ``flush``, so a stream of T input samples gives exactly ceil(T × L / M) samples.
@@ -20,6 +21,7 @@ import numpy as np
 from transcoder import fir_taps, g711
 
 GROUP = 16  # outputs per window: bigger wastes multiplications on zeros, smaller costs more windows
+KEPT_SAMPLES = 2048  # a resampler keeps its input buffer between chunks up to this size (16 KiB)
 
 
 class FirDesign:
@@ -74,6 +76,7 @@ class FirResampler:
         self.design = design
         self.rate_in, self.rate_out = design.rate_in, design.rate_out
         self.ratio = design.rate_out / design.rate_in
+        self._buf, self._windows_of, self._windows = np.zeros(0), None, None  # ``filter``'s, reused
         self.reset()
 
     def reset(self) -> None:
@@ -86,15 +89,31 @@ class FirResampler:
 
     def filter(self, x: np.ndarray) -> np.ndarray:
         """float samples in (int16 scale), unrounded float64 samples out. ``filter_many`` for one call,
-        with one-dimensional arrays: at one frame per wake-up, numpy's per-call overhead is the cost."""
+        with one-dimensional arrays: at one frame per wake-up, numpy's per-call overhead is the cost, so
+        the [history, chunk, padding] buffer and its window view are kept from one chunk to the next
+        (up to KEPT_SAMPLES: one long chunk must not bloat the call's state for good)."""
         d, n, history = self.design, len(x), self.design.history
         first, due, offset, groups = d.plan(self._consumed, n)
         done = -(-self._consumed * d.up // d.down)
-        pad = offset + (groups - 1) * d.step + d.width - history - n
-        buf = np.concatenate((self._history, x, d.zeros[:max(0, pad)]), dtype=np.float64)
-        windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8, (d.step * 8, 8))
-        y = np.dot(windows, d.table).reshape(-1)[max(done, d.delay) - first:due - first] if groups else buf[:0]
-        self._history = buf[n:n + history]  # a view: this frame's buffer is the history's storage
+        size = max(history + n, offset + (groups - 1) * d.step + d.width)
+        if len(self._buf) < size <= KEPT_SAMPLES:
+            self._buf, self._windows_of = np.zeros(size), None
+        buf = self._buf if len(self._buf) >= size else np.zeros(size)
+        buf[:history] = self._history
+        buf[history:history + n] = x  # what lies past it feeds only outputs beyond ``due``
+        if buf is not self._buf:
+            windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8, (d.step * 8, 8))
+        elif self._windows_of != (offset, groups):
+            self._windows_of = (offset, groups)
+            windows = self._windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8,
+                                                 (d.step * 8, 8))
+        else:
+            windows = self._windows
+        y = np.dot(windows, d.table).reshape(-1)[max(done, d.delay) - first:due - first] if groups \
+            else np.zeros(0)
+        self._history = buf[n:n + history]  # a view: the next chunk copies it to the buffer's front
+        if buf is not self._buf:
+            self._history = self._history.copy()
         self._consumed += n
         return y
 
@@ -123,6 +142,13 @@ class FirResampler:
         if base is None:
             return self._history.nbytes
         return base.nbytes // base.shape[0] if base.ndim == 2 else base.nbytes
+
+
+def in_step(resamplers: list[FirResampler]) -> bool:
+    """Whether resamplers of one design are at the same point of its polyphase pattern (then chunks of
+    one length make equal ``batch_key``s): ``batch_key``'s question for many, a fifth of its cost."""
+    down = resamplers[0].design.down
+    return len({r._consumed % down for r in resamplers}) == 1
 
 
 def filter_many(resamplers: list[FirResampler], x: np.ndarray) -> tuple[np.ndarray, list[int]]:
