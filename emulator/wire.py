@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from typing import Any
@@ -27,6 +28,7 @@ class Malformed(ValueError):
     """A client frame the real service would reject; the session closes with 1007."""
 
 
+@functools.lru_cache(maxsize=512)  # a session sends the same few keys 25 times a second
 def snake(key: str) -> str:
     return _CAMEL.sub(r"_\1", key).lower()
 
