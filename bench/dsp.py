@@ -2,13 +2,15 @@
 µs per 20 ms frame (the whole transcoder step: G.711 + resampling + conversions) for one call and
 batched across calls, and bytes of state per call.
 
-    python -m bench.dsp [--json docs/dsp.json] [--png docs/dsp-response.png] [--quick]
+    python -m bench.dsp [--json docs/dsp.json] [--png docs/dsp-response.png] [--rounds 5] [--quick]
 
 Quality is measured through each engine's streaming float core with 20 ms frames, the way the
 transcoder uses it before G.711: tones at -10 dBFS, levels read with a Kaiser-windowed projection (side
 lobes below -150 dB). Delay and the stream-vs-one-shot error use the int16 interface. Times are this
 thread's CPU time (time spent preempted by the box's other tenants does not count), median over blocks
-of frames; the machines are noisy, so compare engines within one run. The plot needs matplotlib (the
+of frames. The box's speed still drifts by 2× from one minute to the next, so one call's step is timed
+in ``--rounds`` rounds, the engines taken in turn, and the median round is reported (each round's
+figure is in the JSON); compare engines within one run. The plot needs matplotlib (the
 ``bench`` extra). Run it with OPENBLAS_NUM_THREADS=1, as a transcoder (one core) should run.
 """
 
@@ -147,20 +149,46 @@ def reference_us(frames: int) -> float:
     return median_us(lambda: g711.decode_ulaw(codes), frames)
 
 
-def speed(engine: str, frames: int, batch_sizes: list[int]) -> dict:
+def _frames() -> tuple[bytes, bytes]:
+    """A 20 ms frame each way: µ-law at 8 kHz, PCM16 at 24 kHz (noise, so no shortcut applies)."""
     rng = np.random.default_rng(2)
     ulaw = g711.encode_ulaw((rng.standard_normal(160) * 3000).astype(np.int16))
-    pcm = (rng.standard_normal(480) * 3000).astype("<i2").tobytes()
-    call = CallAudio("bench", "model", engine)
-    result = {"reference_us": round(reference_us(frames), 3),
-              "single_up_us": round(median_us(lambda: call.caller_audio(ulaw), frames), 2),
-              "single_down_us": round(median_us(lambda: call.model_audio(pcm, 1), frames), 2)}
-    for n in batch_sizes:
-        calls = [CallAudio(f"c{i}", "model", engine) for i in range(n)]
-        reps = max(25, frames // n)
-        up = median_us(lambda: caller_audio_many(calls, ulaw * n, [len(ulaw)] * n), reps, 5) / n
-        down = median_us(lambda: model_audio_many(calls, pcm * n, [len(pcm)] * n, [1] * n), reps, 5) / n
-        result[f"batch{n}_up_us"], result[f"batch{n}_down_us"] = round(up, 2), round(down, 2)
+    return ulaw, (rng.standard_normal(480) * 3000).astype("<i2").tobytes()
+
+
+def single_us(engine: str, frames: int) -> tuple[float, float]:
+    """One call's step, up and down, in µs."""
+    (ulaw, pcm), call = _frames(), CallAudio("bench", "model", engine)
+    return (median_us(lambda: call.caller_audio(ulaw), frames),
+            median_us(lambda: call.model_audio(pcm, 1), frames))
+
+
+def batched_us(engine: str, frames: int, n: int) -> tuple[float, float]:
+    """Per call-frame, up and down, for ``n`` calls filtered as one AudioRun."""
+    (ulaw, pcm), calls = _frames(), [CallAudio(f"c{i}", "model", engine) for i in range(n)]
+    reps = max(25, frames // n)
+    up = median_us(lambda: caller_audio_many(calls, ulaw * n, [len(ulaw)] * n), reps, 5) / n
+    down = median_us(lambda: model_audio_many(calls, pcm * n, [len(pcm)] * n, [1] * n), reps, 5) / n
+    return up, down
+
+
+def speed(engines: list[str], frames: int, rounds: int) -> dict:
+    """Each engine's timings. The box's speed drifts by 2× within a minute, so the single-call step is
+    timed in ``rounds`` rounds taking the engines in turn, and its figure is the median round."""
+    timed = {engine: [] for engine in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            timed[engine].append((reference_us(frames // rounds), *single_us(engine, frames // rounds)))
+    result = {}
+    for engine, runs in timed.items():
+        reference, up, down = (statistics.median(column) for column in zip(*runs))
+        result[engine] = {"reference_us": round(reference, 3), "single_up_us": round(up, 2),
+                          "single_down_us": round(down, 2),
+                          "single_up_us_rounds": [round(r[1], 2) for r in runs],
+                          "single_down_us_rounds": [round(r[2], 2) for r in runs]}
+        for n in [100, 1000] if engine == "fir" else []:
+            up, down = batched_us(engine, frames, n)
+            result[engine].update({f"batch{n}_up_us": round(up, 2), f"batch{n}_down_us": round(down, 2)})
     return result
 
 
@@ -250,19 +278,24 @@ def main() -> None:
     parser.add_argument("--png", default="docs/dsp-response.png")
     parser.add_argument("--frames", type=int, default=20000, help="timed frames per measurement")
     parser.add_argument("--engines", default=",".join(resample.ENGINES))
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of single-call timing, the engines "
+                        "taken in turn in each; the median round is reported")
     parser.add_argument("--quick", action="store_true", help="fewer frames and plot points")
     args = parser.parse_args()
     frames = 2000 if args.quick else args.frames
+    engines = args.engines.split(",")
     rows, curves = [], {d: {} for d in PATHS}
-    for engine in args.engines.split(","):
-        print(f"[{engine}] speed…", flush=True)
-        fast = speed(engine, frames, [100, 1000] if engine == "fir" else [])
+    print(f"speed: {args.rounds} rounds of {', '.join(engines)}…", flush=True)
+    speeds = speed(engines, frames, max(1, args.rounds))
+    for engine in engines:
+        fast = speeds[engine]
         memory = state_bytes(engine)
         for direction, (name, _, _) in PATHS.items():
             print(f"[{engine}] {direction}: quality…", flush=True)
             key = "up" if direction.startswith("up") else "down"
             row = {"engine": engine, "direction": direction, **quality(direction, engine),
-                   "single_us": fast[f"single_{key}_us"], "state_bytes": memory,
+                   "single_us": fast[f"single_{key}_us"],
+                   "single_us_rounds": fast[f"single_{key}_us_rounds"], "state_bytes": memory,
                    "reference_us": fast["reference_us"], "load_scale": round(fast["reference_us"] / ANCHOR_LUT_US, 2)}
             for n in (100, 1000):
                 if f"batch{n}_{key}_us" in fast:
@@ -272,13 +305,16 @@ def main() -> None:
             curves[direction][engine] = (hz, db)
     print()
     print(table(rows))
-    print(f"\nµs/frame: the whole transcoder step (G.711 + resampling + conversions), CPU time, median.\n"
+    print(f"\nµs/frame: the whole transcoder step (G.711 + resampling + conversions), CPU time, median "
+          f"(1 call: the median of {args.rounds} rounds, the engines taken in turn).\n"
           f"box slowdown: the anchors' yardstick (LUT decode of 160 bytes, {ANCHOR_LUT_US} µs in "
-          "shared/reference/anchors.md) timed just before; divide µs by it to compare with the anchors.\n"
+          "shared/reference/anchors.md) timed in each round, median; divide µs by it to compare with the "
+          "anchors.\n"
           f"FIR state arrays per call (both directions): {fir_state_bytes()} bytes; state B/call above is "
           "resident memory per CallAudio (both directions, Python objects included)")
     meta = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or
             platform.machine(), "load_average": os.getloadavg(), "frames_timed": frames,
+            "rounds": args.rounds,
             "fir_state_array_bytes": fir_state_bytes(),
             "command": " ".join(["python -m bench.dsp", *sys.argv[1:]])}
     save_report(args.json, {"meta": meta, "rows": rows})

@@ -84,6 +84,15 @@ def test_transcoder_bench_at_three_calls(tmp_path):
     assert step["up_p50_ms"] is not None and step["down_p50_ms"] is not None
 
 
+def test_dsp_bench_quickly(tmp_path):
+    report, _ = run_bench("dsp", tmp_path / "dsp.json", "--engines", "fir", "--quick", "--rounds", "2",
+                          "--png", "")
+    assert [row["direction"] for row in report["rows"]] == ["up 8k→16k", "down 24k→8k"]
+    for row in report["rows"]:
+        assert row["stream_error_lsb"] == 0 and row["rejection_db"] >= 80 and row["delay_ms"] <= 3
+        assert len(row["single_us_rounds"]) == 2 and row["single_us"] > 0 and row["batch1000_us"] > 0
+
+
 def test_wakeup_bench_briefly(tmp_path):
     report, _ = run_bench("wakeup", tmp_path / "wakeup.json", "--rounds", "3")
     assert [row["path"] for row in report["rounds"]] == ["pipe", "zeromq_ipc"]
