@@ -43,7 +43,6 @@ class FirDesign:
         k = np.arange(self.width)[:, None]
         tap = np.arange(self.group)[None, :] * down + (self.reach - k) * up
         self.table = np.where((tap >= 0) & (tap < n_taps), self.taps[np.clip(tap, 0, n_taps - 1)], 0.0)
-        self.zeros = np.zeros(self.width + self.step)  # padding for a chunk's last window
 
     def gain_bound(self) -> float:
         """The largest |output| / |input| any input can produce (sum of |taps| of the worst phase)."""
@@ -146,7 +145,7 @@ class FirResampler:
 
 def in_step(resamplers: list[FirResampler]) -> bool:
     """Whether resamplers of one design are at the same point of its polyphase pattern (then chunks of
-    one length make equal ``batch_key``s): ``batch_key``'s question for many, a fifth of its cost."""
+    one length make equal ``batch_key``s): ``batch_key``'s question for many, at a quarter of its cost."""
     down = resamplers[0].design.down
     return len({r._consumed % down for r in resamplers}) == 1
 
