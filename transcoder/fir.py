@@ -89,27 +89,30 @@ class FirResampler:
     def filter(self, x: np.ndarray) -> np.ndarray:
         """float samples in (int16 scale), unrounded float64 samples out. ``filter_many`` for one call,
         with one-dimensional arrays: at one frame per wake-up, numpy's per-call overhead is the cost, so
-        the [history, chunk, padding] buffer and its window view are kept from one chunk to the next.
-        A chunk needing more than KEPT_SAMPLES goes through ``filter_many``, which keeps nothing: one
-        long chunk must not bloat the call's state for good."""
+        the [history, chunk, padding] buffer and its window view are kept from one chunk to the next
+        (up to KEPT_SAMPLES: one long chunk must not bloat the call's state for good)."""
         d, n, history = self.design, len(x), self.design.history
         first, due, offset, groups = d.plan(self._consumed, n)
-        size = max(history + n, offset + (groups - 1) * d.step + d.width)
-        if size > KEPT_SAMPLES:
-            y, skips = filter_many([self], np.asarray(x, np.float64)[None, :])
-            return y[0, skips[0]:]
         done = -(-self._consumed * d.up // d.down)
-        if len(self._buf) < size:
+        size = max(history + n, offset + (groups - 1) * d.step + d.width)
+        if len(self._buf) < size <= KEPT_SAMPLES:
             self._buf, self._windows_of = np.zeros(size), None
-        buf = self._buf
+        buf = self._buf if len(self._buf) >= size else np.zeros(size)
         buf[:history] = self._history
         buf[history:history + n] = x  # what lies past it feeds only outputs beyond ``due``
-        if self._windows_of != (offset, groups):
+        if buf is not self._buf:
+            windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8, (d.step * 8, 8))
+        elif self._windows_of != (offset, groups):
             self._windows_of = (offset, groups)
-            self._windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8, (d.step * 8, 8))
-        y = np.dot(self._windows, d.table).reshape(-1)[max(done, d.delay) - first:due - first] if groups \
+            windows = self._windows = np.ndarray((groups, d.width), np.float64, buf, offset * 8,
+                                                 (d.step * 8, 8))
+        else:
+            windows = self._windows
+        y = np.dot(windows, d.table).reshape(-1)[max(done, d.delay) - first:due - first] if groups \
             else np.zeros(0)
         self._history = buf[n:n + history]  # a view: the next chunk copies it to the buffer's front
+        if buf is not self._buf:
+            self._history = self._history.copy()
         self._consumed += n
         return y
 
