@@ -60,19 +60,19 @@ def best_lag_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[int, floa
     return lag, float(np.dot(window, sent) / (np.linalg.norm(window) * np.linalg.norm(sent) + 1e-9))
 
 
-def echo_loss(speech: np.ndarray, result) -> tuple[float, int, int]:
-    """(echo correlation, speech frames lost, speech frames) for one echo-persona call: a frame is
-    lost when its echo is near silence (below a tenth of its level) where the caller spoke."""
+def echo_loss(speech: np.ndarray, result) -> tuple[float, list[int], int]:
+    """(echo correlation, the speech frames lost, speech frames) for one echo-persona call: a frame
+    is lost when its echo is near silence (below a tenth of its level) where the caller spoke."""
     sent = decode_ulaw(result.sent[:len(speech)]).astype(np.float64)
     heard = decode_ulaw(result.heard).astype(np.float64)
     lag, corr = best_lag_correlation(sent, heard)
-    frames, lost = len(sent) // FRAME, 0
+    frames, lost = len(sent) // FRAME, []
     for k in range(frames):
         said = sent[FRAME * k:FRAME * (k + 1)]
         got = heard[lag + FRAME * k:lag + FRAME * (k + 1)]
         level = float(np.sqrt(np.mean(said ** 2)))
         if level > 300 and (len(got) < FRAME or float(np.sqrt(np.mean(got ** 2))) < 0.1 * level):
-            lost += 1
+            lost.append(k)
     return corr, lost, frames
 
 
@@ -123,7 +123,7 @@ class HealthyLanes:
                 s = self.stats
                 s.calls += 1
                 s.frames += frames
-                s.lost += lost
+                s.lost += len(lost)
                 s.protocol_errors += len(result.protocol_errors)
                 s.worst_corr = min(s.worst_corr, corr)
 

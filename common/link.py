@@ -2,7 +2,8 @@
 
 - ``RouterLink`` binds a ROUTER (the gateway's directory; each model_client's own endpoint). It keeps a
   table of peers from their Hello/Heartbeat, heartbeats them back, and reports a peer silent for
-  ``LIVENESS`` intervals as lost.
+  ``LIVENESS`` intervals as lost. What a peer it does not know sends is held (bounded) until that
+  peer says Hello, and dropped with a log line if it has not within ``LIVENESS`` intervals.
 - ``DealerLink`` connects a DEALER to one ROUTER, says Hello on every (re)connect, heartbeats, and when
   the other side falls silent it closes the socket and reconnects with doubling backoff. A socket no
   one has answered yet is kept (ZeroMQ retries the connection; what waits in it is for the endpoint's
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_CAP = 32  # heartbeat intervals
 MAX_PASS = 1000  # ZeroMQ messages taken in one read pass before other work gets a turn
+MAX_HELD = 256  # messages a ROUTER keeps from one peer it does not know yet, until it says Hello
+MAX_HELD_PEERS = 64  # unknown peers whose messages it keeps at once
 
 
 def new_epoch() -> str:
@@ -197,6 +200,7 @@ class RouterLink(_Link):
         self._monitor: zmq.asyncio.Socket | None = None
         self._fd_route: dict[int, bytes] = {}  # connection fd → the route heard on it
         self._route_fd: dict[bytes, int] = {}  # route → the fd it was last heard on
+        self._held: dict[bytes, tuple[float, list]] = {}  # unknown route → (first heard, its messages)
 
     async def start(self) -> None:
         _prepare_endpoint(self.endpoint)
@@ -267,12 +271,34 @@ class RouterLink(_Link):
         peer = self.peers.get(route)
         if peer is not None:
             peer.last_seen = now
+            if self._held and route in self._held:
+                rest = self._held.pop(route)[1] + rest
             if rest:
                 self.on_batch(peer, rest)
         elif rest:
-            # A peer we don't know (we restarted, or it was declared dead): ask it to say Hello.
-            log.warning("%d messages from an unknown peer %r; asking it to say hello", len(rest), route)
-            self.send(route, self.hello())
+            self._hold(route, rest, now)
+
+    def _hold(self, route: bytes, messages: list, now: float) -> None:
+        """A peer we don't know (we restarted, or it was declared dead) is asked to say Hello, and what
+        it sent waits for that: ZeroMQ reconnects a DEALER to a restarted process before either side
+        notices, and the first thing it sends may be the CallStart of a call moved here."""
+        if route not in self._held:
+            if len(self._held) >= MAX_HELD_PEERS:
+                log.warning("%d messages from an unknown peer %r dropped: too many strangers", len(messages),
+                            route)
+                self.send(route, self.hello())
+                return
+            log.warning("%d messages from an unknown peer %r held; asking it to say hello", len(messages),
+                        route)
+            self._held[route] = (now, [])
+        held = self._held[route][1]
+        room = MAX_HELD - len(held)
+        if len(messages) > room:
+            self.dropped += 1
+            log.warning("%d messages from an unknown peer %r dropped: %d already held", len(messages) - room,
+                        route, MAX_HELD)
+        held.extend(messages[:room])
+        self.send(route, self.hello())
 
     def _handle_hello(self, route: bytes, hello: m.Hello, now: float) -> None:
         if hello.version != m.PROTOCOL_VERSION:
@@ -312,6 +338,12 @@ class RouterLink(_Link):
                     self._lose(peer, f"silent for {m.LIVENESS} heartbeats")
                 else:
                     self.send(peer.route, m.Heartbeat(hello.epoch, 0))
+            for route, (since, held) in list(self._held.items()):
+                if since < deadline:
+                    del self._held[route]
+                    self.dropped += 1
+                    log.warning("%d messages from an unknown peer %r dropped: it never said hello", len(held),
+                                route)
 
 
 class DealerLink(_Link):

@@ -65,8 +65,8 @@ class HealthyCalls(threading.Thread):
         while not self._done.is_set():
             seed += 1
             speech = speech_like(1.0, seed=seed)
-            try:
-                result = asyncio.run(place_call(self.url, speech, realtime=True, listen_s=2.0,
+            try:  # 3 s of listening: an echo the fuzzing's load delays still ends before the hang-up
+                result = asyncio.run(place_call(self.url, speech, realtime=True, listen_s=3.0,
                                                 auth_token=AUTH, timeout_s=30))
             except Exception as e:  # noqa: BLE001 - recorded and asserted on in the main thread
                 self.failures.append(f"call {seed}: {type(e).__name__}: {e}")
@@ -87,7 +87,8 @@ def check_echo(speech: np.ndarray, result) -> str | None:
     corr, lost, frames = echo_loss(speech, result)  # every 20 ms of speech must come back
     if corr < 0.9:
         return f"echo correlation {corr:.3f}"
-    return f"{lost} of {frames} speech frames lost in the echo" if lost else None
+    return (f"speech frames {lost} of {frames} lost in the echo (heard {len(result.heard)} B, replies at "
+            f"{result.reply_starts_s} s)") if lost else None
 
 
 @pytest.fixture(scope="module")
