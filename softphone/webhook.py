@@ -71,8 +71,10 @@ def voice_params(call_sid: str, account_sid: str) -> dict[str, str]:
 
 async def fetch_twiml(session: aiohttp.ClientSession, url: str, params: dict[str, str],
                       auth_token: str | None) -> Twiml:
-    """POST the webhook like Twilio (form-encoded, signed when a token is given) and parse the answer."""
-    headers = {"User-Agent": "TwilioProxy/1.1"}
+    """POST the webhook like Twilio (form-encoded, signed when a token is given) and parse the answer.
+    Each on a connection of its own: a pooled one could still lead to a gateway that has just died (the
+    call's stream ends with it, and ``/twiml/after`` would go out on that dead connection at once)."""
+    headers = {"User-Agent": "TwilioProxy/1.1", "Connection": "close"}
     if auth_token is not None:
         headers["X-Twilio-Signature"] = twilio_signature(auth_token, signed_url(url), params)
     try:
