@@ -284,6 +284,7 @@ class RouterLink(_Link):
         notices, and the first thing it sends may be the CallStart of a call moved here."""
         if route not in self._held:
             if len(self._held) >= MAX_HELD_PEERS:
+                self.dropped += 1
                 log.warning("%d messages from an unknown peer %r dropped: too many strangers", len(messages),
                             route)
                 self.send(route, self.hello())
@@ -295,8 +296,8 @@ class RouterLink(_Link):
         room = MAX_HELD - len(held)
         if len(messages) > room:
             self.dropped += 1
-            log.warning("%d messages from an unknown peer %r dropped: %d already held", len(messages) - room,
-                        route, MAX_HELD)
+            if room:  # logged as it fills up; a stranger stays full until it says Hello or is forgotten
+                log.warning("messages from an unknown peer %r dropped: %d already held", route, MAX_HELD)
         held.extend(messages[:room])
         self.send(route, self.hello())
 
