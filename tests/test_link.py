@@ -163,48 +163,39 @@ async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path):
         await router.stop()
 
 
-def stranger(ctx, endpoint):
-    """A raw DEALER the router has never heard say Hello (as a peer reconnected by ZeroMQ to a
-    restarted process is, until it hears the new Hello)."""
+@pytest.fixture
+async def stranger(ctx, tmp_path):
+    """(router, what it handed on, a raw DEALER it has never heard say Hello): as a peer that ZeroMQ
+    reconnected to a restarted process is, until it hears the new Hello."""
+    endpoint = f"ipc://{tmp_path}/mc.ipc"
+    got = []
+    router = make_router(ctx, endpoint, got, [])
+    await router.start()
     raw = ctx.socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(endpoint)
-    return raw
+    yield router, got, raw
+    raw.close(linger=0)
+    await router.stop()
 
 
-async def test_what_a_stranger_sends_waits_for_its_hello(ctx, tmp_path):
+async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
     """The CallStart of a call moved to a model_client that just restarted may be the first thing its
     transcoder sends there: it must reach the call once the transcoder says Hello, not be dropped."""
-    endpoint = f"ipc://{tmp_path}/mc.ipc"
-    got = []
-    router = make_router(ctx, endpoint, got, [])
-    await router.start()
-    raw = stranger(ctx, endpoint)
-    try:
-        await raw.send_multipart([m.pack([m.Dtmf("c1", "1"), m.Dtmf("c1", "2")])])
-        assert isinstance(m.unpack((await raw.recv_multipart())[-1])[0], m.Hello)  # "who are you?"
-        await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, ""), m.Dtmf("c1", "3")])])
-        await until(lambda: got)
-        assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "1"), m.Dtmf("c1", "2"), m.Dtmf("c1", "3")])]
-        assert router.dropped == 0
-    finally:
-        raw.close(linger=0)
-        await router.stop()
+    router, got, raw = stranger
+    await raw.send_multipart([m.pack([m.Dtmf("c1", "1"), m.Dtmf("c1", "2")])])
+    assert isinstance(m.unpack((await raw.recv_multipart())[-1])[0], m.Hello)  # "who are you?"
+    await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, ""), m.Dtmf("c1", "3")])])
+    await until(lambda: got)
+    assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "1"), m.Dtmf("c1", "2"), m.Dtmf("c1", "3")])]
+    assert router.dropped == 0
 
 
-async def test_a_stranger_that_never_says_hello_is_forgotten(ctx, tmp_path):
-    endpoint = f"ipc://{tmp_path}/mc.ipc"
-    got = []
-    router = make_router(ctx, endpoint, got, [])
-    await router.start()
-    raw = stranger(ctx, endpoint)
-    try:
-        await raw.send_multipart([m.pack([m.Dtmf("c1", str(i % 10)) for i in range(MAX_HELD + 5)])])
-        await until(lambda: router.dropped == 1)  # the overflow, counted as soon as it came
-        await until(lambda: router.dropped == 2, timeout=2)  # the rest, after LIVENESS heartbeats
-        await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, ""), m.Dtmf("c1", "9")])])
-        await until(lambda: got)
-        assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "9")])]
-    finally:
-        raw.close(linger=0)
-        await router.stop()
+async def test_a_stranger_that_never_says_hello_is_forgotten(stranger):
+    router, got, raw = stranger
+    await raw.send_multipart([m.pack([m.Dtmf("c1", str(i % 10)) for i in range(MAX_HELD + 5)])])
+    await until(lambda: router.dropped == 1)  # the overflow, counted as soon as it came
+    await until(lambda: router.dropped == 2, timeout=2)  # the rest, after LIVENESS heartbeats
+    await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, ""), m.Dtmf("c1", "9")])])
+    await until(lambda: got)
+    assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "9")])]
