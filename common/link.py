@@ -282,12 +282,12 @@ class RouterLink(_Link):
         """A peer we don't know (we restarted, or it was declared dead) is asked to say Hello, and what
         it sent waits for that: ZeroMQ reconnects a DEALER to a restarted process before either side
         notices, and the first thing it sends may be the CallStart of a call moved here."""
+        self.send(route, self.hello())
         if route not in self._held:
             if len(self._held) >= MAX_HELD_PEERS:
                 self.dropped += 1
                 log.warning("%d messages from an unknown peer %r dropped: too many strangers", len(messages),
                             route)
-                self.send(route, self.hello())
                 return
             log.warning("%d messages from an unknown peer %r held; asking it to say hello", len(messages),
                         route)
@@ -299,7 +299,6 @@ class RouterLink(_Link):
             if room:  # logged as it fills up; a stranger stays full until it says Hello or is forgotten
                 log.warning("messages from an unknown peer %r dropped: %d already held", route, MAX_HELD)
         held.extend(messages[:room])
-        self.send(route, self.hello())
 
     def _handle_hello(self, route: bytes, hello: m.Hello, now: float) -> None:
         if hello.version != m.PROTOCOL_VERSION:
