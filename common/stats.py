@@ -17,6 +17,8 @@ STATS_INTERVAL_S = 2.0
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 # Upper bounds, in microseconds, for per-frame processing time.
 FRAME_BUCKETS_US = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+# What every ZeroMQ link counts (common/link.py): batches shed on a full pipe, frames that broke the schema.
+LINK_EVENTS = ("dropped", "rejected")
 
 
 class Histogram:
@@ -49,9 +51,19 @@ class StageStats:
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, int] = {}
         self.histograms = {name: Histogram(bounds) for name, bounds in histograms.items()}
+        self._closed_links = dict.fromkeys(LINK_EVENTS, 0)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def count_links(self, links) -> None:
+        """``link_dropped`` / ``link_rejected``: the open links' counts plus those of links closed."""
+        for name in LINK_EVENTS:
+            self.counters[f"link_{name}"] = self._closed_links[name] + sum(getattr(link, name) for link in links)
+
+    def link_closed(self, link) -> None:
+        for name in LINK_EVENTS:
+            self._closed_links[name] += getattr(link, name)
 
     def message(self) -> m.Stats:
         return m.Stats(dict(self.counters), dict(self.gauges),

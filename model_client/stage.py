@@ -101,6 +101,7 @@ class ModelClientStage:
             self.stats.counters.update({f"session_{name}": n for name, n in totals.items()})
             self.stats.gauges.update(sessions=len(self.sessions), pending_audio_bytes=sum(
                 s.pending_audio_bytes for s in self.sessions.values()))
+            self.stats.count_links([self._router, self._gateway])
             self._gateway.send(self.stats.message())
 
     async def run(self) -> None:

@@ -42,6 +42,16 @@ def test_stage_stats_message_carries_cumulative_values():
     assert from_wire(msg.histograms["up_hop_ms"], LATENCY_BUCKETS_MS) == ([0, 1] + [0] * 10, 0.3)
 
 
+def test_link_counts_include_links_already_closed():
+    class Link:
+        def __init__(self, dropped, rejected):
+            self.dropped, self.rejected = dropped, rejected
+    stats, closed = StageStats({}), Link(2, 1)
+    stats.link_closed(closed)
+    stats.count_links([Link(0, 3), Link(5, 0)])
+    assert stats.counters == {"link_dropped": 7, "link_rejected": 4}
+
+
 @pytest.mark.parametrize("reason, outcome", [
     ("caller hung up", "caller hung up"),
     ("model closed the session (1008: policy)", "model closed the session"),
@@ -82,6 +92,11 @@ async def test_metrics_after_a_call(stack):
     assert value("bridge_peer_up", "'model_client'") == health["model_clients"] >= 1
     assert value("bridge_stage_events_total", "frames_up") > 40  # ~1 s of speech and more
     assert value("bridge_stage_gauge", "'sessions'") == 0
+    for role in ("transcoder", "model_client"):  # present for every peer, and nothing shed on a calm call
+        peers = health[role + "s"]
+        assert value("bridge_stage_events_total", f"'{role}'", "'link_") == 0
+        assert len([k for k in samples if k.startswith("bridge_stage_events_total") and f"'{role}'" in k
+                    and "'link_rejected'" in k]) == peers
 
 
 async def test_metrics_refuse_remote_peers_without_the_token():

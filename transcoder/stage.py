@@ -59,6 +59,7 @@ class TranscoderStage:
             self.stats.gauges["calls"] = len(self.calls)
             self.stats.counters["unknown_call"] = self.unknown_call
             self.stats.counters["unexpected"] = self.unexpected
+            self.stats.count_links([self._gateway, *self.models.values()])
             self._gateway.send(self.stats.message())
 
     async def run(self) -> None:
@@ -182,6 +183,7 @@ class TranscoderStage:
             # Backing off after that endpoint fell silent (its process restarting): what is sent now
             # would be dropped. A fresh link queues it until the new process binds the endpoint.
             asyncio.ensure_future(link.stop())
+            self.stats.link_closed(link)
             del self.models[msg.model]
         self._model_link(msg.model).send(msg)
 
