@@ -9,7 +9,8 @@
   one has answered yet is kept (ZeroMQ retries the connection; what waits in it is for the endpoint's
   next process). A changed epoch on the other side is reported: "everything that peer held is gone".
 
-Both batch: messages queued during one event-loop pass leave as one ZeroMQ message per peer, and a
+Both batch: messages queued during one event-loop pass leave as one ZeroMQ message per peer (or
+sooner, once the oldest has waited ``FLUSH_AFTER_S``: a busy pass can last many milliseconds), and a
 receive drains everything already queued before handing it on. Nothing waits for a timer to batch.
 Sends never block: a full pipe drops the batch and counts it (``dropped``).
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_CAP = 32  # heartbeat intervals
 MAX_PASS = 1000  # ZeroMQ messages taken in one read pass before other work gets a turn
+FLUSH_AFTER_S = 0.001  # what is queued goes at the end of the loop pass, or once it has waited this long
 MAX_HELD = 256  # messages a ROUTER keeps from one peer it does not know yet, until it says Hello
 MAX_HELD_PEERS = 64  # unknown peers whose messages it keeps at once
 
@@ -81,7 +83,7 @@ class Peer:
 
 
 class _Link:
-    """What both link kinds share: one socket, an outbox flushed once per loop pass, a drain loop."""
+    """What both link kinds share: one socket, an outbox flushed at the end of each loop pass, a drain loop."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, heartbeat_s: float,
                  curve: CurveKeys | None = None):
@@ -93,6 +95,7 @@ class _Link:
         self.rejected = 0  # frames that broke the wire schema
         self._outbox: dict[bytes | None, list] = {}
         self._flush_scheduled = False
+        self._queued_at = 0.0  # when the outbox's oldest message was queued
         self._read_scheduled = False
         self._copy = True  # False: receive zmq.Frames, which know their connection (RouterLink's monitor)
         self.runs = False  # True: audio arrives as the AudioRuns it travelled in (common/messages.py)
@@ -102,10 +105,21 @@ class _Link:
         self._outbox.setdefault(route, []).append(msg)
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            self._queued_at = time.monotonic()
             asyncio.get_running_loop().call_soon(self.flush)
+        elif self.sock is not None and time.monotonic() - self._queued_at > FLUSH_AFTER_S:
+            # A long loop pass (a busy model_client runs a hundred sessions' callbacks in one): what
+            # waits goes now, not milliseconds later; the scheduled flush takes what follows.
+            self._send_outbox()
+            self._queued_at = time.monotonic()
+            self._check_input()
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self._send_outbox()
+        self._check_input()
+
+    def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}
         if self.sock is None:
             return
@@ -115,7 +129,6 @@ class _Link:
                 self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
             except zmq.Again:  # the peer is not keeping up, or not there
                 self._drop(route, len(batch))
-        self._check_input()
 
     def _drop(self, route: bytes | None, messages: int) -> None:
         """Counted always, logged at most once a second: a peer that is away fills its pipe quickly."""

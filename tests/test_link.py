@@ -1,12 +1,13 @@
 """Links over real ipc sockets: Hello, batching, liveness, reconnect after a restart (Paranoid Pirate)."""
 
 import asyncio
+import time
 
 import pytest
 import zmq.asyncio
 
 from common import messages as m
-from common.link import MAX_HELD, DealerLink, RouterLink, new_epoch
+from common.link import FLUSH_AFTER_S, MAX_HELD, DealerLink, RouterLink, new_epoch
 
 HB = 0.05  # seconds; fast heartbeats keep the test short
 
@@ -55,6 +56,26 @@ async def test_hello_then_batched_messages_both_ways(ctx, tmp_path):
         await until(lambda: to_dealer)
         assert to_dealer == [m.CallEnd("c1", "bye")]
         assert not lost and not restarts
+    finally:
+        await dealer.stop()
+        await router.stop()
+
+
+async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path):
+    endpoint = f"ipc://{tmp_path}/gw.ipc"
+    to_router = []
+    router = make_router(ctx, endpoint, to_router, [])
+    dealer = make_dealer(ctx, endpoint, [], [])
+    await router.start()
+    await dealer.start()
+    try:
+        await until(lambda: router.peers and dealer.remote_epoch)
+        dealer.send(m.Dtmf("c1", "1"))
+        time.sleep(2 * FLUSH_AFTER_S)  # the loop pass goes on: the next send takes what waited with it
+        dealer.send(m.Dtmf("c1", "2"))
+        dealer.send(m.Dtmf("c1", "3"))  # goes with the flush at the end of the pass
+        await until(lambda: len(to_router) == 2)
+        assert [batch for _, batch in to_router] == [[m.Dtmf("c1", "1"), m.Dtmf("c1", "2")], [m.Dtmf("c1", "3")]]
     finally:
         await dealer.stop()
         await router.stop()
