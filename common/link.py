@@ -83,7 +83,7 @@ class Peer:
 
 
 class _Link:
-    """What both link kinds share: one socket, an outbox flushed at the end of each loop pass, a drain loop."""
+    """What both link kinds share: one socket, an outbox flushed at the end of a loop pass, a drain loop."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, heartbeat_s: float,
                  curve: CurveKeys | None = None):

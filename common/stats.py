@@ -59,7 +59,8 @@ class StageStats:
     def count_links(self, links) -> None:
         """``link_dropped`` / ``link_rejected``: the open links' counts plus those of links closed."""
         for name in LINK_EVENTS:
-            self.counters[f"link_{name}"] = self._closed_links[name] + sum(getattr(link, name) for link in links)
+            open_links = sum(getattr(link, name) for link in links)
+            self.counters[f"link_{name}"] = self._closed_links[name] + open_links
 
     def link_closed(self, link) -> None:
         for name in LINK_EVENTS:

@@ -75,7 +75,8 @@ async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path):
         dealer.send(m.Dtmf("c1", "2"))
         dealer.send(m.Dtmf("c1", "3"))  # goes with the flush at the end of the pass
         await until(lambda: len(to_router) == 2)
-        assert [batch for _, batch in to_router] == [[m.Dtmf("c1", "1"), m.Dtmf("c1", "2")], [m.Dtmf("c1", "3")]]
+        assert [batch for _, batch in to_router] == [[m.Dtmf("c1", "1"), m.Dtmf("c1", "2")],
+                                                     [m.Dtmf("c1", "3")]]
     finally:
         await dealer.stop()
         await router.stop()

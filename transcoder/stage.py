@@ -171,8 +171,8 @@ class TranscoderStage:
 
     def _switch_model(self, audio: CallAudio, msg: m.CallStart) -> None:
         """The call's model_client died and the gateway moved the call to another: the down direction
-        keeps its state, the caller's audio goes to the new endpoint from now on. If the old one was only slow, not dead, it
-        must let the call go, or the caller would hear two sessions."""
+        keeps its state, the caller's audio goes to the new endpoint from now on. If the old one was
+        only slow, not dead, it must let the call go, or the caller would hear two sessions."""
         if audio.model != msg.model:
             self.models[audio.model].send(m.CallEnd(msg.call, "moved to another model_client"))
             log.warning("call moved from model_client %s to %s", audio.model, msg.model)
