@@ -82,6 +82,27 @@ async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path):
         await router.stop()
 
 
+async def test_what_is_queued_before_the_socket_opens_waits_for_it(ctx, tmp_path):
+    """The transcoder queues a CallStart on a model link whose start has not run yet; a long pass
+    must not flush (and so lose) it before the socket exists."""
+    endpoint = f"ipc://{tmp_path}/mc.ipc"
+    got = []
+    router = make_router(ctx, endpoint, got, [])
+    await router.start()
+    dealer = make_dealer(ctx, endpoint, [], [])
+    starting = asyncio.ensure_future(dealer.start())
+    try:
+        dealer.send(m.Dtmf("c1", "1"))
+        time.sleep(2 * FLUSH_AFTER_S)
+        dealer.send(m.Dtmf("c1", "2"))
+        await starting
+        await until(lambda: got)
+        assert got == [(m.ROLE_TRANSCODER, [m.Dtmf("c1", "1"), m.Dtmf("c1", "2")])]
+    finally:
+        await dealer.stop()
+        await router.stop()
+
+
 async def test_silent_peer_is_lost(ctx, tmp_path):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     lost = []
