@@ -161,6 +161,8 @@ class _Link:
                 got.append(self.sock.recv_multipart(flags=zmq.DONTWAIT, copy=self._copy))
             except zmq.Again:
                 break
+            if not self.sock.get(zmq.EVENTS) & zmq.POLLIN:
+                break  # cheaper than the recv that would fail: ~50 µs each just after an idle wake here
         for frames in got:
             try:
                 self._receive(frames)
