@@ -1,4 +1,4 @@
-"""What a hop between two idle processes costs on this machine, before any of our code runs.
+"""What a hop between two idle processes costs on this machine, before and with our own link code.
 
     python -m bench.wakeup [--rounds 500] [--json docs/wakeup.json]
 
@@ -7,11 +7,15 @@ between the 20 ms frames of a lightly loaded call): a byte over a pipe (the kern
 and a 200-byte message over a ZeroMQ DEALER → ROUTER pair on ipc:// (what each hop of the pipeline
 adds: every message passes through the sender's and the receiver's ZeroMQ I/O threads). Half a round
 trip is one hop; the pipeline's up direction is two hops (gateway → transcoder → model_client).
+A third round trip has our own code on the far side: a ``RouterLink`` on an event loop, as in every
+stage, echoing an AudioUp (msgpack, the read pass, the flush), so the difference is what the link
+layer adds to a hop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import tempfile
@@ -20,6 +24,8 @@ import time
 import zmq
 
 from bench.load import save_report
+from common import messages as m
+from common.link import RouterLink, new_epoch
 
 IDLE_S = 0.02
 
@@ -70,6 +76,45 @@ def zmq_round_trips(rounds: int) -> list[float]:
     return times
 
 
+def link_round_trips(rounds: int) -> list[float]:
+    endpoint = f"ipc://{tempfile.mkdtemp()}/hop.ipc"
+    if os.fork() == 0:
+        asyncio.run(_link_echo(endpoint))
+        os._exit(0)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    dealer.send(m.pack([m.Hello(m.ROLE_TRANSCODER, new_epoch(), 1, "")]))
+    audio = m.pack([m.AudioUp("call", 1, 0, bytes(640))])
+
+    def round_trip() -> None:
+        dealer.send(audio)
+        while not any(isinstance(msg, m.AudioUp) for msg in m.unpack(dealer.recv())):
+            pass  # the link's own Hello and heartbeats
+
+    round_trip()
+    times = timed(round_trip, rounds)
+    dealer.send(m.pack([m.CallEnd("call", "q")]))
+    os.wait()
+    ctx.destroy(linger=0)
+    return times
+
+
+async def _link_echo(endpoint: str) -> None:
+    done = asyncio.Event()
+
+    def echo(peer, batch: list) -> None:
+        for msg in batch:
+            if isinstance(msg, m.CallEnd):
+                done.set()
+            router.send(peer.route, msg)
+    hello = m.Hello(m.ROLE_MODEL_CLIENT, new_epoch(), 1, endpoint)
+    router = RouterLink(zmq.Context(), endpoint, 1.0, lambda: hello, echo)
+    await router.start()
+    await done.wait()
+    await router.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=500)
@@ -77,7 +122,8 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     print(f"{'round trip after 20 ms idle':<32} {'p50 µs':>8} {'p90 µs':>8}")
-    for name, measure in (("pipe", pipe_round_trips), ("zeromq_ipc", zmq_round_trips)):
+    for name, measure in (("pipe", pipe_round_trips), ("zeromq_ipc", zmq_round_trips),
+                          ("zeromq_ipc_our_links", link_round_trips)):
         times = sorted(measure(args.rounds))
         rows.append({"path": name, "p50_us": round(statistics.median(times)),
                      "p90_us": round(times[len(times) * 9 // 10])})

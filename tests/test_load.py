@@ -95,5 +95,5 @@ def test_dsp_bench_quickly(tmp_path):
 
 def test_wakeup_bench_briefly(tmp_path):
     report, _ = run_bench("wakeup", tmp_path / "wakeup.json", "--rounds", "3")
-    assert [row["path"] for row in report["rounds"]] == ["pipe", "zeromq_ipc"]
+    assert [row["path"] for row in report["rounds"]] == ["pipe", "zeromq_ipc", "zeromq_ipc_our_links"]
     assert all(row["p50_us"] > 0 for row in report["rounds"])
