@@ -107,17 +107,15 @@ class _Link:
             self._flush_scheduled = True
             self._queued_at = time.monotonic()
             asyncio.get_running_loop().call_soon(self.flush)
-        elif self.sock is not None and time.monotonic() - self._queued_at > FLUSH_AFTER_S:
+        elif self.sock is not None and (now := time.monotonic()) - self._queued_at > FLUSH_AFTER_S:
             # A long loop pass (a busy model_client runs a hundred sessions' callbacks in one): what
             # waits goes now, not milliseconds later; the scheduled flush takes what follows.
             self._send_outbox()
-            self._queued_at = time.monotonic()
-            self._check_input()
+            self._queued_at = now
 
     def flush(self) -> None:
         self._flush_scheduled = False
         self._send_outbox()
-        self._check_input()
 
     def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -129,6 +127,7 @@ class _Link:
                 self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
             except zmq.Again:  # the peer is not keeping up, or not there
                 self._drop(route, len(batch))
+        self._check_input()
 
     def _drop(self, route: bytes | None, messages: int) -> None:
         """Counted always, logged at most once a second: a peer that is away fills its pipe quickly."""
