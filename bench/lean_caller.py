@@ -5,7 +5,8 @@ hundreds of calls that care costs more CPU than the bridge itself. This caller k
 load bench needs, on the same wire format (softphone/wire.py): the webhook, ``connected``/``start``,
 one shared 20 ms tick that sends every call's next frame (one wake-up per tick, not per call), marks
 echoed when their audio would have finished playing, ``clear`` honoured, ``stop`` at the end. What
-the caller heard is kept on the call clock, so bench/chaos.py's echo alignment can judge it.
+the caller heard is kept on the call clock, so bench/chaos.py's echo alignment can judge it. Its
+WebSocket is bench/ws_client.py: a frame is one ``transport.write``, with no task per message.
 
     python -m bench.lean_caller --url URL --calls N --seconds S   (prints one JSON result per call)
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 from bench.chaos import echo_of, script
 from bench.stack import ROOT
+from bench.ws_client import WsClient
 from softphone import wire
 from softphone.webhook import fetch_twiml, new_sid, voice_params
 from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
@@ -32,6 +34,10 @@ RATE, FRAME = 8000, 160
 TICK_S = FRAME / RATE
 REPLY_GAP = RATE // 4  # as softphone/playback.py: idle this long and new audio is a new reply
 HANG_S = 30.0  # a call not over this long after its last frame is stuck: a result, not a hung bench
+# softphone/wire.py's media message, formatted by hand: json.dumps per frame was a third of the caller
+# (tests/test_ws_client.py checks the two agree).
+MEDIA = ('{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d","timestamp":"%d",'
+         '"payload":"%s"},"streamSid":"%s"}')
 
 
 class LeanCall:
@@ -42,10 +48,11 @@ class LeanCall:
             total += lengths[-1] + 2.5
         self.plan = script(seed, lengths=tuple(lengths), pause_s=2.5)
         ulaw = encode_ulaw(np.concatenate([self.plan.audio, np.zeros(RATE, np.int16)]))
-        self.frames = [ulaw[i:i + FRAME] for i in range(0, len(ulaw) - FRAME + 1, FRAME)]
+        self.frames = [base64.b64encode(ulaw[i:i + FRAME]).decode()
+                       for i in range(0, len(ulaw) - FRAME + 1, FRAME)]
         self.heard = bytearray([ULAW_SILENCE]) * (len(self.frames) * FRAME)
         self.call_sid, self.stream_sid = new_sid("CA"), new_sid("MZ")
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.ws: WsClient | None = None
         self.seq = 0
         self.k = 0  # next frame to send
         self.t0 = 0.0
@@ -59,15 +66,15 @@ class LeanCall:
         return int((asyncio.get_running_loop().time() - self.t0) * RATE)
 
     def send(self, message: dict) -> None:
-        if self.ws is not None and not self.ws.closed:
-            asyncio.ensure_future(self.ws.send_str(json.dumps(message))).add_done_callback(_written)
+        if self.ws is not None:
+            self.ws.send_text(json.dumps(message))
 
     def next_frame(self) -> bool:
         """Send frame k; False once the caller has said everything."""
-        if self.k >= len(self.frames) or self.ws is None or self.ws.closed:
+        if self.k >= len(self.frames) or self.ws is None or not self.ws.is_open:
             return False
         self.seq += 1
-        self.send(wire.media(self.seq, self.stream_sid, self.k + 1, self.k * 20, self.frames[self.k]))
+        self.ws.send_text(MEDIA % (self.seq, self.k + 1, self.k * 20, self.frames[self.k], self.stream_sid))
         self.k += 1
         return True
 
@@ -109,11 +116,6 @@ class LeanCall:
                 "frames_heard": self.received // FRAME}
 
 
-def _written(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()  # a mark echo racing the bridge's close: the call is over, nothing to report
-
-
 async def run_call(session: aiohttp.ClientSession, url: str, call: LeanCall, seconds: float) -> None:
     try:
         async with asyncio.timeout(seconds + HANG_S):
@@ -127,19 +129,18 @@ async def run_call(session: aiohttp.ClientSession, url: str, call: LeanCall, sec
 async def talk(session: aiohttp.ClientSession, url: str, call: LeanCall) -> None:
     account = new_sid("AC")
     twiml = await fetch_twiml(session, url + "/twiml", voice_params(call.call_sid, account), None)
-    async with session.ws_connect(twiml.stream_url) as ws:
-        await ws.send_str(json.dumps(wire.connected()))
+    ws = await WsClient.connect(twiml.stream_url, call.on_text)
+    try:
+        ws.send_text(json.dumps(wire.connected()))
         call.seq += 1
-        await ws.send_str(json.dumps(wire.start(call.seq, account, call.stream_sid, call.call_sid,
-                                                twiml.parameters)))
+        ws.send_text(json.dumps(wire.start(call.seq, account, call.stream_sid, call.call_sid, twiml.parameters)))
         call.t0 = asyncio.get_running_loop().time()
         call.ws = ws  # the ticker starts sending its frames now
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            call.on_text(message.data)
-        if call.k < len(call.frames):
-            call.failed = "the bridge ended the call"
+        await ws.closed
+    finally:
+        ws.transport.close()
+    if call.k < len(call.frames):
+        call.failed = "the bridge ended the call"
 
 
 async def ticker(calls: list[LeanCall]) -> None:
@@ -155,10 +156,10 @@ async def ticker(calls: list[LeanCall]) -> None:
                 continue  # not connected yet: it starts at frame 0 when it is
             if not call.next_frame():
                 live.remove(call)
-                if call.ws is not None and not call.ws.closed:
+                if call.ws is not None and call.ws.is_open:
                     call.seq += 1
                     call.send(wire.stop(call.seq, call.stream_sid, "AC", call.call_sid))
-                    asyncio.ensure_future(call.ws.close())
+                    call.ws.close()
 
 
 async def run(url: str, calls: int, first_seed: int, seconds: float, spread_s: float,
