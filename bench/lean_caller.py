@@ -133,7 +133,8 @@ async def talk(session: aiohttp.ClientSession, url: str, call: LeanCall) -> None
     try:
         ws.send_text(json.dumps(wire.connected()))
         call.seq += 1
-        ws.send_text(json.dumps(wire.start(call.seq, account, call.stream_sid, call.call_sid, twiml.parameters)))
+        start = wire.start(call.seq, account, call.stream_sid, call.call_sid, twiml.parameters)
+        ws.send_text(json.dumps(start))
         call.t0 = asyncio.get_running_loop().time()
         call.ws = ws  # the ticker starts sending its frames now
         await ws.closed
