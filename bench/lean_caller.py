@@ -34,8 +34,8 @@ from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
 RATE, FRAME = 8000, 160
 TICK_S = FRAME / RATE
 REPLY_GAP = RATE // 4  # as softphone/playback.py: idle this long and new audio is a new reply
-VOICES = 8  # distinct scripts per worker: making each call its own cost 65 ms of CPU a call, which
-# at 200 calls ran on into the step's measured window
+VOICES = 8  # scripts per worker, shared by its calls: one per call cost 65 ms of CPU each, which at
+# 200 calls ran on into the step's measured window
 HANG_S = 30.0  # a call not over this long after its last frame is stuck: a result, not a hung bench
 # softphone/wire.py's media message, formatted by hand: json.dumps per frame was a third of the caller
 # (tests/test_ws_client.py checks the two agree).
@@ -52,7 +52,8 @@ def prepared(voice: int, seconds: float) -> tuple[Script, list[str]]:
         total += lengths[-1] + 2.5
     plan = script(voice, lengths=tuple(lengths), pause_s=2.5)
     ulaw = encode_ulaw(np.concatenate([plan.audio, np.zeros(RATE, np.int16)]))
-    return plan, [base64.b64encode(ulaw[i:i + FRAME]).decode() for i in range(0, len(ulaw) - FRAME + 1, FRAME)]
+    frames = [base64.b64encode(ulaw[i:i + FRAME]).decode() for i in range(0, len(ulaw) - FRAME + 1, FRAME)]
+    return plan, frames
 
 
 class LeanCall:
