@@ -69,11 +69,12 @@ def tone_through(name: str, engine: str, hz: float) -> np.ndarray:
     return y[r.rate_out // 20:-r.rate_out // 20]
 
 
-def response(name: str, engine: str, step_hz: int) -> tuple[list, list, list]:
-    """(input Hz, in-band gain dB or None, alias/image level dB): the curve the plot shows."""
+def response(name: str, engine: str, step_hz: int) -> tuple[list, list]:
+    """(Hz, level dB) of the curve the plot shows: each tone's level at the output (its alias, going
+    down), and going up its image too, at rate_in - Hz."""
     r = resample.make(name, engine)
     top = r.rate_in // 2 if r.rate_in > r.rate_out else r.rate_out // 2
-    freqs, gains, leaks = [], [], []
+    freqs, gains = [], []
     for hz in np.arange(step_hz, top, step_hz) + OFFSET_HZ:
         if r.rate_in > r.rate_out:  # down: a tone above the output's Nyquist shows as its alias
             y = tone_through(name, engine, hz)
@@ -85,7 +86,7 @@ def response(name: str, engine: str, step_hz: int) -> tuple[list, list, list]:
             freqs += [hz, r.rate_in - hz]
             gains += [level_db(y, hz, r.rate_out), level_db(y, r.rate_in - hz, r.rate_out)]
     order = np.argsort(freqs)
-    return [round(float(freqs[i]), 1) for i in order], [gains[i] for i in order], []
+    return [round(float(freqs[i]), 1) for i in order], [gains[i] for i in order]
 
 
 def quality(direction: str, engine: str) -> dict:
@@ -301,7 +302,7 @@ def main() -> None:
                 if f"batch{n}_{key}_us" in fast:
                     row[f"batch{n}_us"] = fast[f"batch{n}_{key}_us"]
             rows.append(row)
-            hz, db, _ = response(name, engine, 200 if args.quick else 50)
+            hz, db = response(name, engine, 200 if args.quick else 50)
             curves[direction][engine] = (hz, db)
     print()
     print(table(rows))

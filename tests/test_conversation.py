@@ -1,7 +1,6 @@
 """Conversation control through the real stack (supervisord, softphone, emulator, real SDK):
 barge-in, marks and what was heard, DTMF, transcripts, tools, end_call, transfer, pre-warm."""
 
-import asyncio
 import json
 import urllib.parse
 import urllib.request
