@@ -3,6 +3,7 @@ gateway's ring of caller audio, and the model_client's journal, retry budget and
 (tests/test_chaos.py puts them together under supervisord.)"""
 
 import asyncio
+import gc
 import subprocess
 import sys
 import time
@@ -84,6 +85,16 @@ def test_ring_keeps_what_no_handle_covers_and_is_bounded():
     assert [f.t_in for f in ring.frames()] == [6, 7]
     ring.covered(99)
     assert not ring.frames()
+
+
+def test_ring_gives_back_what_it_was_given_and_leaves_the_collector_nothing_to_walk():
+    sent = [m.AudioIn("c1", seq, 1000 + seq, bytes([seq]) * 160, 20 * seq) for seq in range(1, 4)]
+    ring = CallerRing(max_s=1.0)
+    for msg in sent:
+        ring.add(msg)
+    gc.collect()  # a full pass untracks tuples of ints and bytes: 15 s of 300 calls is not walked again
+    assert not any(gc.is_tracked(kept) for kept in ring._frames)
+    assert ring.frames() == sent
 
 
 def test_journal_resends_what_a_handle_lacks():
