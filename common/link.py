@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BACKOFF_CAP = 32  # heartbeat intervals
 MAX_PASS = 1000  # ZeroMQ messages taken in one read pass before other work gets a turn
 FLUSH_AFTER_S = 0.001  # what is queued goes at the end of the loop pass, or once it has waited this long
-MAX_HELD = 256  # messages a ROUTER keeps from one peer it does not know yet, until it says Hello
+MAX_HELD = 256  # messages a ROUTER keeps by default from one peer it does not know yet, until it says Hello
 MAX_HELD_PEERS = 64  # unknown peers whose messages it keeps at once
 
 
@@ -205,9 +205,10 @@ class RouterLink(_Link):
     def __init__(self, ctx, endpoint: str, heartbeat_s: float, hello: Callable[[], m.Hello],
                  on_batch: Callable[[Peer, list], None],
                  on_peer_lost: Callable[[Peer], None] = lambda peer: None, *,
-                 curve: CurveKeys | None = None, monitor: bool = False):
+                 curve: CurveKeys | None = None, monitor: bool = False, max_held: int = MAX_HELD):
         super().__init__(ctx, endpoint, heartbeat_s, curve)
         self.hello, self.on_batch, self.on_peer_lost = hello, on_batch, on_peer_lost
+        self.max_held = max_held
         self.peers: dict[bytes, Peer] = {}
         self.monitor = monitor
         self.disconnects = 0  # peers found lost by the monitor (the rest by silence or a new epoch)
@@ -307,11 +308,12 @@ class RouterLink(_Link):
                         route)
             self._held[route] = (now, [])
         held = self._held[route][1]
-        room = MAX_HELD - len(held)
+        room = self.max_held - len(held)
         if len(messages) > room:
             self.dropped += 1
             if room:  # logged as it fills up; a stranger stays full until it says Hello or is forgotten
-                log.warning("messages from an unknown peer %r dropped: %d already held", route, MAX_HELD)
+                log.warning("messages from an unknown peer %r dropped: %d already held", route,
+                            self.max_held)
         held.extend(messages[:room])
 
     def _handle_hello(self, route: bytes, hello: m.Hello, now: float) -> None:

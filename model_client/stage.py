@@ -17,7 +17,7 @@ from google import genai
 from common import messages as m
 from common.lifecycle import cancel_all, spawn
 from common.curve import CurveKeys
-from common.link import DealerLink, Peer, RouterLink, new_epoch
+from common.link import MAX_HELD, DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats
@@ -65,8 +65,11 @@ class ModelClientStage:
         self._ctx = zmq.asyncio.Context()
         hb = self.settings.heartbeat_s
         curve = CurveKeys.from_settings(self.settings)
+        # A restarted model_client hears a moved call's replayed caller audio (gateway/replay.py: up to
+        # replay_s of frames) before the transcoder, which reconnected unawares, has said Hello again.
+        held = int(self.settings.replay_s * 50) + MAX_HELD  # Twilio's 20 ms frames, 50 a second
         self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder,
-                                  curve=curve)
+                                  curve=curve, max_held=held)
         self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, hb, self.hello,
                                    lambda: len(self.sessions), self._from_gateway, self._gateway_restarted,
                                    curve=curve)

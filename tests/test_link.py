@@ -234,6 +234,27 @@ async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
     assert router.dropped == 0
 
 
+async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(ctx, tmp_path):
+    """A model_client restarted under a call gets the call's replayed caller audio (up to 15 s of
+    frames) before the transcoder says Hello again: with 256 held, a replay of 5 s lost its tail."""
+    endpoint, got = f"ipc://{tmp_path}/mc.ipc", []
+    router = RouterLink(ctx, endpoint, HB, lambda: m.Hello(m.ROLE_MODEL_CLIENT, "mc", 0, endpoint),
+                        lambda peer, batch: got.extend(batch), max_held=800)
+    await router.start()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(endpoint)
+    try:
+        replay = [m.Dtmf("c1", str(i % 10)) for i in range(750)]
+        await raw.send_multipart([m.pack(replay)])
+        await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, "")])])
+        await until(lambda: len(got) == 750)
+        assert got == replay and router.dropped == 0
+    finally:
+        raw.close(linger=0)
+        await router.stop()
+
+
 async def test_a_stranger_that_never_says_hello_is_forgotten(stranger):
     router, got, raw = stranger
     await raw.send_multipart([m.pack([m.Dtmf("c1", str(i % 10)) for i in range(MAX_HELD + 5)])])
