@@ -236,7 +236,7 @@ async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
 
 async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(ctx, tmp_path):
     """A model_client restarted under a call gets the call's replayed caller audio (up to 15 s of
-    frames) before the transcoder says Hello again: with 256 held, a replay of 5 s lost its tail."""
+    frames) before the transcoder says Hello again: with 256 held, a replay over 5 s lost its tail."""
     endpoint, got = f"ipc://{tmp_path}/mc.ipc", []
     router = RouterLink(ctx, endpoint, HB, lambda: m.Hello(m.ROLE_MODEL_CLIENT, "mc", 0, endpoint),
                         lambda peer, batch: got.extend(batch), max_held=800)
