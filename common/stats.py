@@ -8,6 +8,7 @@ Observing is one bisect and two additions: cheap enough for every frame.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 
 from common import messages as m
@@ -17,6 +18,7 @@ STATS_INTERVAL_S = 2.0
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 # Upper bounds, in microseconds, for per-frame processing time.
 FRAME_BUCKETS_US = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+LOOP_LAG_EVERY_S = 0.1  # how often each process checks how late its event loop runs a timer
 # What every ZeroMQ link counts (common/link.py): batches shed on a full pipe, frames that broke the schema.
 LINK_EVENTS = ("dropped", "rejected")
 
@@ -69,3 +71,13 @@ class StageStats:
     def message(self) -> m.Stats:
         return m.Stats(dict(self.counters), dict(self.gauges),
                        {name: h.wire() for name, h in self.histograms.items()})
+
+
+async def watch_loop_lag(histogram: Histogram, every_s: float = LOOP_LAG_EVERY_S) -> None:
+    """How late the event loop runs a timer, in ms, every ``every_s``. A process waiting for a core, or a
+    long loop pass (a full collection), shows here before it shows in the hop latencies."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        histogram.observe(max(0.0, loop.time() - due) * 1000)

@@ -27,6 +27,8 @@ PEER_HISTOGRAMS = {
                     FRAME_BUCKETS_US, 1e-6),
     "down_frame_us": ("bridge_transcoder_frame_seconds", "Transcoder DSP time per 20 ms frame",
                       FRAME_BUCKETS_US, 1e-6),
+    "loop_lag_ms": ("bridge_event_loop_lag_seconds", "How late a process's event loop runs a timer",
+                    LATENCY_BUCKETS_MS, 1e-3),
 }
 
 
@@ -90,6 +92,11 @@ class BridgeCollector:
         hop.add_metric(["down", "gateway"], *_buckets(p.down_hop.counts, p.down_hop.total, LATENCY_BUCKETS_MS, 1e-3))
         dsp = HistogramMetricFamily("bridge_transcoder_frame_seconds", "Transcoder DSP time per 20 ms frame "
                                     "(G.711, resampling, conversions)", labels=["direction", "peer"])
+        lag = HistogramMetricFamily("bridge_event_loop_lag_seconds", "How late each process's event loop "
+                                    "runs a timer, sampled every 0.1 s: a process short of a core shows here "
+                                    "first", labels=["role", "peer"])
+        own = _buckets(p.loop_lag.counts, p.loop_lag.total, LATENCY_BUCKETS_MS, 1e-3)
+        lag.add_metric(["gateway", "gateway"], *own)
         stage_counters = CounterMetricFamily("bridge_stage_events", "Stage counters (frames, reconnects, "
                                              "hand-overs, duplicates…)", labels=["role", "peer", "event"])
         stage_gauges = GaugeMetricFamily("bridge_stage_gauge", "Stage gauges (sessions, calls held, queued "
@@ -107,10 +114,13 @@ class BridgeCollector:
                 parsed = from_wire(value, spec[2]) if spec else None
                 if parsed is None:
                     continue  # not a histogram we know, or malformed: skipped, never a crash
+                if key == "loop_lag_ms":
+                    lag.add_metric([peer.role, name], *_buckets(*parsed, spec[2], spec[3]))
+                    continue
                 family = hop if key == "up_hop_ms" else dsp
                 direction = "up" if key.startswith("up") else "down"
                 family.add_metric([direction, name], *_buckets(*parsed, spec[2], spec[3]))
-        yield from (hop, dsp, stage_counters, stage_gauges)
+        yield from (hop, dsp, lag, stage_counters, stage_gauges)
 
 
 def _name(peer) -> str:

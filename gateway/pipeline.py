@@ -26,7 +26,7 @@ from common.curve import CurveKeys
 from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
-from common.stats import LATENCY_BUCKETS_MS, Histogram
+from common.stats import LATENCY_BUCKETS_MS, Histogram, watch_loop_lag
 from gateway.calls import Call
 from gateway.call_state import make_call_state, transcript_pointer
 from gateway.replay import CallerRing
@@ -49,6 +49,7 @@ class Pipeline:
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
         self.outcomes: dict[str, int] = {}  # calls ended, by why (gateway/metrics.py)
         self.down_hop = Histogram(LATENCY_BUCKETS_MS)  # model_client received it → the gateway has it
+        self.loop_lag = Histogram(LATENCY_BUCKETS_MS)  # how late this loop runs a timer (common/stats.py)
         self.peer_stats: dict[bytes, tuple[Peer, m.Stats]] = {}  # each live peer's latest Stats
         self.on_transcript = lambda call, msg: None  # set by gateway/phone.py when /phone is on
         self._tasks: set[asyncio.Task] = set()
@@ -65,6 +66,7 @@ class Pipeline:
         await self.router.start()
         spawn(self._sweep_loop(), "prewarm-sweep", self._tasks)
         spawn(self._orphan_loop(), "orphan-sweep", self._tasks)
+        spawn(watch_loop_lag(self.loop_lag), "loop-lag", self._tasks)
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)

@@ -20,7 +20,7 @@ from common.curve import CurveKeys
 from common.link import MAX_HELD, DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
-from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats
+from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats, watch_loop_lag
 from model_client.config import make_client
 from model_client.echo import EchoSession
 from model_client.session import GeminiSession
@@ -51,7 +51,7 @@ class ModelClientStage:
         self._gateway: DealerLink | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self.stats = StageStats({"up_hop_ms": LATENCY_BUCKETS_MS})
+        self.stats = StageStats({"up_hop_ms": LATENCY_BUCKETS_MS, "loop_lag_ms": LATENCY_BUCKETS_MS})
         self._ended_sessions: dict[str, int] = {}  # session stats of ended sessions, summed
 
     def hello(self) -> m.Hello:
@@ -78,6 +78,7 @@ class ModelClientStage:
         if self.settings.backend != "echo":
             spawn(self._prepare_client(), "prepare-client", self._tasks)
         spawn(self._report_loop(), "stats-report", self._tasks)
+        spawn(watch_loop_lag(self.stats.histograms["loop_lag_ms"]), "loop-lag", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
 

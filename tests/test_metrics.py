@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.request
 
 import pytest
@@ -9,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.stats import LATENCY_BUCKETS_MS, Histogram, StageStats, from_wire
+from common.stats import LATENCY_BUCKETS_MS, Histogram, StageStats, from_wire, watch_loop_lag
 from gateway.metrics import _buckets, make_handler
 from gateway.pipeline import outcome_of
 from softphone.caller import place_call
@@ -92,8 +94,12 @@ async def test_metrics_after_a_call(stack):
     assert value("bridge_peer_up", "'model_client'") == health["model_clients"] >= 1
     assert value("bridge_stage_events_total", "frames_up") > 40  # ~1 s of speech and more
     assert value("bridge_stage_gauge", "'sessions'") == 0
+    # Every process's loop is watched; the stages' reports carry theirs.
+    assert value("bridge_event_loop_lag_seconds_count", "'gateway'") > 0
     for role in ("transcoder", "model_client"):  # present for every peer, and nothing shed on a calm call
         peers = health[role + "s"]
+        assert len([k for k in samples if k.startswith("bridge_event_loop_lag_seconds_count")
+                    and f"'{role}'" in k and samples[k] > 0]) == peers
         assert value("bridge_stage_events_total", f"'{role}'", "'link_") == 0
         assert len([k for k in samples if k.startswith("bridge_stage_events_total") and f"'{role}'" in k
                     and "'link_rejected'" in k]) == peers
@@ -116,3 +122,14 @@ class _Transport:
 
     def get_extra_info(self, name, default=None):
         return self.peer if name == "peername" else default
+
+
+async def test_a_blocked_loop_shows_as_lag():
+    lag = Histogram(LATENCY_BUCKETS_MS)
+    watcher = asyncio.create_task(watch_loop_lag(lag, every_s=0.01))
+    await asyncio.sleep(0.05)
+    time.sleep(0.12)  # one pass that holds the loop: the watcher's timer runs ≥ 100 ms late
+    await asyncio.sleep(0.05)
+    watcher.cancel()
+    assert sum(lag.counts) >= 3
+    assert sum(lag.counts[LATENCY_BUCKETS_MS.index(100.0) + 1:]) >= 1  # above the 100 ms bucket

@@ -18,7 +18,7 @@ from common.curve import CurveKeys
 from common.link import DealerLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
-from common.stats import FRAME_BUCKETS_US, STATS_INTERVAL_S, StageStats
+from common.stats import FRAME_BUCKETS_US, LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats, watch_loop_lag
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ class TranscoderStage:
         self.models: dict[str, DealerLink] = {}
         self.unknown_call = 0  # messages for calls we don't hold (normal right after a call ends)
         self.unexpected = 0  # messages of a kind that peer never sends us (a bug on one side)
-        self.stats = StageStats({"up_frame_us": FRAME_BUCKETS_US, "down_frame_us": FRAME_BUCKETS_US})
+        self.stats = StageStats({"up_frame_us": FRAME_BUCKETS_US, "down_frame_us": FRAME_BUCKETS_US,
+                                 "loop_lag_ms": LATENCY_BUCKETS_MS})
         self._reporter: asyncio.Task | None = None
+        self._lag: asyncio.Task | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._gateway: DealerLink | None = None
         self._stopped = asyncio.Event()
@@ -51,6 +53,7 @@ class TranscoderStage:
                                    runs=True)
         await self._gateway.start()
         self._reporter = asyncio.create_task(self._report_loop(), name="stats-report")
+        self._lag = asyncio.create_task(watch_loop_lag(self.stats.histograms["loop_lag_ms"]), name="loop-lag")
 
     async def _report_loop(self) -> None:
         """The gateway's /metrics: per-frame DSP time, frames, calls held (common/stats.py)."""
@@ -69,8 +72,9 @@ class TranscoderStage:
         if self._ctx is None:
             return
         self._stopped.set()
-        if self._reporter is not None:
-            self._reporter.cancel()
+        for task in (self._reporter, self._lag):
+            if task is not None:
+                task.cancel()
         log.info("stopping with %d calls held", len(self.calls))
         for link in [self._gateway, *self.models.values()]:
             await link.stop()
