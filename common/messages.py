@@ -27,6 +27,7 @@ import msgpack
 PROTOCOL_VERSION = 1
 HEARTBEAT_INTERVAL_S = 1.0  # default; Settings.heartbeat_s overrides it (tests run faster)
 LIVENESS = 3  # a peer silent for this many heartbeat intervals is dead (Paranoid Pirate)
+FRAMES_PER_S = 50  # audio frames a call sends each way a second: Twilio's 20 ms
 
 ROLE_TRANSCODER = "transcoder"
 ROLE_MODEL_CLIENT = "model_client"

@@ -23,8 +23,6 @@ from collections import deque
 
 from common import messages as m
 
-FRAMES_PER_S = 50  # Twilio's 20 ms frames
-
 
 class CallerRing:
     """Kept as plain tuples of ints and bytes, not ``AudioIn``s: the collector stops tracking such a
@@ -34,7 +32,7 @@ class CallerRing:
     def __init__(self, max_s: float):
         self._frames: deque[tuple[int, int, bytes, int]] = deque()  # (seq, t_in, audio, ts)
         self._call = ""
-        self._max = max(1, int(max_s * FRAMES_PER_S))
+        self._max = max(1, int(max_s * m.FRAMES_PER_S))
         self.shed = 0  # frames dropped because the ring was full
 
     def __len__(self) -> int:

@@ -67,7 +67,7 @@ class ModelClientStage:
         curve = CurveKeys.from_settings(self.settings)
         # A restarted model_client hears a moved call's replayed caller audio (gateway/replay.py: up to
         # replay_s of frames) before the transcoder, which reconnected unawares, has said Hello again.
-        held = int(self.settings.replay_s * 50) + MAX_HELD  # Twilio's 20 ms frames, 50 a second
+        held = int(self.settings.replay_s * m.FRAMES_PER_S) + MAX_HELD
         self._router = RouterLink(self._ctx, self.endpoint, hb, self.hello, self._from_transcoder,
                                   curve=curve, max_held=held)
         self._gateway = DealerLink(self._ctx, self.settings.gateway_endpoint, hb, self.hello,

@@ -25,10 +25,10 @@ async def ctx():
     context.destroy(linger=0)
 
 
-def make_router(ctx, endpoint, got, lost):
+def make_router(ctx, endpoint, got, lost, max_held=MAX_HELD):
     epoch = new_epoch()
     return RouterLink(ctx, endpoint, HB, lambda: m.Hello(m.ROLE_GATEWAY, epoch, 0, endpoint),
-                      lambda peer, batch: got.append((peer.role, batch)), lost.append)
+                      lambda peer, batch: got.append((peer.role, batch)), lost.append, max_held=max_held)
 
 
 def make_dealer(ctx, endpoint, got, restarts, role=m.ROLE_TRANSCODER):
@@ -207,12 +207,13 @@ async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path):
 
 
 @pytest.fixture
-async def stranger(ctx, tmp_path):
+async def stranger(ctx, tmp_path, request):
     """(router, what it handed on, a raw DEALER it has never heard say Hello): as a peer that ZeroMQ
-    reconnected to a restarted process is, until it hears the new Hello."""
+    reconnected to a restarted process is, until it hears the new Hello. The router holds
+    ``request.param`` messages from a stranger (default MAX_HELD)."""
     endpoint = f"ipc://{tmp_path}/mc.ipc"
     got = []
-    router = make_router(ctx, endpoint, got, [])
+    router = make_router(ctx, endpoint, got, [], getattr(request, "param", MAX_HELD))
     await router.start()
     raw = ctx.socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
@@ -234,25 +235,16 @@ async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
     assert router.dropped == 0
 
 
-async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(ctx, tmp_path):
+@pytest.mark.parametrize("stranger", [800], indirect=True)
+async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(stranger):
     """A model_client restarted under a call gets the call's replayed caller audio (up to 15 s of
     frames) before the transcoder says Hello again: with 256 held, a replay over 5 s lost its tail."""
-    endpoint, got = f"ipc://{tmp_path}/mc.ipc", []
-    router = RouterLink(ctx, endpoint, HB, lambda: m.Hello(m.ROLE_MODEL_CLIENT, "mc", 0, endpoint),
-                        lambda peer, batch: got.extend(batch), max_held=800)
-    await router.start()
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(endpoint)
-    try:
-        replay = [m.Dtmf("c1", str(i % 10)) for i in range(750)]
-        await raw.send_multipart([m.pack(replay)])
-        await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, "")])])
-        await until(lambda: len(got) == 750)
-        assert got == replay and router.dropped == 0
-    finally:
-        raw.close(linger=0)
-        await router.stop()
+    router, got, raw = stranger
+    replay = [m.Dtmf("c1", str(i % 10)) for i in range(750)]
+    await raw.send_multipart([m.pack(replay)])
+    await raw.send_multipart([m.pack([m.Hello(m.ROLE_TRANSCODER, "t1", 10, "")])])
+    await until(lambda: sum(len(batch) for _, batch in got) == 750)
+    assert [msg for _, batch in got for msg in batch] == replay and router.dropped == 0
 
 
 async def test_a_stranger_that_never_says_hello_is_forgotten(stranger):
