@@ -141,11 +141,11 @@ def median_us(fn, repeats: int, block: int = 50) -> float:
     return statistics.median(per_call) / 1000
 
 
-ANCHOR_LUT_US = 0.75  # shared/reference/anchors.md: numpy LUT µ-law decode of 160 bytes, single
+ANCHOR_LUT_US = 0.75  # a quiet box: numpy LUT µ-law decode of 160 bytes, single (docs/performance.md)
 
 
 def reference_us(frames: int) -> float:
-    """The anchors' own yardstick, timed now: how loaded the box is (the anchors say 0.75 µs)."""
+    """The yardstick, timed now: how loaded the box is (a quiet box takes ANCHOR_LUT_US)."""
     codes = bytes(range(160))
     return median_us(lambda: g711.decode_ulaw(codes), frames)
 
@@ -308,9 +308,8 @@ def main() -> None:
     print(table(rows))
     print(f"\nµs/frame: the whole transcoder step (G.711 + resampling + conversions), CPU time, median "
           f"(1 call: the median of {args.rounds} rounds, the engines taken in turn).\n"
-          f"box slowdown: the anchors' yardstick (LUT decode of 160 bytes, {ANCHOR_LUT_US} µs in "
-          "shared/reference/anchors.md) timed in each round, median; divide µs by it to compare with the "
-          "anchors.\n"
+          f"box slowdown: the yardstick (LUT decode of 160 bytes, {ANCHOR_LUT_US} µs on a quiet box) "
+          "timed in each round, median; divide µs by it to compare with a quiet box.\n"
           f"FIR state arrays per call (both directions): {fir_state_bytes()} bytes; state B/call above is "
           "resident memory per CallAudio (both directions, Python objects included)")
     meta = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or

@@ -34,8 +34,8 @@ from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
 RATE, FRAME = 8000, 160
 TICK_S = FRAME / RATE
 REPLY_GAP = RATE // 4  # as softphone/playback.py: idle this long and new audio is a new reply
-VOICES = 8  # scripts per worker, shared by its calls: one per call cost 65 ms of CPU each, which at
-# 200 calls ran on into the step's measured window
+VOICES = 8  # scripts per worker, shared by its calls: making one per call took enough CPU to run on
+# into the step's measured window (docs/performance.md#code-choices)
 HANG_S = 30.0  # a call not over this long after its last frame is stuck: a result, not a hung bench
 # softphone/wire.py's media message, formatted by hand: json.dumps per frame was a third of the caller
 # (tests/test_ws_client.py checks the two agree).

@@ -19,8 +19,8 @@ measured three times and judged by its median window, because the box's neighbou
 then; a frame lost in any window still fails the step.
 
 Each step also reports the transcoder's CPU per frame (both directions counted; a call is 100 frames a
-second) and how loaded the box is ("box ×": the anchors' LUT-decode yardstick timed now, against its
-0.75 µs in shared/reference/anchors.md) and the share of the box's CPU time the hypervisor gave to
+second) and how loaded the box is ("box ×": a LUT-decode yardstick timed now, against its 0.75 µs
+on a quiet box) and the share of the box's CPU time the hypervisor gave to
 other guests ("steal", from /proc/stat). On a shared box, latency fails first: read all three.
 
 The load generator stays lean: synchronous pyzmq, audio packed and read as plain msgpack arrays in the

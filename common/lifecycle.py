@@ -14,7 +14,7 @@ import os
 import signal
 from typing import Awaitable, Protocol
 
-# Every stage is one process on one core (DESIGN §1). OpenBLAS would otherwise start a thread per core
+# Every stage is one process on one core. OpenBLAS would otherwise start a thread per core
 # for numpy's matrix products (the transcoder's and the emulator's FIR), threads that spin while they
 # wait and compete with the other stages. Each __main__ imports this module before numpy loads; an
 # explicit value in the environment wins.
@@ -50,7 +50,7 @@ async def _main(stage: Stage, name: str) -> int:
     log.info("%s started", name)
     # What exists now (modules, the SDK, settings) lives as long as the process. Frozen, it is left out
     # of the collector's full passes, which otherwise walk all of it and stall the loop for tens of ms
-    # (measured: 38-116 ms in a gateway carrying 75 calls, 12-15 ms in a transcoder).
+    # (docs/performance.md#code-choices).
     gc.collect()
     gc.freeze()
     runner = asyncio.create_task(stage.run(), name=f"{name}.run")
@@ -87,7 +87,7 @@ async def cancel_all(tasks, timeout: float = STOP_TIMEOUT_S) -> None:
     """Cancel ``tasks`` and wait for them. Per-call objects drop their references to the tasks after:
     a cancelled task keeps its CancelledError, whose traceback holds the coroutine's frames and so
     their ``self``: a reference cycle that only the collector's rare full pass frees, with everything
-    the call held (the soak in the README: model_client RSS +40.7 % over 10 minutes, +0.3 % since)."""
+    the call held (docs/performance.md#code-choices)."""
     tasks = [t for t in tasks if not t.done()]
     for t in tasks:
         t.cancel()

@@ -15,9 +15,10 @@ receive drains everything already queued before handing it on. Nothing waits for
 Sends never block: a full pipe drops the batch and counts it (``dropped``).
 
 The sockets are plain (synchronous) pyzmq sockets read from the event loop's own reader callback on
-their ``FD``, not ``zmq.asyncio`` sockets: pyzmq's Future per receive and send was a third of a lightly
-loaded transcoder's CPU. ZeroMQ's ``FD`` is edge-triggered, so after every pass (a receive or a send can
-consume the edge) the socket's ``EVENTS`` are checked and a pass is scheduled while input is waiting.
+their ``FD``, not ``zmq.asyncio`` sockets: pyzmq's Future per receive and send cost too much CPU
+(docs/performance.md#code-choices). ZeroMQ's ``FD`` is edge-triggered, so after every pass (a receive
+or a send can consume the edge) the socket's ``EVENTS`` are checked and a pass is scheduled while input
+is waiting.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class _Link:
             except zmq.Again:
                 break
             if not self.sock.get(zmq.EVENTS) & zmq.POLLIN:
-                break  # cheaper than the recv that would fail: ~50 µs each just after an idle wake here
+                break  # cheaper than the recv that would fail, which is slow just after an idle wake
         for frames in got:
             try:
                 self._receive(frames)

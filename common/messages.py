@@ -1,9 +1,10 @@
 """The one wire schema between our processes: a closed set of message types, packed with msgpack.
 
 A ZeroMQ message carries one *batch*: a msgpack array of messages, each ``[tag, field, ...]`` with
-fields in declaration order. Batches are how a stage sends everything that is ready in one pass (DESIGN
-§2, "batch-first"). The decoder maps the integer tag to a type from ``TYPES`` and checks every field's
-type; anything else is a ``WireError``. A type is never picked by a name read off the wire.
+fields in declaration order. Batches are how a stage sends everything that is ready in one pass
+(docs/architecture.md#the-links). The decoder maps the integer tag to a type from ``TYPES`` and
+checks every field's type; anything else is a ``WireError``. A type is never picked by a name read off
+the wire.
 
 Consecutive audio messages of one type for different calls (a batch's usual content: one frame of each
 of many calls) travel as one ``AudioRun``: their fields as columns and their audio back to back. That

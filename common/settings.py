@@ -58,7 +58,7 @@ class Settings:
     heartbeat_s: float = 1.0
     transcoders: int = 2
     model_clients: int = 1
-    # Model backend (DESIGN §5): "gemini", "vertex" or "emulator" ("echo": bench only, no model at all).
+    # Model backend: "gemini", "vertex" or "emulator" ("echo": bench only, no model at all).
     backend: str = "emulator"
     api_key: str = field(default="", repr=False)
     gcp_project: str = ""
@@ -84,7 +84,7 @@ class Settings:
     transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
     tools_module: str = ""  # dotted path of a module of async functions offered to the model as tools
     phone: bool = False  # the browser phone at /phone (development): on by default with the emulator
-    # Faults (DESIGN §4): what a call keeps so that no single fault ends it or loses caller audio.
+    # Faults: what a call keeps so that no single fault ends it or loses caller audio.
     replay_s: float = 15.0  # caller audio kept (gateway, model_client) until a resumption handle covers it
     reassign_wait_s: float = 10.0  # a call whose model_client died waits this long for another
     reconnect_max: int = 5  # Gemini reconnects in a row (without a stable connection) before giving up

@@ -1,6 +1,6 @@
 """The emulator's self-signed TLS certificate: made once per run directory, then reused.
 
-The google-genai SDK only speaks ``wss://`` (wire reference §2), so the emulator must serve TLS. Clients
+The google-genai SDK only speaks ``wss://``, so the emulator must serve TLS. Clients
 trust this one certificate (``ssl.create_default_context(cafile=settings.emulator_cert)``); it names
 ``IP:127.0.0.1`` and ``DNS:localhost``. Files are written to a temporary name and renamed into place, key
 first, so a client starting at the same moment sees either no certificate or a whole one.

@@ -17,7 +17,7 @@ import json
 import secrets
 import time
 
-HANDLE_TTL_S = 2 * 3600  # the Gemini API keeps handles for about 2 h (wire reference §8)
+HANDLE_TTL_S = 2 * 3600  # the Gemini API keeps handles for about 2 h (docs/architecture.md#gemini)
 PREFIX = "emu-"
 
 

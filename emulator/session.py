@@ -139,7 +139,7 @@ class LiveSession:
             return 0
         turns = self._handles.get(handle) if isinstance(handle, str) else None
         if turns is None or self._settings.emulator_refuse_handles:
-            # The real service's code for this is not settled (wire reference §13).
+            # Which code the real service uses for this is not documented (1007 is what has been seen).
             self.refused_handle = True
             raise wire.Malformed("unknown or expired session resumption handle")
         log.info("%s: resumed after %d turns", self._label, turns)

@@ -1,6 +1,6 @@
 """Gemini Live wire format for the emulator (pure): client frames in, server frames out.
 
-Client frames mix spellings (wire reference §3–4): the SDK sends ``realtime_input`` and ``mime_type``
+Client frames mix spellings: the SDK sends ``realtime_input`` and ``mime_type``
 but ``audioStreamEnd`` and ``realtimeInputConfig``, and passes sub-objects such as
 ``automatic_activity_detection`` through unchanged. So every key is normalised to snake_case,
 recursively, before any field is read. Server frames use camelCase top-level keys only (an unknown

@@ -1,7 +1,7 @@
 """Per-call stream tokens: issued with the TwiML, checked once on the stream's ``start``.
 
-Twilio may not sign the WebSocket upgrade (reference §10), so the stream authenticates with a token in
-a ``<Parameter>``, checked when ``start`` delivers it. A token is
+The upgrade's signature is not relied on alone (a proxy may rewrite the URL), so the stream
+authenticates with a token in a ``<Parameter>``, checked when ``start`` delivers it. A token is
 
     v1.<expiry>.<nonce>.<mac>     mac = HMAC-SHA256(key, "v1.<expiry>.<nonce>.<CallSid>"), 160 bits
 

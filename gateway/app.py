@@ -86,7 +86,7 @@ async def twiml_after(request: web.Request) -> web.Response:
 
 
 async def stream_status(request: web.Request) -> web.Response:
-    """Twilio's stream statusCallback: the only place a failed WebSocket handshake shows (reference §6)."""
+    """Twilio's stream statusCallback: the only place a failed WebSocket handshake shows."""
     form = await request.post()
     event, sid = form.get("StreamEvent", ""), form.get("CallSid", "")
     if event == "stream-error":

@@ -1,4 +1,4 @@
-"""Limits that keep bad or excessive input from hurting any call (DESIGN §4, "bad input", "capacity").
+"""Limits that keep bad or excessive input from hurting any call (docs/architecture.md#failure-model).
 
 - ``StreamGuard``, one per Twilio socket: a token bucket on its message rate (a flood is dropped,
   counted, logged once per interval, and the socket closed if it persists), a deadline for ``start``

@@ -108,7 +108,7 @@ class MediaStream:
         call = self.call
         echo = call.mark_echoed(name)
         if echo is None:
-            log.debug("unknown mark %r ignored", name)  # reference §4: ignore names we did not send
+            log.debug("unknown mark %r ignored", name)  # Twilio echoes only our own marks
             return
         self.pipeline.send(call, m.Played(call.id, echo.turn, name, echo.flushed, echo.heard_ms))
 

@@ -4,7 +4,7 @@ Transcoders and model_clients say Hello here. A new call is pinned to the least-
 transcoder and model_client; the transcoder is told with CallStart and forwards it. What comes back
 from the transcoders is turned into Twilio messages on the call's queue.
 
-Faults (DESIGN §4): the ROUTER's socket monitor reports a killed peer at once (heartbeats catch the
+Faults: the ROUTER's socket monitor reports a killed peer at once (heartbeats catch the
 rest). A lost transcoder's calls are re-pinned to another; a lost model_client's calls are
 re-assigned to another with their latest resumption handle. With none of that role live, a call
 waits up to ``reassign_wait_s`` for one (supervisord restarts it). Either way the call's kept caller
@@ -95,7 +95,7 @@ class Pipeline:
         return bool(self.live(m.ROLE_TRANSCODER)) and bool(self.live(m.ROLE_MODEL_CLIENT))
 
     def prewarm(self, call_id: str, call_sid: str) -> None:
-        """Open the call's Gemini session now, while the phone rings (Twilio reference §12.3)."""
+        """Open the call's Gemini session now, while the phone rings, so no caller waits for it."""
         model = self._least_loaded(m.ROLE_MODEL_CLIENT)
         if model is None:
             return

@@ -4,7 +4,7 @@ The model generates faster than real time. Twilio would queue it all, and a barg
 to flush seconds of stale audio, so audio is sent ahead of the caller's playback by at most
 ``ahead_bytes`` (~1 s) and the rest is held here. Every sent chunk (≤ ``mark_bytes``, ~200 ms) is
 followed by a Twilio ``mark``; a mark coming back means the audio before it is no longer queued at
-Twilio: played, or flushed by a ``clear`` (Twilio echoes every pending mark then; reference §4).
+Twilio: played, or flushed by a ``clear`` (Twilio then echoes every pending mark).
 So for each turn we know what was sent and what the caller actually heard.
 
 At a turn's start the audio goes out as it comes (playback must not wait); once ``low_water`` is
@@ -132,7 +132,7 @@ class Playout:
         return [("media", chunk), ("mark", name)]
 
     def echoed(self, name: str) -> Echo | None:
-        """A mark came back from Twilio; None if we never sent it (ignore, reference §4)."""
+        """A mark came back from Twilio; None if we never sent it (ignored)."""
         for i, (sent_name, turn, nbytes, flushed) in enumerate(self._unacked):
             if sent_name == name:
                 del self._unacked[i]

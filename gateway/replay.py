@@ -27,7 +27,7 @@ from common import messages as m
 class CallerRing:
     """Kept as plain tuples of ints and bytes, not ``AudioIn``s: the collector stops tracking such a
     tuple after its first pass, while 15 s of messages for each of 300 calls made every full pass
-    walk 225,000 objects (a 91 ms stall of the gateway's loop, measured)."""
+    walk them all (a long stall of the gateway's loop: docs/performance.md#code-choices)."""
 
     def __init__(self, max_s: float):
         self._frames: deque[tuple[int, int, bytes, int]] = deque()  # (seq, t_in, audio, ts)

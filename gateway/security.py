@@ -1,8 +1,8 @@
 """Who may talk to the gateway: Twilio webhook signatures, loopback-only development, the upgrade check.
 
 - Every request under ``/twiml`` is a Twilio webhook. With ``TWILIO_AUTH_TOKEN`` set it must carry a
-  valid ``X-Twilio-Signature`` (reference §9): HMAC-SHA1 keyed with the token over the URL Twilio
-  requested plus the form parameters sorted by name; for a JSON body the URL carries ``bodySHA256``
+  valid ``X-Twilio-Signature`` (docs/architecture.md#twilio): HMAC-SHA1 keyed with the token over the
+  URL Twilio requested plus the form parameters sorted by name; for a JSON body the URL carries ``bodySHA256``
   and the parameters are empty. That URL is the PUBLIC one, ``PUBLIC_URL`` + path + query exactly as
   sent: behind a proxy or tunnel the server sees another scheme, host and port. A missing or wrong
   signature gets HTTP 403 and one log line that holds neither the token nor the whole signature.
@@ -10,8 +10,8 @@
   unless ``BRIDGE_INSECURE_DEV=true``. "Loopback" is the TCP peer address, never X-Forwarded-For
   (anyone can write that header); and a loopback peer that sends proxy headers is a reverse proxy on
   this host relaying someone else, so it does not count as local.
-- Whether Twilio signs the WebSocket upgrade, and over which URL, is unresolved (reference §10): the
-  check is ``off``, ``log`` (the default) or ``enforce``, against the §10 candidate URLs in order. The
+- Whether Twilio signs the WebSocket upgrade, and over which URL, is not well documented: the
+  check is ``off``, ``log`` (the default) or ``enforce``, against the candidate URLs below in order. The
   stream itself is always authenticated by its per-call token (gateway/admission.py) at ``start``.
 """
 
@@ -47,7 +47,7 @@ _SHOWN = 4  # characters of a signature a log line may show
 # --- signatures (pure) ------------------------------------------------------------------------
 
 def signature(token: str, url: str, params: Mapping[str, str | Sequence[str]]) -> str:
-    """Reference §9: base64(HMAC-SHA1(token, url + name1 + value1 + ...)), names in code-point order.
+    """Twilio's scheme: base64(HMAC-SHA1(token, url + name1 + value1 + ...)), names in code-point order.
     A repeated name contributes each distinct value in order, as Twilio's own validator does."""
     parts = [url]
     for name in sorted(params):
@@ -60,7 +60,7 @@ def signature(token: str, url: str, params: Mapping[str, str | Sequence[str]]) -
 
 def url_variants(url: str) -> list[str]:
     """The URL as configured, without its port and with the scheme's default port: Twilio drops the
-    port from https URLs before signing (§9 pitfalls) and its own validator accepts either form."""
+    port from https URLs before signing (a documented pitfall) and its own validator accepts either form."""
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -94,7 +94,7 @@ def valid_json_signature(token: str, url: str, body: bytes, header: str) -> bool
 
 
 def upgrade_candidates(stream_url: str) -> list[str]:
-    """§10's candidates in order: the stream URL as written in the TwiML, with a trailing slash, and
+    """The candidates in order: the stream URL as written in the TwiML, with a trailing slash, and
     both again with the http(s) scheme."""
     scheme, rest = stream_url.split("://", 1)
     http = {"wss": "https", "ws": "http"}.get(scheme, scheme)

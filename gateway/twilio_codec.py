@@ -2,8 +2,8 @@
 
 ``parse_event`` turns one text frame from Twilio into one of six frozen event types, or raises
 ``TwilioProtocolError`` whose ``reason`` is short and safe to log (it never holds the whole frame).
-The builders make the only three messages we may send (reference §3) with exactly the documented
-fields: an extra field such as ``track`` or ``chunk`` draws warning 31951.
+The builders make the only three messages we may send (docs/architecture.md#twilio) with exactly
+the documented fields: an extra field such as ``track`` or ``chunk`` draws warning 31951.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _typed(obj: dict, key: str, where: str, kind: type) -> Any:
 
 
 def _uint(obj: dict, key: str, where: str) -> int:
-    # Twilio sends sequenceNumber, chunk and timestamp as JSON strings (§1); accept ints as well.
+    # Twilio sends sequenceNumber, chunk and timestamp as JSON strings; accept ints as well.
     value = _get(obj, key, where)
     if type(value) is int:
         if value >= 0:
@@ -116,7 +116,7 @@ def _payload(media: dict, limit: int) -> bytes:
     if len(text) > 4 * -(-limit // 3):  # rejected before decoding, so a huge frame costs no more work
         raise TwilioProtocolError(f"media.payload too large: {len(text)} base64 chars")
     try:
-        data = base64.b64decode(text, validate=True)  # standard alphabet with padding (§1)
+        data = base64.b64decode(text, validate=True)  # standard alphabet with padding, as Twilio sends
     except ValueError:  # binascii.Error, or a str that is not ASCII
         raise TwilioProtocolError(f"media.payload not base64: {_clip(text)}") from None
     if len(data) > limit:
@@ -172,7 +172,7 @@ def _stop(msg: dict, _limit: int) -> Stop:
     return Stop(_typed(msg, "streamSid", "", str), call_sid)
 
 
-# Closed set: only what Twilio sends (§2). `clear` is ours to send, never to receive.
+# Closed set: only what Twilio sends. `clear` is ours to send, never to receive.
 _PARSERS: dict[str, Callable[[dict, int], TwilioEvent]] = {
     "media": _media, "mark": _mark, "dtmf": _dtmf, "start": _start, "stop": _stop, "connected": _connected,
 }
@@ -204,7 +204,7 @@ def _sid(stream_sid: str) -> str:
 
 
 def media_message(stream_sid: str, ulaw: bytes) -> str:
-    """Outbound audio: headerless µ-law 8 kHz. Only event, streamSid and media.payload (§3)."""
+    """Outbound audio: headerless µ-law 8 kHz. Only event, streamSid and media.payload."""
     if not ulaw:
         raise ValueError("media_message needs at least one byte of audio")
     # Formatted by hand: base64 never needs JSON escaping, and json.dumps would scan the whole payload.

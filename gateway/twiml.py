@@ -1,8 +1,8 @@
 """TwiML documents for the voice webhook. Pure string building: no sockets, no I/O.
 
-Hand-written with ``xml.sax.saxutils`` instead of the ``twilio`` package, which would be ~23 MB of
-runtime dependency for four templates (reference §13); the tests check that our trees equal what
-``twilio.twiml.voice_response`` generates for the same input.
+Hand-written with ``xml.sax.saxutils`` instead of the ``twilio`` package, a large runtime
+dependency for four templates (docs/performance.md#code-choices); the tests check that our
+trees equal what ``twilio.twiml.voice_response`` generates for the same input.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
 PROLOG = '<?xml version="1.0" encoding="UTF-8"?>'
-MAX_PARAMETER_CHARS = 500  # a <Parameter>'s name and value together must stay under this (§6)
+MAX_PARAMETER_CHARS = 500  # a <Parameter>'s name and value together must stay under this (Twilio's docs)
 # Characters XML 1.0 cannot carry at all, escaped or not (NUL, most C0 controls, lone surrogates).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _PHONE = re.compile(r"\+?[0-9 ().-]{1,40}")  # E.164 or a formatted local number
@@ -38,7 +38,7 @@ def _stream_url(url: str) -> str:
     # Twilio itself accepts only wss (31922); ws is allowed so local test peers can run without TLS.
     _url(url, "stream_url", ("wss", "ws"))
     if "?" in url or "#" in url:
-        # §6: query strings are unsupported (reportedly stripped); per-call values go in <Parameter>
+        # Twilio: query strings are unsupported (reportedly stripped); per-call values go in <Parameter>
         # or the path.
         raise ValueError(f"stream_url must have no query string or fragment: {url[:80]!r}")
     return url
@@ -58,7 +58,7 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str], after_url:
                          *, status_callback_url: str | None = None) -> str:
     """<Connect><Stream> with <Parameter>s, then optionally <Redirect> to ``after_url``.
 
-    Verbs after </Connect> run only once our server closes the WebSocket (§7). With no ``after_url``
+    Verbs after </Connect> run only once our server closes the WebSocket. With no ``after_url``
     the document ends there and Twilio hangs up; never a <Pause>, which would hold a silent open line.
     ``status_callback_url`` is where Twilio reports stream start/stop/error, the only place a failed
     WebSocket handshake shows up.

@@ -2,13 +2,14 @@
 the text frame that carries caller audio (``audio_text``).
 
 Caller audio is 25 sends a second per session, and ``send_realtime_input`` spends most of each on
-pydantic and the SDK's converters; DESIGN §7 asks for a leaner path for it without leaning on the SDK's
+pydantic and the SDK's converters; a leaner path is worth having, ideally without leaning on the SDK's
 internals. This one writes the same text on the session's socket, which does lean on the session's
 private ``_ws`` (and ``_api_client`` for the check), so ``sends_audio_text`` checks every connection
 first: anything unexpected and audio goes through the SDK's own method, as before.
 
-Corrections to the seed's config are in the wire reference §10: voice under ``speech_config``, VAD under
-``realtime_input_config.automatic_activity_detection``, resumption as ``session_resumption``.
+The config uses the SDK's real field names (a wrong one is a ValidationError): voice under
+``speech_config``, VAD under ``realtime_input_config.automatic_activity_detection``, resumption as
+``session_resumption``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from common.settings import Settings
 
 INPUT_MIME = "audio/pcm;rate=16000"
 
-# Compression keeps a call going past the 15-minute audio-only limit (wire reference §8).
+# Compression keeps a call going past the 15-minute audio-only limit (docs/architecture.md#gemini).
 COMPRESSION = types.ContextWindowCompressionConfig(
     trigger_tokens=25600, sliding_window=types.SlidingWindow(target_tokens=12800))
 
 
 def make_client(settings: Settings) -> genai.Client:
-    """One client per process. permessage-deflate is off: on these links it costs 10–40% CPU (DESIGN §7)."""
+    """One client per process. permessage-deflate is off: it costs CPU for little gain on audio
+    (docs/performance.md#code-choices)."""
     args: dict = {"compression": None}
     options = dict(api_version="v1beta")
     if settings.backend == "emulator":
@@ -78,8 +80,9 @@ def audio_blob(pcm16k: bytes) -> types.Blob:
 
 
 def audio_text(pcm16k: bytes) -> str:
-    """The text frame ``send_realtime_input(audio=audio_blob(pcm16k))`` sends (wire reference §4),
-    built directly: the SDK's pydantic validation and converters cost ~60 µs a send here, this ~3."""
+    """The text frame ``send_realtime_input(audio=audio_blob(pcm16k))`` sends (docs/architecture.md#gemini),
+    built directly, without the SDK's pydantic validation and converters, which cost more than the
+    rest of a send (docs/performance.md#code-choices)."""
     data = base64.urlsafe_b64encode(pcm16k).decode("ascii")
     return '{"realtime_input": {"audio": {"data": "%s", "mime_type": "%s"}}}' % (data, INPUT_MIME)
 

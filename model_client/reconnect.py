@@ -1,4 +1,4 @@
-"""The pieces that keep one call's Gemini session alive across connections (wire reference §6, §8).
+"""The pieces that keep one call's Gemini session alive across connections (docs/architecture.md#gemini).
 
 - ``Connection``: one Live WebSocket, opened with a resumption handle (or none), closed by leaving the
   SDK's context.
@@ -49,7 +49,7 @@ class Ended:
 
 def next_step(ended: Ended, resuming: bool) -> str:
     """"resume" (reconnect with the latest handle), "fresh" (the handle was refused: start again,
-    telling the model the conversation so far) or "fatal" (end the call). Wire reference §6: 1000
+    telling the model the conversation so far) or "fatal" (end the call). By close code: 1000
     while the call is live, 1001, 1006, 1011 → resume; 1007 on a resume → fresh; 1007 otherwise is a
     bad setup and 1008 a policy refusal, which retrying will not fix."""
     if ended.code == 1007 and resuming:

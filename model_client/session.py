@@ -1,5 +1,5 @@
 """One call's Gemini Live session: caller audio in, the model's audio and events out, kept alive
-across connections (DESIGN §4; wire reference §6, §8).
+across connections (docs/architecture.md#failure-model).
 
 Sending: everything for Gemini goes through one ordered queue (audio, text such as DTMF or the
 greeting prompt, tool responses), sent one item at a time by one sender task on the current
@@ -302,7 +302,7 @@ class GeminiSession:
 
     async def _receive(self, conn: Connection) -> None:
         try:
-            while True:  # receive() ends at every turn_complete (wire reference §6)
+            while True:  # receive() ends at every turn_complete
                 async for msg in conn.session.receive():
                     if conn is not self._conn:
                         return  # handed over: the new connection speaks from now on

@@ -28,8 +28,8 @@ from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
 
-# Sessions per process: ~0.4-0.5% of a core each (README Performance: 73-78% of a core at 160-200
-# sessions); past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
+# Sessions per process, with headroom under what one core carries (docs/performance.md#code-choices):
+# past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 150
 ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
 CLIENT_WAIT_S = 20

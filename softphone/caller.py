@@ -1,6 +1,6 @@
 """A phone call placed the way Twilio places it: webhook, then a bidirectional Media Stream.
 
-The softphone is the fake at the edge we cannot reach, so it follows the reference literally: frames and
+The softphone is the fake at the edge we cannot reach, so it follows Twilio's docs literally: frames and
 field shapes as documented, sequence numbers on everything Twilio sends, a playback queue that echoes
 marks when their audio has played (or been cleared), and Twilio's complaints about bad server messages.
 The stream itself (clock, sender, receiver) is ``softphone.stream``; the playback queue is
@@ -23,7 +23,7 @@ from transcoder.g711 import ULAW_SILENCE, encode_ulaw
 
 __all__ = ["CallError", "CallResult", "EchoedMark", "place_call"]
 
-DTMF_DIGITS = set("0123456789*#")  # what a dtmf event can carry (§2)
+DTMF_DIGITS = set("0123456789*#")  # what a dtmf event can carry
 
 
 async def place_call(base_url: str, audio: np.ndarray, *, realtime: bool = True, listen_s: float = 3.0,

@@ -1,6 +1,6 @@
 """Twilio's outbound playback queue, as a pure model on the call's sample clock.
 
-Reference §3–§5: media from the server is queued and played in arrival order at 8000 samples/s; a mark
+Per Twilio's docs: media from the server is queued and played in arrival order at 8000 samples/s; a mark
 is echoed when playback reaches it (at once if nothing is queued); ``clear`` drops the queued audio and
 echoes every pending mark. Past 10 minutes queued, Twilio discards further audio (31931).
 
@@ -65,14 +65,14 @@ class Playback:
         return True
 
     def add_mark(self, name: str) -> list[Echo]:
-        """Queue a mark behind the audio; echoed at once when nothing is queued (§4 case 2)."""
+        """Queue a mark behind the audio; echoed at once when nothing is queued."""
         if not self._queued:
             return [Echo(name, self.clock, flushed=False)]
         self._items.append(name)
         return []
 
     def clear(self) -> list[Echo]:
-        """Drop everything queued; every pending mark comes back at once, in order (§4 case 3)."""
+        """Drop everything queued; every pending mark comes back at once, in order."""
         echoes = [Echo(item, self.clock, flushed=True) for item in self._items if isinstance(item, str)]
         self._items.clear()
         self._offset = self._queued = 0
@@ -105,7 +105,7 @@ class Playback:
             self._offset = 0
 
     def _reached_marks(self) -> list[Echo]:
-        # Marks sit behind audio; once the audio ahead of them is played they are due (§4 case 1).
+        # Marks sit behind audio; once the audio ahead of them is played they are due.
         echoes = []
         while self._items and isinstance(self._items[0], str):
             echoes.append(Echo(self._items.popleft(), self.clock, flushed=False))

@@ -10,7 +10,7 @@ RATE = 8000
 @dataclass(frozen=True)
 class EchoedMark:
     """A mark the softphone sent back, at ``t_s`` on the call clock; ``flushed`` if a clear released it
-    (an echo means "finished or flushed", reference §4)."""
+    (an echo means "finished or flushed")."""
     name: str
     t_s: float
     flushed: bool

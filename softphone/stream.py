@@ -21,11 +21,11 @@ from softphone.result import CallResult, EchoedMark
 from softphone.webhook import CallError, Twiml, new_sid, twilio_signature
 from transcoder.g711 import ULAW_SILENCE
 
-FRAME = 160  # 20 ms of µ-law: the common inbound frame (reference §5)
+FRAME = 160  # 20 ms of µ-law: the common inbound frame
 FRAME_S = FRAME / RATE
 SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME
 CLOSE_TIMEOUT_S = 5.0
-MAX_MESSAGE = 64 * 2**20  # Twilio documents no per-message limit (§5); bound it anyway
+MAX_MESSAGE = 64 * 2**20  # Twilio documents no per-message limit; bound it anyway
 
 
 class MediaStream:
@@ -59,7 +59,7 @@ class MediaStream:
     async def run(self, session: aiohttp.ClientSession, auth_token: str | None) -> None:
         async with await self._connect(session, auth_token) as ws:
             self.ws = ws
-            await self._send(lambda _: wire.connected(), numbered=False)  # §2: no sequenceNumber
+            await self._send(lambda _: wire.connected(), numbered=False)  # no sequenceNumber
             await self._send(lambda seq: wire.start(seq, self.account_sid, self.stream_sid,
                                                     self.call_sid, self.twiml.parameters))
             self.t0 = asyncio.get_running_loop().time()
@@ -81,8 +81,8 @@ class MediaStream:
                 await receiver
 
     async def _connect(self, session: aiohttp.ClientSession, auth_token: str | None):
-        # §10: whether Twilio signs the upgrade is uncertain; its best guess is the wss URL as written in
-        # the TwiML with empty params. Sending it costs nothing and lets a bridge try its optional check.
+        # Twilio signs the upgrade over the wss URL as written in the TwiML, with empty params
+        # (docs/architecture.md#twilio); a bridge may check it.
         headers = {"X-Twilio-Signature": twilio_signature(auth_token, self.twiml.stream_url, {})} \
             if auth_token is not None else {}
         timeout = aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S)
@@ -178,7 +178,7 @@ class MediaStream:
     def _on_media(self, payload: bytes) -> None:
         self.received += payload
         if payload[:4] == b"RIFF":
-            self.errors.append("media payload starts with a WAV header: Twilio plays it as noise (§3)")
+            self.errors.append("media payload starts with a WAV header: Twilio plays it as noise")
         if payload and self.first_audio is None:
             self.first_audio = self.playback.clock
             self.start_to_audio_s = asyncio.get_running_loop().time() - self.t0

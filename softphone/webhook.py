@@ -1,6 +1,6 @@
 """Twilio's side of the voice webhook: the signed form POST to ``/twiml`` and reading the TwiML back.
 
-Mirrors what Twilio does when a call rings (reference §6, §7, §9): standard call parameters, an
+Mirrors what Twilio does when a call rings (docs/architecture.md#twilio): standard call parameters, an
 ``X-Twilio-Signature`` (HMAC-SHA1 over URL + sorted params), then only ``<Connect><Stream>`` and the verbs
 after ``</Connect>`` matter to a bidirectional stream.
 """
@@ -48,14 +48,14 @@ def new_sid(prefix: str) -> str:
 
 
 def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
-    """Reference §9: HMAC-SHA1 keyed with the Auth Token over the URL then each param's name and value
-    in byte order of the names, base64 (standard alphabet)."""
+    """Twilio's webhook signature: HMAC-SHA1 keyed with the Auth Token over the URL then each
+    param's name and value in byte order of the names, base64 (standard alphabet)."""
     payload = url + "".join(name + params[name] for name in sorted(params))
     return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
 
 
 def signed_url(url: str) -> str:
-    """The URL as Twilio signs it: over HTTPS it drops userinfo and port (§9 pitfalls); otherwise as is."""
+    """The URL as Twilio signs it: over HTTPS it drops userinfo and port; otherwise as is."""
     parts = urlsplit(url)
     if parts.scheme != "https":
         return url
@@ -108,8 +108,8 @@ def parse_twiml(text: str, webhook_url: str) -> Twiml:
 
 
 def _stream_url(url: str, webhook_url: str) -> tuple[str, list[str]]:
-    """Resolve a relative url against the webhook (§6 allows it) and drop any query string, which
-    Twilio does not support and reportedly strips (§6): a bridge must not depend on it."""
+    """Resolve a relative url against the webhook (Twilio allows it) and drop any query string, which
+    Twilio does not support and reportedly strips: a bridge must not depend on it."""
     warnings = []
     parts = urlsplit(url)
     if not parts.scheme:

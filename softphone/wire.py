@@ -1,7 +1,8 @@
 """Media Streams messages as Twilio writes them, and Twilio's checks on what a server sends back.
 
-Pure: no sockets. Field order, string-typed numbers and the standard base64 alphabet follow the
-reference's examples (§1, §2) exactly, because a bridge must cope with precisely that shape.
+Pure: no sockets. Field order, string-typed numbers and the standard base64 alphabet follow
+Twilio's examples exactly, because a bridge must cope with precisely that shape:
+https://www.twilio.com/docs/voice/media-streams/websocket-messages
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 import binascii
 import json
 
-# What a server may send, with exactly these members (§3); anything else is Twilio warning 31951.
+# What a server may send, with exactly these members; anything else is Twilio warning 31951.
 SERVER_EVENTS = {"media": {"event", "streamSid", "media"}, "mark": {"event", "streamSid", "mark"},
                  "clear": {"event", "streamSid"}}
 
@@ -87,17 +88,17 @@ def _exact_members(obj: dict, expected: set[str], where: str) -> None:
 def _payload(media: object) -> bytes:
     if not isinstance(media, dict):
         raise Violation(31951, "media.media is not an object")
-    _exact_members(media, {"payload"}, "media.media")  # no track/chunk/timestamp outbound (§3)
+    _exact_members(media, {"payload"}, "media.media")  # no track/chunk/timestamp outbound
     if not isinstance(media["payload"], str):
         raise Violation(31951, "media.payload is not a string")
     try:
-        return base64.b64decode(media["payload"], validate=True)  # standard alphabet, padded (§1)
+        return base64.b64decode(media["payload"], validate=True)  # standard alphabet, padded
     except (binascii.Error, ValueError):
         raise Violation(31951, f"media.payload is not standard base64: {media['payload'][:40]!r}") from None
 
 
 def _mark_name(body: object) -> str:
-    # §3 and §12.8: a mark needs a ``mark`` object with a string ``name`` and nothing else.
+    # A mark needs a ``mark`` object with a string ``name`` and nothing else.
     if not isinstance(body, dict):
         raise Violation(31951, "mark.mark is not an object")
     _exact_members(body, {"name"}, "mark.mark")

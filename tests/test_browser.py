@@ -328,7 +328,7 @@ async def test_page_modules(chromium, tmp_path):
     assert abs(r["reached"] - 48000) <= 128, "the mark comes back when its second of audio has played"
     assert r["started"] == 0 and 0.49 < r["loudest"] < 0.51
     assert r["cleared"] == [{"name": "flushed", "flushed": True}] and r["queuedAfterClear"] < 1
-    # Twilio's side of the protocol, as the page speaks and checks it (reference §2, §3, §6).
+    # Twilio's side of the protocol, as the page speaks and checks it.
     assert twilio["media"] == [0, 1] and twilio["mark"] == {"event": "mark", "name": "1.2"}
     assert twilio["clear"] == {"event": "clear"}
     for bad in ("extra", "wrongSid", "unknown", "badBase64"):

@@ -1,4 +1,4 @@
-"""Faults during a live call, through the real stack under supervisord (DESIGN §4): a transcoder or
+"""Faults during a live call, through the real stack under supervisord: a transcoder or
 a model_client killed with SIGKILL, Gemini's goAway, a dropped Gemini socket, a refused resumption
 handle. The caller says three utterances; the echo persona says each back. After every fault the call
 must go on (the echo of what was said after the fault comes back), the conversation state must

@@ -29,7 +29,7 @@ from transcoder.g711 import ULAW_SILENCE, encode_ulaw
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 800  # the toy bridge echoes 100 ms at a time
 FRAME = 160
-B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")  # the standard alphabet, padded (reference §1)
+B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")  # the standard alphabet, padded
 SID = {"accountSid": re.compile(r"AC[0-9a-f]{32}"), "streamSid": re.compile(r"MZ[0-9a-f]{32}"),
        "callSid": re.compile(r"CA[0-9a-f]{32}")}
 TONE = encode_ulaw(speech_like(1.0, seed=5))
@@ -94,7 +94,7 @@ class ToyBridge:
         return json.loads(message.data)
 
     async def _recv(self, ws) -> dict | None:
-        """The next message after start, checked against the reference (§2)."""
+        """The next message after start, checked against Twilio's documentation."""
         message = await self._text(ws)
         if message is not None:
             self.inbound.append(message)
@@ -362,7 +362,7 @@ async def test_signed_webhook_and_upgrade(bridge):
     assert form["AccountSid"] == bridge.start["accountSid"]
     assert {k: form[k] for k in ("CallStatus", "Direction", "ApiVersion")} == {
         "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
-    # Reference §10's best guess: the stream URL as written in the TwiML, empty params.
+    # The upgrade is signed over the stream URL as written in the TwiML, empty params.
     stream_url = f"ws://{url.split('/')[2]}/ws/twilio"
     assert bridge.upgrade_headers["X-Twilio-Signature"] == twilio_signature("s3cret", stream_url, {})
 
@@ -390,7 +390,7 @@ def test_signature_matches_reference_vectors():
     older = dict(VECTOR_PARAMS, Caller="+14158675309", From="+14158675309")
     older_url = url.replace("example", "mycompany")
     assert twilio_signature("12345", older_url, older) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-    upgrade = "wss://bridge.example.com/twilio/media"  # §10's first candidate
+    upgrade = "wss://bridge.example.com/twilio/media"  # the stream URL as written in the TwiML
     assert twilio_signature("12345", upgrade, {}) == "hGVJmeOLwZmJhPeWsyRDIvgH8Zc="
     assert signed_url("https://user:pw@example.com:8443/twiml?x=1") == "https://example.com/twiml?x=1"
     assert signed_url("http://127.0.0.1:8080/twiml") == "http://127.0.0.1:8080/twiml"

@@ -1,4 +1,4 @@
-"""gateway.twilio_codec against the example messages of shared/reference/twilio-media-streams.md."""
+"""gateway.twilio_codec against the example messages of Twilio's Media Streams documentation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ CALL = "CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 ACCOUNT = "ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 ULAW_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
-# §2, verbatim, except that the media payload "no+JhoaJjpzS..." is shortened in the reference; its
+# Twilio's example, verbatim, except that the media payload "no+JhoaJjpzS..." is shortened in the docs; its
 # first 12 characters are complete base64 (9 bytes), so that is what we send.
 CONNECTED = '{"event": "connected", "protocol": "Call", "version": "1.0.0"}'
 START = """{
@@ -220,7 +220,7 @@ def test_events_are_frozen_and_slotted():
     assert not hasattr(event, "__dict__")
 
 
-# --- builders: exactly the §3 shapes ----------------------------------------------------------
+# --- builders: exactly the documented shapes -------------------------------------------------
 
 BUILT = [
     pytest.param(tw.media_message(SID, NINE_BYTES),

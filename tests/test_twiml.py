@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-# A test-only oracle (the `test` extra installs it); the gateway itself never imports twilio (reference §13).
+# A test-only oracle (the `test` extra installs it); the gateway itself never imports twilio.
 from twilio.twiml import voice_response as vr
 
 from gateway import twiml
@@ -68,7 +68,7 @@ def test_parameter_values_round_trip(value):
 
 
 def test_status_callback_matches_the_reference_example():
-    # §6's generated document, minus the <Say> after </Connect>.
+    # The twilio package's generated document, minus the <Say> after </Connect>.
     reference = (
         '<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream statusCallback='
         '"https://bridge.example.com/twilio/stream-status" statusCallbackMethod="POST" url='

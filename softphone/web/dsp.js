@@ -1,8 +1,8 @@
 // The browser phone's audio arithmetic: G.711 µ-law, a band-limited resampler, and Twilio's playback
 // queue. Pure (no Web Audio), so worklet.js runs it on the audio thread and the tests run it in a page.
 
-export const RATE = 8000; // Media Streams audio: µ-law, 8 kHz, mono, both ways (reference §1)
-export const FRAME = 160; // 20 ms: the usual inbound frame (reference §5)
+export const RATE = 8000; // Media Streams audio: µ-law, 8 kHz, mono, both ways (Twilio's Media Streams docs)
+export const FRAME = 160; // 20 ms: the usual inbound frame
 const CUTOFF = 0.92; // passband edge as a fraction of the lower Nyquist rate: 3.68 kHz at 8 kHz
 const ZEROS = 16; // sinc zero crossings each side of the kernel: the filter's sharpness
 const TABLE_STEPS = 512; // kernel table points per input sample (linear between them)
@@ -126,7 +126,7 @@ export class Resampler {
   }
 }
 
-// --- Twilio's playback queue (reference §3–§4) ---------------------------------------------------
+// --- Twilio's playback queue ----------------------------------------------------------------------
 // Media is queued and played in order; a mark comes back when playback reaches it (at once if nothing
 // is queued); clear drops what is queued and sends back every pending mark, flushed. Audio stays at
 // 8 kHz in the queue and is resampled as it plays, so a mark is echoed exactly when the audio ahead
@@ -161,14 +161,14 @@ export class Playout {
     this.buf = concat(this.buf, samples);
   }
 
-  /** Returns the echoes due now: the mark itself when nothing is queued (§4 case 2). */
+  /** Returns the echoes due now: the mark itself when nothing is queued. */
   addMark(name) {
     if (this.pos >= this.end) return [{ name, flushed: false }];
     this.marks.push({ name, at: this.end });
     return [];
   }
 
-  /** Drops the queue; every pending mark comes back at once, in order, flushed (§4 case 3). */
+  /** Drops the queue; every pending mark comes back at once, in order, flushed. */
   clear() {
     const echoes = this.marks.map(({ name }) => ({ name, flushed: true }));
     this.marks = [];

@@ -26,7 +26,7 @@ let call = null;
 class Call {
   constructor() {
     this.ids = { callSid: tw.sid('CA'), accountSid: tw.sid('AC'), streamSid: tw.sid('MZ') };
-    this.seq = 0; // Twilio numbers every message it sends but connected (§2)
+    this.seq = 0; // Twilio numbers every message it sends but connected
     this.chunk = 0;
     this.streams = 1;
     this.started = false; // start sent: media may flow
@@ -154,7 +154,7 @@ class Call {
   async closed(code) {
     if (this.over) return;
     if (!this.started) return this.end(`the stream could not open (Twilio 31920, close ${code})`);
-    // The server closed the stream, so Twilio goes on with the TwiML after </Connect> (§7): a
+    // The server closed the stream, so Twilio goes on with the TwiML after </Connect>: a
     // <Redirect> fetches more, which may hang up, dial, or connect a new stream for the same call.
     this.started = false;
     const next = await this.redirect();

@@ -1,11 +1,12 @@
 // Twilio's side of Media Streams, pure: the webhook parameters, the TwiML it reads, the messages it
 // sends, and its checks on what a server sends back. The browser twin of softphone/webhook.py and
-// softphone/wire.py; section numbers are those of the Twilio Media Streams reference.
+// softphone/wire.py; Twilio's side as documented:
+// https://www.twilio.com/docs/voice/media-streams/websocket-messages
 
 const FROM = '+15550100001'; // 555-01xx numbers are reserved for fiction
 const TO = '+15550100002';
 
-// What a server may send, with exactly these members (§3); anything else draws warning 31951.
+// What a server may send, with exactly these members; anything else draws warning 31951.
 const SERVER_EVENTS = {
   media: ['event', 'media', 'streamSid'],
   mark: ['event', 'mark', 'streamSid'],
@@ -29,7 +30,7 @@ export function voiceParams(callSid, accountSid) {
 }
 
 /** What a bidirectional stream needs from the webhook's answer: Response/Connect/Stream's url and
- * <Parameter>s, and the verbs after </Connect> (they run once the server closes the stream, §7). */
+ * <Parameter>s, and the verbs after </Connect> (they run once the server closes the stream). */
 export function parseTwiml(text, webhookUrl) {
   const doc = new DOMParser().parseFromString(text, 'application/xml');
   const root = doc.documentElement;
@@ -52,8 +53,8 @@ export function parseTwiml(text, webhookUrl) {
   };
 }
 
-// A relative url is resolved against the webhook (§6); a query string is dropped, as Twilio
-// reportedly strips it (§6), so a bridge must not depend on one.
+// A relative url is resolved against the webhook; a query string is dropped, as Twilio
+// reportedly strips it, so a bridge must not depend on one.
 function streamUrl(url, webhookUrl) {
   const resolved = new URL(url, webhookUrl);
   resolved.protocol = { 'http:': 'ws:', 'https:': 'wss:' }[resolved.protocol] || resolved.protocol;
@@ -65,7 +66,7 @@ function streamUrl(url, webhookUrl) {
   return resolved.href;
 }
 
-// --- what Twilio sends (§2): numbers as strings, in the documented field order ---------------------
+// --- what Twilio sends: numbers as strings, in the documented field order --------------------------
 
 export function connected() {
   return { event: 'connected', protocol: 'Call', version: '1.0.0' };
@@ -102,7 +103,7 @@ export function stop(seq, ids) {
   };
 }
 
-// --- what a server sends (§3), checked as Twilio checks it ---------------------------------------
+// --- what a server sends, checked as Twilio checks it --------------------------------------------
 
 /** One text frame → {event: 'media', ulaw} | {event: 'mark', name} | {event: 'clear'}; throws a
  * Violation for anything Twilio would warn about (31951) and ignore. */
@@ -136,7 +137,7 @@ function exactMembers(obj, expected, where) {
   }
 }
 
-// Standard base64 alphabet with padding (§1).
+// Standard base64 alphabet with padding.
 export function toBase64(bytes) {
   let text = '';
   for (const b of bytes) text += String.fromCharCode(b);
