@@ -41,14 +41,14 @@ def variable(spec: Spec) -> str:
 def meaning(spec: Spec) -> str:
     notes = [spec.doc]
     if spec.persona:
-        notes.append(f"*persona file*: `{spec.persona}`")
+        notes.append(f"persona file key `{spec.persona}`")
     if spec.secret:
         notes.append("never logged")
     return "; ".join(notes)
 
 
 def plain(markdown_text: str) -> str:
-    return markdown_text.replace("`", "").replace("*", "")
+    return markdown_text.replace("`", "")
 
 
 def groups(specs: list[Spec]) -> dict[str, list[Spec]]:

@@ -127,13 +127,14 @@ class Settings:
     api_key: str = setting("GEMINI_API_KEY", "", also=("GOOGLE_API_KEY",), secret=True, group=MODEL,
                            doc="Gemini Developer API key: with it the bridge talks to Gemini")
     USE_VERTEXAI = declare("GOOGLE_GENAI_USE_VERTEXAI", False, group=MODEL,
-                           doc="use Vertex AI (application default credentials) instead of the Developer API")
+                           doc="use Vertex AI (application default credentials; needs `GOOGLE_CLOUD_PROJECT` or an "
+                               "API key) instead of the Developer API")
+    gcp_project: str = setting("GOOGLE_CLOUD_PROJECT", "", group=MODEL, doc="Vertex AI project")
+    gcp_location: str = setting("GOOGLE_CLOUD_LOCATION", "us-central1", group=MODEL, doc="Vertex AI location")
     ECHO_MODEL = declare(
         "BRIDGE_ECHO_MODEL", False, group=MODEL,
         doc="bench only (`python -m bench.load --bridge-only`): the model_clients answer each caller utterance "
             "with its echo themselves (model_client/echo.py), no Gemini, no emulator; never for real calls")
-    gcp_project: str = setting("GOOGLE_CLOUD_PROJECT", "", group=MODEL, doc="Vertex AI project")
-    gcp_location: str = setting("GOOGLE_CLOUD_LOCATION", "us-central1", group=MODEL, doc="Vertex AI location")
     # "gemini", "vertex" or "emulator" (no credentials); "echo" for the bench: no model at all.
     backend: str = derived("emulator", read=partial(readers.backend, echo=ECHO_MODEL, vertex=USE_VERTEXAI))
     model: str = setting("GEMINI_MODEL", "gemini-3.8-live", group=MODEL, doc="Live model id")
@@ -165,8 +166,8 @@ class Settings:
             "session, for at most this much more delay; `0` sends every frame as it comes")
     PERSONA_FILE = declare(
         "BRIDGE_PERSONA_FILE", "", group=CONVERSATION,
-        doc="a TOML file setting any of the variables marked *persona file* in these tables, by the key "
-            "shown there; the environment wins over it")
+        doc="a TOML file that may set each variable listed here with a persona file key, by that key; the "
+            "environment wins over it")
     greeting: str = setting(
         "BRIDGE_GREETING", "", persona="greeting", group=CONVERSATION,
         doc="a prompt sent when the session opens, so the model speaks first (e.g. `Greet the caller.`)")
@@ -254,10 +255,9 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in a log line (common/logs.py masks them); of the Redis URL,
-        its password."""
-        values = [getattr(self, f.name) for f in fields(self)
-                  if f.metadata[SPEC].secret and f.name != "redis_url"]
+        """Values that must never appear in a log line (common/logs.py masks them): the secret settings,
+        and the Redis URL's password on its own."""
+        values = [getattr(self, f.name) for f in fields(self) if f.metadata[SPEC].secret]
         return tuple(v for v in (*values, urlsplit(self.redis_url).password) if v)
 
     def model_client_endpoint_for(self, n: int) -> str:
