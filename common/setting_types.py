@@ -46,8 +46,8 @@ def declare(env: str, default: Any, *, group: str, doc: str, kind: type | None =
     kind = kind or type(default)
     if kind in (int, float) and not read and (lo is None or hi is None):
         raise TypeError(f"{env}: a number needs both bounds (lo and hi)")
-    return Spec(env, default, kind, group, doc, lo, hi, tuple(choices), secret, tuple(also), shown, read,
-                persona)
+    return Spec(env=env, default=default, kind=kind, group=group, doc=doc, lo=lo, hi=hi, choices=tuple(choices),
+                secret=secret, also=tuple(also), shown=shown, read=read, persona=persona)
 
 
 def setting(env: str, default: Any, **spec: Any) -> Any:
@@ -58,7 +58,7 @@ def setting(env: str, default: Any, **spec: Any) -> Any:
 
 def derived(default: Any, read: Callable | None = None, secret: bool = False) -> Any:
     """A ``Settings`` field with no variable of its own: ``read`` or ``load()`` derives it from others."""
-    declared = Spec("", default, type(default), "", "", secret=secret, read=read)
+    declared = Spec(env="", default=default, kind=type(default), group="", doc="", secret=secret, read=read)
     return field(default=default, repr=not secret, metadata={SPEC: declared})
 
 
