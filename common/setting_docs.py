@@ -1,7 +1,9 @@
 """The settings' documentation, generated from their declarations (``python -m common.settings``).
 
-``markdown`` gives the README's configuration tables (one per group, each variable once), ``listing``
-the same as plain text for a terminal. tests/test_settings.py fails when the README's copy differs.
+``markdown`` gives the README's configuration table: each variable once, grouped (one table with a
+group column rather than a table per group, which would cost the README 30 lines of headings);
+``listing`` the same as plain text for a terminal, a section per group. tests/test_settings.py fails
+when the README's copy differs.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import textwrap
 
 from common.setting_types import FALSE, TRUE, Spec, number
 
-INTRO = (f"Booleans take {', '.join(f'`{t}`/`{f}`' for t, f in zip(TRUE, FALSE))} (any case); an empty "
-         "value means the default; a number outside its range stops the process at start.")
+BOOLEAN = ", ".join(f"`{t}`/`{f}`" for t, f in zip(TRUE, FALSE))
+INTRO = (f"Booleans take {BOOLEAN} (any case); an empty value means the default; a number outside its "
+         "range stops the process at start.")
 
 
 def default(spec: Spec) -> str:
@@ -31,7 +34,7 @@ def allowed(spec: Spec) -> str:
         return ", ".join(f"`{c}`" for c in spec.choices)
     if spec.lo is not None and spec.hi is not None:
         return f"{number(spec.lo)}–{number(spec.hi)}"
-    return "`true`/`false`" if spec.kind is bool else ""
+    return BOOLEAN if spec.kind is bool else ""
 
 
 def variable(spec: Spec) -> str:
@@ -60,12 +63,11 @@ def groups(specs: list[Spec]) -> dict[str, list[Spec]]:
 
 
 def markdown(specs: list[Spec]) -> str:
-    parts = [INTRO]
+    rows = ["| group | variable | default | values | meaning |", "|---|---|---|---|---|"]
     for group, members in groups(specs).items():
-        rows = [f"| {variable(s)} | {default(s)} | {allowed(s)} | {meaning(s)} |" for s in members]
-        parts.append("\n".join([f"### {group}", "", "| variable | default | values | meaning |",
-                                "|---|---|---|---|", *rows]))
-    return "\n\n".join(parts) + "\n"
+        rows += [f"| {f'**{group}**' if i == 0 else ''} | {variable(s)} | {default(s)} | {allowed(s)} | "
+                 f"{meaning(s)} |" for i, s in enumerate(members)]
+    return "\n".join(rows) + "\n"
 
 
 def listing(specs: list[Spec]) -> str:

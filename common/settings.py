@@ -27,8 +27,8 @@ PERSONAS = ("echo", "tone", "silent")  # emulator/persona.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SENSITIVITY = ("HIGH", "LOW")
 
-GATEWAY, PROCESSES, SECURITY, MODEL = "Gateway", "Processes", "Security and limits", "Model"
-CONVERSATION, FAULTS, DEVELOPMENT = "Persona and conversation", "Fault tolerance", "Development, tests and bench"
+GATEWAY, PROCESSES, SECURITY, MODEL = "Gateway", "Processes", "Security", "Model"
+CONVERSATION, FAULTS, DEVELOPMENT = "Conversation", "Faults", "Development"
 
 
 @dataclass(frozen=True)

@@ -207,15 +207,17 @@ def test_each_variable_is_documented_once_with_its_range():
     text = setting_docs.markdown(specs())
     for spec in specs():
         assert text.count(f"| `{spec.env}`") == 1, spec.env
-    assert "| `PORT` | `8080` | 1–65535 | gateway HTTP port |" in text
-    assert "| `GEMINI_API_KEY` or `GOOGLE_API_KEY` | — |" in text
+        assert "|" not in spec.doc + spec.shown, f"{spec.env}: a | would split its table row"
+    assert "| **Gateway** | `PORT` | `8080` | 1–65535 | gateway HTTP port |\n|  | `HOST` |" in text
+    assert "| **Model** | `GEMINI_API_KEY` or `GOOGLE_API_KEY` | — |  | " in text
+    assert "| `BRIDGE_PREWARM` | `true` | `true`/`false`, `1`/`0`, `yes`/`no` |" in text
 
 
 def test_help_lists_every_variable_by_group(capsys):
     main([])
     out = capsys.readouterr().out
     assert "  PORT (default 8080; 1..65535)\n      gateway HTTP port\n" in out
-    assert "Security and limits:\n" in out and "`" not in out
+    assert "\nSecurity:\n  TWILIO_AUTH_TOKEN (default —)\n" in out and "`" not in out
     for spec in specs():
         assert out.count(f"\n  {spec.env} ") == 1, spec.env
     main(["--markdown"])
