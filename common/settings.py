@@ -292,13 +292,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values, **readers.curve_keys(env, curve_secrets, Settings.CURVE_DIR, values))
 
 
-def main(argv: list[str]) -> None:
-    """``python -m common.settings``: every variable, its default and range; ``--markdown``: the
-    README's configuration tables."""
+if __name__ == "__main__":  # the docs: python -m common.settings [--markdown | --readme]
     from common import setting_docs
 
-    print(setting_docs.markdown(specs()) if "--markdown" in argv else setting_docs.listing(specs()), end="")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    setting_docs.main(sys.argv[1:], specs())
