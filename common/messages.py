@@ -26,7 +26,6 @@ from typing import ClassVar
 import msgpack
 
 PROTOCOL_VERSION = 1
-HEARTBEAT_INTERVAL_S = 1.0  # default; Settings.heartbeat_s overrides it (tests run faster)
 LIVENESS = 3  # a peer silent for this many heartbeat intervals is dead (Paranoid Pirate)
 FRAMES_PER_S = 50  # audio frames a call sends each way a second: Twilio's 20 ms
 

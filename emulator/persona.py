@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.settings import PERSONAS  # the names EMULATOR_PERSONA accepts
 from transcoder import resample
 from transcoder.g711 import float_to_pcm16
 
@@ -24,7 +25,6 @@ TONE_HZ = 440.0
 TONE_S = 0.6
 TONE_PEAK = 0.25  # -12 dBFS
 FADE_S = 0.01  # raised-cosine ramps, so the tone starts and stops without a click
-PERSONAS = ("echo", "tone", "silent")
 MAX_TEXT = 2000  # characters of text input echoed back (keeps every transcript frame small)
 
 

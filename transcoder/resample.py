@@ -22,11 +22,11 @@ from typing import Protocol
 
 import numpy as np
 
+from common.settings import RESAMPLERS as ENGINES  # the names BRIDGE_RESAMPLER accepts: "fir" first
 from transcoder import fir
 from transcoder.g711 import float_to_int16
 
-ENGINES = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")
-DEFAULT_ENGINE = "fir"
+DEFAULT_ENGINE = ENGINES[0]
 SCALE = 32768.0
 FLUSH_PAD = 512  # input samples of silence: more than any sinc converter's half-length at our ratios
 
