@@ -39,7 +39,7 @@ class Settings:
     twilio_auth_token: str = field(default="", repr=False)
     bridge_secret: str = field(default="", repr=False)  # signs stream tokens ("" = random per process)
     insecure_dev: bool = False  # no auth token and non-loopback peers served anyway
-    upgrade_signature: str = "log"  # off | log | enforce
+    upgrade_signature: str = "enforce"  # off | log | enforce
     max_calls: int = 0  # 0 = what the live peers advertise
     max_ws_message: int = 64 * 1024
     max_media_payload: int = 16000
@@ -289,7 +289,7 @@ def _tool_script(env: Mapping[str, str]) -> tuple[tuple[str, str, str], ...]:
 
 
 def _security(env: Mapping[str, str]) -> dict:
-    mode = env.get("BRIDGE_UPGRADE_SIGNATURE", "").strip().lower() or "log"
+    mode = env.get("BRIDGE_UPGRADE_SIGNATURE", "").strip().lower() or "enforce"
     if mode not in ("off", "log", "enforce"):
         raise SettingsError(f"BRIDGE_UPGRADE_SIGNATURE must be off, log or enforce, got {mode!r}")
     rate = _float(env, "BRIDGE_MAX_MSG_RATE", Settings.max_msg_rate)

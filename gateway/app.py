@@ -63,9 +63,9 @@ async def twiml_webhook(request: web.Request) -> web.Response:
     if settings.prewarm:
         app[PIPELINE].prewarm(call, call_sid)
     # The call id rides along to the webhooks about this stream, so their log lines can name it.
-    body = twiml.connect_stream_twiml(settings.stream_url, {"token": token},
-                                      after_url=f"{settings.public_url}/twiml/after?call={call}",
-                                      status_callback_url=f"{settings.public_url}/twiml/stream-status?call={call}")
+    body = twiml.connect_stream_twiml(
+        settings.stream_url, {"token": token}, after_url=f"{settings.public_url}/twiml/after?call={call}",
+        status_callback_url=f"{settings.public_url}/twiml/stream-status?call={call}")
     return web.Response(text=body, content_type=XML)
 
 

@@ -18,7 +18,7 @@ import aiohttp
 from softphone import wire
 from softphone.playback import RATE, Echo, Playback
 from softphone.result import CallResult, EchoedMark
-from softphone.webhook import CallError, Twiml, new_sid, twilio_signature
+from softphone.webhook import CallError, Twiml, new_sid, upgrade_headers
 from transcoder.g711 import ULAW_SILENCE
 
 FRAME = 160  # 20 ms of µ-law: the common inbound frame (reference §5)
@@ -81,10 +81,7 @@ class MediaStream:
                 await receiver
 
     async def _connect(self, session: aiohttp.ClientSession, auth_token: str | None):
-        # §10: whether Twilio signs the upgrade is uncertain; its best guess is the wss URL as written in
-        # the TwiML with empty params. Sending it costs nothing and lets a bridge try its optional check.
-        headers = {"X-Twilio-Signature": twilio_signature(auth_token, self.twiml.stream_url, {})} \
-            if auth_token is not None else {}
+        headers = upgrade_headers(auth_token, self.twiml.stream_url)  # Twilio signs the upgrade too
         timeout = aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S)
         try:
             return await session.ws_connect(self.twiml.stream_url, headers=headers, timeout=timeout,

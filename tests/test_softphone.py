@@ -366,9 +366,9 @@ async def test_signed_webhook_and_upgrade(bridge):
     assert form["AccountSid"] == bridge.start["accountSid"]
     assert {k: form[k] for k in ("CallStatus", "Direction", "ApiVersion")} == {
         "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
-    # Reference §10's best guess: the stream URL as written in the TwiML, empty params.
-    stream_url = f"ws://{url.split('/')[2]}/ws/twilio"
-    assert bridge.upgrade_headers["X-Twilio-Signature"] == twilio_signature("s3cret", stream_url, {})
+    # The upgrade is signed as Twilio signs it: the stream's URL with scheme wss, empty params.
+    stream_url = f"wss://{url.split('/')[2]}/ws/twilio"
+    assert RequestValidator("s3cret").validate(stream_url, {}, bridge.upgrade_headers["X-Twilio-Signature"])
 
 
 @pytest.mark.parametrize("bridge", ["busy"], indirect=True)
