@@ -1,8 +1,8 @@
 """Logging with the process name, the call id, and the call's Twilio CallSid and StreamSid on every line.
 
 A call's ids live in a context variable: asyncio tasks inherit it, so a per-call task sets it once
-(``call_context``) and every line it logs carries them. Loops that serve many calls at once set it
-around the work for one call. Each process registers a call's Twilio sids when it learns them
+(``call_context`` around its body, or ``name_call`` for the rest of it) and every line it logs carries
+them. Loops that serve many calls at once set it around the work for one call. Each process registers a call's Twilio sids when it learns them
 (``register_call``) and forgets them when the call ends (``forget_call``), so a line logged under
 ``call_context(call)`` names them without passing them; a line about a call this process does not hold
 (yet, or any more) passes them to ``call_context`` itself. Lines are text by default, or one JSON

@@ -3,6 +3,7 @@
 
 import json
 import re
+import time
 import urllib.parse
 import urllib.request
 from typing import NamedTuple
@@ -13,8 +14,6 @@ from common import logs
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from tests.conftest import Stack
-
-pytestmark = pytest.mark.e2e
 
 TEXT = re.compile(r"\S+ \S+ (?P<level>[A-Z]+) (?P<process>\S+) call=(?P<call>\S+) call_sid=(?P<call_sid>\S+) "
                   r"stream_sid=(?P<stream_sid>\S+) (?P<logger>\S+): (?P<message>.*)")
@@ -47,6 +46,7 @@ def after(stack: Stack, call: str, call_sid: str) -> str:
         return r.read().decode()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["text", "json"])
 async def test_every_line_about_a_call_names_its_ids(fmt, tmp_path):
     stack = Stack(tmp_path / "run", GEMINI_SILENCE_MS="300", LOG_FORMAT=fmt, LOG_LEVEL="INFO",
@@ -107,3 +107,16 @@ def test_ids_from_outside_cannot_forge_a_line():
         logs.forget_call("c2")
     with logs.call_context("c2"):
         assert logs.call_ids() == logs.CallIds("c2", "-", "-")
+
+
+def test_a_call_whose_stream_never_came_is_forgotten_in_time():
+    logs.register_call("c4", "CA4")  # admitted at the webhook; no stream followed
+    logs.register_call("c5", "CA5", "MZ5")  # a stream is up: forgotten only at its end
+    try:
+        logs._drop_stale(time.monotonic() + logs.PENDING_S + 1)
+        with logs.call_context("c4"):
+            assert logs.call_ids() == logs.CallIds("c4", "-", "-")
+        with logs.call_context("c5"):
+            assert logs.call_ids() == logs.CallIds("c5", "CA5", "MZ5")
+    finally:
+        logs.forget_call("c5")
