@@ -2,12 +2,12 @@
 
 A call's ids live in a context variable: asyncio tasks inherit it, so a per-call task sets it once
 (``call_context`` around its body, or ``name_call`` for the rest of it) and every line it logs carries
-them. Loops that serve many calls at once set it around the work for one call. Each process registers a call's Twilio sids when it learns them
-(``register_call``) and forgets them when the call ends (``forget_call``), so a line logged under
-``call_context(call)`` names them without passing them; a line about a call this process does not hold
-(yet, or any more) passes them to ``call_context`` itself. Lines are text by default, or one JSON
-object each with ``LOG_FORMAT=json``; either way the fields are ``call``, ``call_sid``, ``stream_sid``
-(``-`` when not known, such as the StreamSid before Twilio's ``start``).
+them. Loops that serve many calls at once set it around the work for one call. Each process registers
+a call's Twilio sids when it learns them (``register_call``) and forgets them when the call ends
+(``forget_call``), so a line logged under ``call_context(call)`` names them without passing them; a
+line about a call this process does not hold (yet, or any more) passes them to ``call_context``.
+Lines are text by default, or one JSON object each with ``LOG_FORMAT=json``; either way the fields are
+``call``, ``call_sid``, ``stream_sid`` (``-`` when not known, such as the StreamSid before ``start``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import NamedTuple
 # A call registered before its stream started (the webhook, a pre-warm) that nothing forgets (its
 # stream never came) is dropped after this: longer than a stream token or a pre-warmed session lives.
 PENDING_S = 300.0
-ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what a call id or Twilio sid looks like (theirs: 2 letters + 32 hex)
+ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a call id or a Twilio sid (theirs: 2 letters, 32 hex digits)
 
 
 class CallIds(NamedTuple):
@@ -120,8 +120,8 @@ class _MaskingFormatter(logging.Formatter):
         return line
 
 
-TEXT_FORMAT = ("%(asctime)s %(levelname)s {process} call=%(call)s call_sid=%(call_sid)s stream_sid=%(stream_sid)s "
-               "%(name)s: %(message)s")
+TEXT_FORMAT = ("%(asctime)s %(levelname)s {process} call=%(call)s call_sid=%(call_sid)s "
+               "stream_sid=%(stream_sid)s %(name)s: %(message)s")
 
 
 def setup(process: str, level: str = "INFO", secrets: tuple[str, ...] = (), json_lines: bool = False) -> None:

@@ -89,7 +89,8 @@ def report(result: CallResult, wav: Path, summary: Path | None) -> str:
              f"reply: {result.reply_heard_s:.2f} s heard; {latency}",
              f"heard: {wav}" + (f"; details: {summary}" if summary else "")]
     if result.protocol_errors:
-        lines.append(f"{len(result.protocol_errors)} protocol problem(s), the first: {result.protocol_errors[0]}")
+        lines.append(f"{len(result.protocol_errors)} protocol problem(s), the first: "
+                     f"{result.protocol_errors[0]}")
     return "\n".join(lines)
 
 

@@ -208,4 +208,5 @@ class MediaStream:
             first_audio_s=None if self.first_audio is None else (self.first_audio - FRAME) / RATE,
             speech_end_s=speech_end / RATE, reply_starts_s=[s / RATE for s in starts],
             turn_latencies_s=[(s - speech_end) / RATE for s in starts if s >= speech_end],
-            underruns=self.playback.underruns, reply_heard_s=self.playback.played / RATE, closed_by=self.closed_by or "caller")
+            underruns=self.playback.underruns, reply_heard_s=self.playback.played / RATE,
+            closed_by=self.closed_by or "caller")

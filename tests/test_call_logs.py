@@ -34,9 +34,9 @@ def parse(log: str, fmt: str) -> list[Line]:
     for raw in log.splitlines():
         if fmt == "json" and raw.startswith("{"):
             d = json.loads(raw)
-            lines.append(Line(d["process"], d["call"], d["call_sid"], d["stream_sid"], d["logger"], d["message"]))
+            lines.append(Line(*(d[field] for field in Line._fields)))
         elif fmt == "text" and (match := TEXT.fullmatch(raw)):
-            lines.append(Line(*match.group("process", "call", "call_sid", "stream_sid", "logger", "message")))
+            lines.append(Line(*match.group(*Line._fields)))
     return lines
 
 
@@ -89,8 +89,10 @@ async def test_every_line_about_a_call_names_its_ids(fmt, tmp_path):
 
     said = [line.message for line in ours]
     for expected in (rf"call {call} \({result.call_sid}\) admitted", r"model turn 1 \(complete.*",
-                     rf"stream of {result.call_sid} ended: hangup", rf"stream of {result.call_sid} ended: resume",
-                     rf".*\"POST /twiml/after\?call={call} HTTP/1.1\" 200 .*", r".*\"GET /ws/twilio HTTP/1.1\" 101 .*"):
+                     rf"stream of {result.call_sid} ended: hangup",
+                     rf"stream of {result.call_sid} ended: resume",
+                     rf".*\"POST /twiml/after\?call={call} HTTP/1.1\" 200 .*",
+                     r".*\"GET /ws/twilio HTTP/1.1\" 101 .*"):
         assert any(re.fullmatch(expected, message) for message in said), expected
 
 

@@ -47,6 +47,6 @@ def test_make_call_without_a_reply_fails_saying_so(tmp_path):
         assert stack.stop() == 0
     assert done.returncode != 0
     assert "reply: 0.00 s heard; none began after the caller stopped speaking" in done.stdout
-    assert re.search(r"^softphone: no reply: nothing played on the call in the 5\.0 s it lasted$", done.stderr,
-                     re.M), done.stderr
+    no_reply = r"^softphone: no reply: nothing played on the call in the 5\.0 s it lasted$"
+    assert re.search(no_reply, done.stderr, re.M), done.stderr
     assert (tmp_path / "out" / "reply.wav").exists() and (tmp_path / "out" / "reply.json").exists()
