@@ -27,10 +27,10 @@ bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench.load
 
-# One call against `make run`'s stack, with synthetic speech; what came back is in out/.
+# One call against `make run`'s stack, with synthetic speech: a short summary here, what came back in
+# out/. Exits non-zero when no reply played.
 call: $(VENV)/.installed
-	@mkdir -p out
-	$(PY) -m softphone call --url http://127.0.0.1:$(PORT) --say-tone --out out/reply.wav --summary out/reply.json
+	@$(PY) -m softphone call --url http://127.0.0.1:$(PORT) --say-tone --out out/reply.wav --summary out/reply.json
 
 clean:
 	rm -rf $(VENV) .run out *.egg-info

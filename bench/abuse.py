@@ -40,7 +40,7 @@ from gateway.security import signature
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from softphone.webhook import new_sid, voice_params
+from softphone.webhook import new_sid, upgrade_headers, voice_params
 from transcoder.g711 import decode_ulaw
 
 FRAME = 160  # 20 ms of µ-law
@@ -209,7 +209,8 @@ class Abuser:
     async def _stream(self, session, frames: list, token: str | None, call_sid: str,
                       wait_close: float) -> bool:
         """Send frames on one stream (started with ``token`` unless None); True if the server closed."""
-        async with session.ws_connect(self.ws_url, max_msg_size=0) as ws:
+        async with session.ws_connect(self.ws_url, headers=upgrade_headers(self.auth, self.ws_url),
+                                      max_msg_size=0) as ws:
             stream_sid = new_sid("MZ")
             try:
                 if token is not None:
@@ -289,7 +290,7 @@ class Abuser:
         return row
 
     async def _flood(self, session, token: str, call_sid: str) -> bool:
-        async with session.ws_connect(self.ws_url) as ws:
+        async with session.ws_connect(self.ws_url, headers=upgrade_headers(self.auth, self.ws_url)) as ws:
             stream_sid = new_sid("MZ")
             await ws.send_json(wire.start(1, new_sid("AC"), stream_sid, call_sid, {"token": token}))
             media = json.dumps(wire.media(2, stream_sid, 1, 0, b"\xff" * FRAME))

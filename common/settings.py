@@ -73,8 +73,8 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS, group=PROCESSES, doc="log level")
     log_format: str = setting(
         "LOG_FORMAT", "text", choices=("text", "json"), group=PROCESSES,
-        doc="`json` for one JSON object per line; either way every line names the call id, CallSid and "
-            "StreamSid")
+        doc="`json` for one JSON object per line; either way a line about a call names its call id, "
+            "CallSid and StreamSid (`-` until Twilio's `start`)")
     twilio_auth_token: str = setting(
         "TWILIO_AUTH_TOKEN", "", secret=True, group=SECURITY,
         doc="Twilio Auth Token: every request under `/twiml` must carry a valid `X-Twilio-Signature`; "
@@ -87,8 +87,10 @@ class Settings:
         doc="with no `TWILIO_AUTH_TOKEN`, serve non-loopback peers anyway, and allow `tcp://` endpoints "
             "without CURVE keys (development only; logged as `INSECURE` at start)")
     upgrade_signature: str = setting(
-        "BRIDGE_UPGRADE_SIGNATURE", "log", choices=("off", "log", "enforce"), group=SECURITY,
-        doc="check `X-Twilio-Signature` on the WebSocket upgrade")
+        "BRIDGE_UPGRADE_SIGNATURE", "enforce", choices=("off", "log", "enforce"), group=SECURITY,
+        doc="with `TWILIO_AUTH_TOKEN` set, the WebSocket upgrade must carry a valid `X-Twilio-Signature` "
+            "over `wss://` + `PUBLIC_URL`'s host and path + the path and query as received, else 403; `log` "
+            "lets it through with a log line (a proxy that rewrites the URL); `off` skips the check")
     max_calls: int = setting(
         "BRIDGE_MAX_CALLS", 0, lo=0, hi=100_000, group=SECURITY,
         doc="concurrent calls; `0` = what the live transcoders and model_clients advertise (the smaller "

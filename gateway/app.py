@@ -12,6 +12,7 @@ import logging
 from aiohttp import WSCloseCode, web
 
 from common import messages as m
+from common.logs import call_context, name_call, register_call
 from common.settings import Settings
 from gateway import limits, media_ws, metrics, phone, security, twiml
 from gateway.admission import Admissions
@@ -56,12 +57,15 @@ async def twiml_webhook(request: web.Request) -> web.Response:
                     held, room)
         return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
     call, token = app[ADMISSIONS].issue(call_sid)
-    log.info("call %s (%s) admitted", call, call_sid)
+    register_call(call, call_sid)
+    with call_context(call):
+        log.info("call %s (%s) admitted", call, call_sid)
     if settings.prewarm:
         app[PIPELINE].prewarm(call, call_sid)
-    body = twiml.connect_stream_twiml(settings.stream_url, {"token": token},
-                                      after_url=settings.public_url + "/twiml/after",
-                                      status_callback_url=settings.public_url + "/twiml/stream-status")
+    # The call id rides along to the webhooks about this stream, so their log lines can name it.
+    body = twiml.connect_stream_twiml(
+        settings.stream_url, {"token": token}, after_url=f"{settings.public_url}/twiml/after?call={call}",
+        status_callback_url=f"{settings.public_url}/twiml/stream-status?call={call}")
     return web.Response(text=body, content_type=XML)
 
 
@@ -71,6 +75,7 @@ async def twiml_after(request: web.Request) -> web.Response:
     call_sid = form.get("CallSid", "")
     if not isinstance(call_sid, str) or not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
+    name_call(request.query.get("call", ""), call_sid)  # the call id our TwiML put in the URL
     done = await request.app[PIPELINE].state.after(call_sid)
     _count(request.app, f"twiml_after_{done.disposition}")
     log.info("stream of %s ended: %s%s", call_sid, done.disposition, f" to {done.target}" if done.target else "")
@@ -89,6 +94,7 @@ async def stream_status(request: web.Request) -> web.Response:
     """Twilio's stream statusCallback: the only place a failed WebSocket handshake shows."""
     form = await request.post()
     event, sid = form.get("StreamEvent", ""), form.get("CallSid", "")
+    name_call(request.query.get("call", ""), sid, form.get("StreamSid", ""))  # the call id from our TwiML
     if event == "stream-error":
         _count(request.app, "stream_errors")
         log.warning("Twilio reports stream error for %.40r: %.200r", sid, form.get("StreamError", ""))

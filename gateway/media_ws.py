@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 
 from common import messages as m
 from common.lifecycle import spawn
-from common.logs import call_context, forget_call, register_call
+from common.logs import call_context, forget_call, name_call, register_call
 from gateway import twilio_codec as tw
 from gateway.admission import Admissions
 from gateway.calls import Call
@@ -81,28 +81,31 @@ class MediaStream:
             self._count("twilio_rejected")
             log.warning("second start on one stream dropped")
             return
-        admitted = self.admissions.admit(event.custom_parameters.get("token", ""), event.call_sid)
-        if admitted is None:
-            self._count("stream_refused")
-            log.warning("stream for %.40r refused: unknown, expired or reused token", event.call_sid)
-            self._close()
-            return
+        with call_context("-", event.call_sid, event.stream_sid):  # no call id until the token is good
+            admitted = self.admissions.admit(event.custom_parameters.get("token", ""), event.call_sid)
+            if admitted is None:
+                self._count("stream_refused")
+                log.warning("stream for %.40r refused: unknown, expired or reused token", event.call_sid)
+                self._close()
+                return
         settings = self.pipeline.settings
         register_call(admitted, event.call_sid, event.stream_sid)
+        # This runs in the stream's own task (its request's): every line from here on, the access
+        # line at the end included, names the call.
+        name_call(admitted, event.call_sid, event.stream_sid)
         call = Call(admitted, event.call_sid, event.stream_sid, self.ws,
                     Playout(ahead_ms=settings.playback_ahead_ms),
                     TranscriptLog(settings.transcript_dir, event.call_sid), counters=self.counters)
-        with call_context(call.id):
-            params = {k: v for k, v in event.custom_parameters.items() if k != "token"}
-            if not self.pipeline.start_call(call, params):
-                self._count("stream_refused")
-                log.error("stream refused: no live transcoder or model_client")
-                forget_call(call.id)
-                self._close()
-                return
-            self.call = call
-            call.start_writer()
-            log.info("stream %s started for %s", event.stream_sid, event.call_sid)
+        params = {k: v for k, v in event.custom_parameters.items() if k != "token"}
+        if not self.pipeline.start_call(call, params):
+            self._count("stream_refused")
+            log.error("stream refused: no live transcoder or model_client")
+            forget_call(call.id)
+            self._close()
+            return
+        self.call = call
+        call.start_writer()
+        log.info("stream %s started for %s", event.stream_sid, event.call_sid)
 
     def _mark(self, name: str) -> None:
         call = self.call

@@ -200,7 +200,9 @@ class Pipeline:
             call = self.calls.get(msg.call)
             if call is None:
                 if isinstance(msg, m.CallEnd) and self.prewarmed.pop(msg.call, None):
-                    log.warning("pre-warmed session failed (%s); the stream will open a new one", msg.reason)
+                    with call_context(msg.call):
+                        log.warning("pre-warmed session failed (%s); the stream will open a new one",
+                                    msg.reason)
                 else:
                     self.unknown_call += 1
                 continue

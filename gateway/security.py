@@ -10,9 +10,12 @@
   unless ``BRIDGE_INSECURE_DEV=true``. "Loopback" is the TCP peer address, never X-Forwarded-For
   (anyone can write that header); and a loopback peer that sends proxy headers is a reverse proxy on
   this host relaying someone else, so it does not count as local.
-- Whether Twilio signs the WebSocket upgrade, and over which URL, is not well documented: the
-  check is ``off``, ``log`` (the default) or ``enforce``, against the candidate URLs below in order. The
-  stream itself is always authenticated by its per-call token (gateway/admission.py) at ``start``.
+- Twilio signs the stream's WebSocket upgrade too: ``X-Twilio-Signature`` over the ``wss://`` URL it
+  connected to, with empty params (a GET has no body); Twilio's own twilio-agent-connect-python
+  validates it so. ``BRIDGE_UPGRADE_SIGNATURE`` is ``enforce`` (the default: a missing or wrong
+  signature gets HTTP 403), ``log`` (note it and let the stream's token decide: for a proxy that
+  rewrites the URL) or ``off``. The stream itself is always authenticated by its per-call token
+  (gateway/admission.py) at ``start``.
 """
 
 from __future__ import annotations
@@ -93,20 +96,20 @@ def valid_json_signature(token: str, url: str, body: bytes, header: str) -> bool
     return any(_same(signature(token, u, {}), header) for u in url_variants(url))
 
 
-def upgrade_candidates(stream_url: str) -> list[str]:
-    """The candidates in order: the stream URL as written in the TwiML, with a trailing slash, and
-    both again with the http(s) scheme."""
-    scheme, rest = stream_url.split("://", 1)
-    http = {"wss": "https", "ws": "http"}.get(scheme, scheme)
-    rest = rest.rstrip("/")
-    return [f"{scheme}://{rest}", f"{scheme}://{rest}/", f"{http}://{rest}", f"{http}://{rest}/"]
+def upgrade_url(settings: Settings, request: web.Request) -> str:
+    """The URL Twilio signs for a stream's upgrade: scheme wss (the only one Twilio opens), host and
+    path from PUBLIC_URL, then the path and query exactly as received, as for a webhook.
+
+    Twilio's docs do not spell the rule out for the upgrade. Its stream URLs carry no query (TwiML's
+    <Stream url> does not support one, and ours has none), so how a query would be signed is moot here;
+    twilio-agent-connect-python passes one as params instead of leaving it in the URL. Whether Twilio
+    drops a port before signing is not documented either: like its RequestValidator, the URL is
+    accepted with and without one (``url_variants``)."""
+    return "wss://" + settings.public_url.split("://", 1)[1] + request.raw_path
 
 
-def matching_upgrade_candidate(token: str, stream_url: str, header: str) -> str | None:
-    for url in upgrade_candidates(stream_url):
-        if _same(signature(token, url, {}), header):
-            return url
-    return None
+def valid_upgrade_signature(token: str, url: str, header: str) -> bool:
+    return any(_same(signature(token, u, {}), header) for u in url_variants(url))
 
 
 # --- who is asking ----------------------------------------------------------------------------
@@ -207,15 +210,16 @@ class Guard:
         if not token or mode == "off":
             return
         header = request.headers.get(SIGNATURE_HEADER, "")
-        matched = matching_upgrade_candidate(token, self.settings.stream_url, header) if header else None
-        if matched is not None:
+        url = upgrade_url(self.settings, request)
+        if header and valid_upgrade_signature(token, url, header):
             self._count("ws_signature_ok")
-            log.info("stream upgrade signature matches %s", matched)
             return
         self._count("ws_signature_missing" if not header else "ws_signature_bad")
-        what = "carries no signature" if not header else f"signature {_shown(header)} matches no candidate"
+        what = (f"carries no {SIGNATURE_HEADER}" if not header else
+                f"{SIGNATURE_HEADER} {_shown(header)} does not match {url[:200]} with TWILIO_AUTH_TOKEN")
         if mode == "enforce":
-            log.warning("stream upgrade refused: it %s (BRIDGE_UPGRADE_SIGNATURE=enforce)", what)
+            log.warning("stream upgrade refused: it %s (BRIDGE_UPGRADE_SIGNATURE=enforce; behind a proxy "
+                        "that rewrites the URL, set it to log)", what)
             raise web.HTTPForbidden(text="forbidden\n")
         log.info("stream upgrade %s; allowed (BRIDGE_UPGRADE_SIGNATURE=log), the stream token decides",
                  what)

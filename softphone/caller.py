@@ -107,6 +107,7 @@ def _merge(legs: list[tuple[int, MediaStream]]) -> CallResult:
         merged.reply_starts_s += [t + shift for t in leg.reply_starts_s]
         merged.turn_latencies_s += leg.turn_latencies_s
         merged.underruns += leg.underruns
+        merged.reply_heard_s += leg.reply_heard_s
         merged.closed_by, merged.streams = leg.closed_by, merged.streams + 1
         merged.stream_sid, merged.twiml = leg.stream_sid, leg.twiml
     return merged

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from softphone.caller import CallError, place_call
+from softphone.caller import CallError, CallResult, place_call
 from softphone.speech import speech_like
 from transcoder.g711 import decode_ulaw
 
@@ -46,19 +46,52 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str], env: Mapping[str, str]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for path in (args.out, args.summary):
+            if path is not None:
+                ready_to_write(path)
         audio = read_wav(args.wav) if args.wav else speech_like(args.seconds, seed=args.seed)
         result = asyncio.run(place_call(
             args.url, audio, realtime=not args.fast, listen_s=args.listen, dtmf=args.dtmf,
             auth_token=args.auth_token or env.get("TWILIO_AUTH_TOKEN") or None, timeout_s=args.timeout))
         write_wav(args.out, decode_ulaw(result.heard))
-        summary = json.dumps(result.summary(), indent=2)
         if args.summary:
-            args.summary.write_text(summary + "\n")
+            args.summary.write_text(json.dumps(result.summary(), indent=2) + "\n")
     except (CallError, ValueError, OSError, wave.Error, aiohttp.ClientError) as exc:
         print(f"softphone: error: {exc}", file=sys.stderr)
         return 1
-    print(summary)
+    print(report(result, args.out, args.summary))
+    if not result.reply_heard_s:
+        print(f"softphone: no reply: nothing played on the call in the {len(result.sent) / RATE:.1f} s it "
+              "lasted", file=sys.stderr)
+        return 1
     return 0
+
+
+def ready_to_write(path: Path) -> None:
+    """Make the file's folder and prove the file can be written, before the call: a path that fails
+    only once the call is over loses what the call recorded."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
+
+
+def report(result: CallResult, wav: Path, summary: Path | None) -> str:
+    """A few lines for a person: was there a reply, how soon, and where the files went."""
+    latency = (f"the first began {result.turn_latencies_s[0]:.2f} s after the caller stopped speaking"
+               if result.turn_latencies_s else "none began after the caller stopped speaking")
+    lines = [f"call {result.call_sid}, stream {result.stream_sid}",
+             f"reply: {result.reply_heard_s:.2f} s heard; {latency}",
+             f"heard: {wav}" + (f"; details: {summary}" if summary else "")]
+    if result.protocol_errors:
+        lines.append(f"{len(result.protocol_errors)} protocol problem(s), the first: "
+                     f"{result.protocol_errors[0]}")
+    return "\n".join(lines)
 
 
 def read_wav(path: Path) -> np.ndarray:

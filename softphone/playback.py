@@ -42,6 +42,7 @@ class Playback:
         self.underruns = 0  # audio arrived after the queue had run dry inside a reply
         self.reply_starts: list[int] = []  # samples where audio began after silence or a clear
         self.discarded = 0  # bytes dropped past the 31931 cap
+        self.played = 0  # samples of the server's audio played so far (cleared audio never plays)
 
     @property
     def queued(self) -> int:
@@ -100,6 +101,7 @@ class Playback:
         self._offset += n
         self._queued -= n
         self.clock += n
+        self.played += n
         if self._offset == len(head):
             self._items.popleft()
             self._offset = 0

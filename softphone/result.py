@@ -41,6 +41,7 @@ class CallResult:
     turn_latencies_s: list[float] = field(default_factory=list)  # speech end → each reply after it
     closed_by: str = "caller"  # "caller" (sent stop, closed) or "server" (closed the socket)
     underruns: int = 0  # a reply's audio ran out mid-reply, then more came (late audio)
+    reply_heard_s: float = 0.0  # the server's audio that played before the call ended (not cleared)
     streams: int = 1  # Media Streams the call used (more after following <Redirect>s)
     stream_gaps_s: list[float] = field(default_factory=list)  # no stream up between two of them
 
@@ -59,5 +60,6 @@ class CallResult:
             "start_to_audio_s": self.start_to_audio_s,
             "speech_end_s": self.speech_end_s, "reply_starts_s": list(self.reply_starts_s),
             "turn_latencies_s": list(self.turn_latencies_s), "closed_by": self.closed_by,
+            "reply_heard_s": self.reply_heard_s,
             "streams": self.streams, "underruns": self.underruns, "stream_gaps_s": list(self.stream_gaps_s),
         }

@@ -18,7 +18,7 @@ import aiohttp
 from softphone import wire
 from softphone.playback import RATE, Echo, Playback
 from softphone.result import CallResult, EchoedMark
-from softphone.webhook import CallError, Twiml, new_sid, twilio_signature
+from softphone.webhook import CallError, Twiml, new_sid, upgrade_headers
 from transcoder.g711 import ULAW_SILENCE
 
 FRAME = 160  # 20 ms of µ-law: the common inbound frame
@@ -81,10 +81,7 @@ class MediaStream:
                 await receiver
 
     async def _connect(self, session: aiohttp.ClientSession, auth_token: str | None):
-        # Twilio signs the upgrade over the wss URL as written in the TwiML, with empty params
-        # (docs/architecture.md#twilio); a bridge may check it.
-        headers = {"X-Twilio-Signature": twilio_signature(auth_token, self.twiml.stream_url, {})} \
-            if auth_token is not None else {}
+        headers = upgrade_headers(auth_token, self.twiml.stream_url)  # Twilio signs the upgrade too
         timeout = aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S)
         try:
             return await session.ws_connect(self.twiml.stream_url, headers=headers, timeout=timeout,
@@ -211,4 +208,5 @@ class MediaStream:
             first_audio_s=None if self.first_audio is None else (self.first_audio - FRAME) / RATE,
             speech_end_s=speech_end / RATE, reply_starts_s=[s / RATE for s in starts],
             turn_latencies_s=[(s - speech_end) / RATE for s in starts if s >= speech_end],
-            underruns=self.playback.underruns, closed_by=self.closed_by or "caller")
+            underruns=self.playback.underruns, reply_heard_s=self.playback.played / RATE,
+            closed_by=self.closed_by or "caller")

@@ -62,6 +62,19 @@ def signed_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.hostname or ""))
 
 
+def upgrade_url(stream_url: str) -> str:
+    """The URL Twilio signs for the stream's upgrade (with empty params): the stream URL it connects to,
+    scheme wss, the only one Twilio opens (locally the softphone may open ws://)."""
+    return "wss://" + stream_url.split("://", 1)[1]
+
+
+def upgrade_headers(auth_token: str | None, stream_url: str) -> dict[str, str]:
+    """The stream upgrade's headers as Twilio sends them: signed when there is a token."""
+    if auth_token is None:
+        return {}
+    return {"X-Twilio-Signature": twilio_signature(auth_token, upgrade_url(stream_url), {})}
+
+
 def voice_params(call_sid: str, account_sid: str) -> dict[str, str]:
     """The standard parameters of an inbound call's first webhook, while the phone still rings."""
     return {"AccountSid": account_sid, "ApiVersion": API_VERSION, "CallSid": call_sid,

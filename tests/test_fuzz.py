@@ -39,7 +39,7 @@ from gateway.security import signature
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from softphone.webhook import new_sid, voice_params
+from softphone.webhook import new_sid, upgrade_headers, voice_params
 from tests.conftest import ROOT, Stack, clean_env, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -162,7 +162,8 @@ async def exchange(stack: Stack, frames: list, start: dict | None = None, end: l
                    wait_close: bool = False) -> tuple[bool, str]:
     """Open a stream, optionally start it, send the frames; (closed by the server?, stream sid)."""
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.url.replace("http", "ws") + "/ws/twilio",
+        stream_url = stack.url.replace("http", "ws") + "/ws/twilio"
+        async with session.ws_connect(stream_url, headers=upgrade_headers(AUTH, stream_url),
                                       max_msg_size=0) as ws:
             stream_sid = new_sid("MZ")
             if start is not None:
@@ -335,7 +336,8 @@ async def flood(stack: Stack, seconds: float) -> bool:
     call_sid = new_sid("CA")
     token = await asyncio.to_thread(stream_token, stack, call_sid)
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.url.replace("http", "ws") + "/ws/twilio") as ws:
+        stream_url = stack.url.replace("http", "ws") + "/ws/twilio"
+        async with session.ws_connect(stream_url, headers=upgrade_headers(AUTH, stream_url)) as ws:
             stream_sid = new_sid("MZ")
             await ws.send_json(wire.start(1, new_sid("AC"), stream_sid, call_sid, {"token": token}))
             media = json.dumps(wire.media(2, stream_sid, 1, 0, b"\xff" * 160))

@@ -35,7 +35,7 @@ from gateway.app import make_app
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from softphone.webhook import new_sid, parse_twiml, voice_params
+from softphone.webhook import new_sid, parse_twiml, upgrade_headers, voice_params
 from tests.conftest import Stack, free_port
 
 TOKEN = "12345"
@@ -77,18 +77,43 @@ def test_official_json_vector():
     assert not RequestValidator(TOKEN).validate(url, body.decode().replace("3030", "3031"), sig)
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("wss://bridge.example.com/twilio/media", "hGVJmeOLwZmJhPeWsyRDIvgH8Zc="),
-    ("wss://bridge.example.com/twilio/media/", "K34XpNWz3mSbbFwtWeDWONZkGSc="),
-    ("https://bridge.example.com/twilio/media", "lZEvGu0Z5D37/G+S9TnXfxg6Af0="),
-    ("https://bridge.example.com/twilio/media/", "oCASpbGuWrrhM6eFJjDBtdXYMQ4="),
+@pytest.mark.parametrize("public, received, signed_over, ok", [
+    # wss, PUBLIC_URL's host (and path), the path as received: the reference's vector is this one
+    ("https://bridge.example.com", "/twilio/media", "wss://bridge.example.com/twilio/media", True),
+    ("https://bridge.example.com", "/twilio/media", "wss://bridge.example.com/twilio/media/", False),
+    ("https://bridge.example.com", "/twilio/media", "https://bridge.example.com/twilio/media", False),
+    ("https://bridge.example.com", "/twilio/media", "ws://bridge.example.com/twilio/media", False),
+    ("https://bridge.example.com", "/twilio/media", "wss://other.example.com/twilio/media", False),
+    ("https://bridge.example.com", "/ws/twilio?x=1&y=%20", "wss://bridge.example.com/ws/twilio?x=1&y=%20",
+     True),
+    ("https://bridge.example.com", "/ws/twilio?x=1", "wss://bridge.example.com/ws/twilio", False),
+    ("https://bridge.example.com:8443", "/ws/twilio", "wss://bridge.example.com:8443/ws/twilio", True),
+    ("https://bridge.example.com:8443", "/ws/twilio", "wss://bridge.example.com/ws/twilio", True),
+    ("https://bridge.example.com/edge", "/ws/twilio", "wss://bridge.example.com/edge/ws/twilio", True),
+    ("http://127.0.0.1:8080", "/ws/twilio", "wss://127.0.0.1:8080/ws/twilio", True),  # always wss
+    ("http://127.0.0.1:8080", "/ws/twilio", "ws://127.0.0.1:8080/ws/twilio", False),
 ])
-def test_upgrade_candidates_in_reference_order(url, expected):
-    stream = "wss://bridge.example.com/twilio/media"
-    assert security.matching_upgrade_candidate(TOKEN, stream, expected) == url
-    assert security.upgrade_candidates(stream).index(url) == [
-        "hGVJmeOLwZmJhPeWsyRDIvgH8Zc=", "K34XpNWz3mSbbFwtWeDWONZkGSc=", "lZEvGu0Z5D37/G+S9TnXfxg6Af0=",
-        "oCASpbGuWrrhM6eFJjDBtdXYMQ4="].index(expected)
+def test_upgrade_signature_rule_agrees_with_request_validator(public, received, signed_over, ok):
+    url = security.upgrade_url(load({"PUBLIC_URL": public}), make_mocked_request("GET", received))
+    header = RequestValidator(TOKEN).compute_signature(signed_over, {})
+    assert security.valid_upgrade_signature(TOKEN, url, header) == ok
+    assert RequestValidator(TOKEN).validate(url, {}, header) == ok
+    if signed_over == "wss://bridge.example.com/twilio/media":
+        assert header == "hGVJmeOLwZmJhPeWsyRDIvgH8Zc="
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(path=st.text("ab/%2F-._~", max_size=16), query=st.text("ab=&%2F+", max_size=16),
+       signed_over=st.sampled_from(["same", "https", "slash", "no query", "other path"]))
+def test_upgrade_rule_matches_request_validator_for_any_path(path, query, signed_over):
+    received = "/ws/" + path + (f"?{query}" if query else "")
+    url = security.upgrade_url(load({"PUBLIC_URL": "https://bridge.example.com"}),
+                               make_mocked_request("GET", received))
+    signed = {"same": url, "https": url.replace("wss://", "https://"), "slash": url + "/",
+              "no query": url.split("?")[0], "other path": url.replace("/ws/", "/wz/")}[signed_over]
+    header = RequestValidator(TOKEN).compute_signature(signed, {})
+    ours = security.valid_upgrade_signature(TOKEN, url, header)
+    assert ours == RequestValidator(TOKEN).validate(url, {}, header) == (signed == url)
 
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
@@ -110,7 +135,7 @@ def test_signature_equals_request_validator(path, pairs, token):
 def test_any_header_text_is_just_wrong_never_an_error(header):
     assert not security.valid_form_signature(TOKEN, "https://x.example/twiml", {}, header + "x")
     assert not security.valid_json_signature(TOKEN, "https://x.example/?bodySHA256=ab", b"", header)
-    assert security.matching_upgrade_candidate(TOKEN, "wss://x.example/ws", header + "x") is None
+    assert not security.valid_upgrade_signature(TOKEN, "wss://x.example/ws", header + "x")
 
 
 def test_loopback_means_the_tcp_peer_without_proxy_headers():
@@ -290,13 +315,13 @@ async def test_without_a_token_only_loopback_peers_get_in(insecure, caplog):
 
 
 @pytest.mark.parametrize("mode, sign, opens", [
+    (None, False, False), (None, True, True),  # enforce, the default with TWILIO_AUTH_TOKEN set
     ("log", False, True), ("enforce", False, False), ("enforce", True, True), ("off", False, True)])
-async def test_upgrade_signature_modes(mode, sign, opens):
+async def test_upgrade_signature_modes(mode, sign, opens, caplog):
     auth = "tok-upgrade"
-    async with gateway(TWILIO_AUTH_TOKEN=auth, BRIDGE_UPGRADE_SIGNATURE=mode) as client:
-        headers = {}
-        if sign:
-            headers["X-Twilio-Signature"] = security.signature(auth, client.config.stream_url, {})
+    env = {"BRIDGE_UPGRADE_SIGNATURE": mode} if mode else {}
+    async with gateway(TWILIO_AUTH_TOKEN=auth, **env) as client:
+        headers = upgrade_headers(auth, client.config.stream_url) if sign else {}
         try:
             ws = await client.ws_connect("/ws/twilio", headers=headers)
             await ws.close()
@@ -308,6 +333,8 @@ async def test_upgrade_signature_modes(mode, sign, opens):
     assert opened == opens
     if mode != "off":
         assert got.get("ws_signature_ok" if sign else "ws_signature_missing") == 1
+    if not opens:
+        assert "stream upgrade refused: it carries no X-Twilio-Signature" in caplog.text
 
 
 async def open_stream(client, token: str, call_sid: str):
@@ -624,7 +651,10 @@ async def attacks(url: str, auth: str) -> None:
         for sig in ("", security.signature(auth + "x", url + "/twiml", params)):
             async with session.post(url + "/twiml", data=params, headers={"X-Twilio-Signature": sig}) as r:
                 assert r.status == 403
-        async with session.ws_connect(url.replace("http", "ws") + "/ws/twilio") as ws:
+        stream_url = url.replace("http", "ws") + "/ws/twilio"
+        with pytest.raises(aiohttp.WSServerHandshakeError, match="403"):  # an unsigned upgrade
+            await session.ws_connect(stream_url)
+        async with session.ws_connect(stream_url, headers=upgrade_headers(auth, stream_url)) as ws:
             await ws.send_json(wire.start(1, new_sid("AC"), new_sid("MZ"), params["CallSid"],
                                           {"token": "v1.9999999999.0123456789ab." + "A" * 27}))
             await closed(ws)
@@ -651,7 +681,7 @@ async def test_real_stack_keeps_every_secret_out_of_its_logs(backend, tmp_path):
                                  auth_token=secrets["TWILIO_AUTH_TOKEN"], timeout_s=15)
         counted = stack.health()["counters"]
         assert counted["webhook_unsigned"] == 1 and counted["webhook_bad_signature"] == 1
-        assert counted["stream_token_unknown"] == 1
+        assert counted["stream_token_unknown"] == 1 and counted["ws_signature_missing"] == 1
     finally:
         assert stack.proc is None or stack.stop() == 0
     text = all_logs(stack)

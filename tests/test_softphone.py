@@ -188,6 +188,10 @@ class ToyBridge:
         while await self._recv(ws) is not None:
             pass
 
+    async def _silent(self, ws) -> None:
+        while await self._recv(ws) is not None:
+            pass
+
     async def _hangup(self, ws) -> None:
         while await self._recv(ws) is not None:
             if self.frames == 10:
@@ -362,9 +366,9 @@ async def test_signed_webhook_and_upgrade(bridge):
     assert form["AccountSid"] == bridge.start["accountSid"]
     assert {k: form[k] for k in ("CallStatus", "Direction", "ApiVersion")} == {
         "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
-    # The upgrade is signed over the stream URL as written in the TwiML, empty params.
-    stream_url = f"ws://{url.split('/')[2]}/ws/twilio"
-    assert bridge.upgrade_headers["X-Twilio-Signature"] == twilio_signature("s3cret", stream_url, {})
+    # The upgrade is signed as Twilio signs it: the stream's URL with scheme wss, empty params.
+    stream_url = f"wss://{url.split('/')[2]}/ws/twilio"
+    assert RequestValidator("s3cret").validate(stream_url, {}, bridge.upgrade_headers["X-Twilio-Signature"])
 
 
 @pytest.mark.parametrize("bridge", ["busy"], indirect=True)
@@ -497,20 +501,30 @@ def test_speech_like_is_deterministic_voiced_band_limited_and_aperiodic():
 # --- the command line ---------------------------------------------------------------------------
 
 
+async def run_cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "softphone", "call", *args, cwd=ROOT, env=dict(os.environ, **(env or {})),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
 async def test_cli_call_writes_wav_and_summary(bridge, tmp_path):
     # Real-time pace: in --fast mode the call can end before the toy bridge's echo and mark arrive.
-    out, summary = tmp_path / "reply.wav", tmp_path / "summary.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "softphone", "call", "--url", bridge.url, "--say-tone", "--seconds", "0.5",
-        "--listen", "0.3", "--out", str(out), "--summary", str(summary), "--dtmf", "0.2:7",
-        cwd=ROOT, env=dict(os.environ, TWILIO_AUTH_TOKEN="tok"), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    # The folders do not exist yet: the softphone makes them.
+    out, summary = tmp_path / "new" / "reply.wav", tmp_path / "also" / "new" / "summary.json"
+    code, stdout, stderr = await run_cli(
+        "--url", bridge.url, "--say-tone", "--seconds", "0.5", "--listen", "0.3", "--out", str(out),
+        "--summary", str(summary), "--dtmf", "0.2:7", env={"TWILIO_AUTH_TOKEN": "tok"})
 
-    assert proc.returncode == 0, stderr.decode()
-    printed = json.loads(stdout)
-    assert printed == json.loads(summary.read_text()) and printed["closed_by"] == "caller"
-    assert printed["dtmf_sent"] == [{"t_s": 0.2, "digit": "7"}] and printed["marks_sent_back"]
+    assert code == 0, stderr
+    details = json.loads(summary.read_text())
+    assert details["closed_by"] == "caller" and details["reply_heard_s"] > 0.2
+    assert details["dtmf_sent"] == [{"t_s": 0.2, "digit": "7"}] and details["marks_sent_back"]
+    call, reply, files = stdout.splitlines()
+    assert call == f"call {details['call_sid']}, stream {details['stream_sid']}"
+    assert reply.startswith(f"reply: {details['reply_heard_s']:.2f} s heard; ")
+    assert files == f"heard: {out}; details: {summary}"
     with wave.open(str(out)) as wav:
         shape = wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
         assert shape == (1, 2, 8000, 6400)
@@ -519,6 +533,27 @@ async def test_cli_call_writes_wav_and_summary(bridge, tmp_path):
     url, headers, form = bridge.webhooks[0]
     assert headers["X-Twilio-Signature"] == twilio_signature("tok", url, form)
     assert bridge.problems == []
+
+
+@pytest.mark.parametrize("bridge", ["silent"], indirect=True)
+async def test_cli_without_a_reply_says_so_and_exits_1(bridge, tmp_path):
+    out = tmp_path / "reply.wav"
+    code, stdout, stderr = await run_cli("--url", bridge.url, "--say-tone", "--seconds", "0.3",
+                                         "--listen", "0.2", "--out", str(out))
+    assert code == 1 and "reply: 0.00 s heard; none began" in stdout
+    assert stderr == "softphone: no reply: nothing played on the call in the 0.5 s it lasted\n"
+    assert out.exists()  # what the call recorded is kept
+
+
+async def test_cli_refuses_a_path_it_cannot_write_before_calling(bridge, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, summary in ((a_file / "reply.wav", None), (tmp_path / "r.wav", tmp_path),
+                         (tmp_path / "r.wav", a_file / "s.json")):
+        args = ["--url", bridge.url, "--say-tone", "--fast", "--out", str(out)]
+        code, _, stderr = await run_cli(*args, *(["--summary", str(summary)] if summary else []))
+        assert code == 1 and stderr.startswith("softphone: error: cannot write "), stderr
+    assert bridge.webhooks == [] and not (tmp_path / "r.wav").exists()
 
 
 def test_cli_failures_exit_1_with_a_message(tmp_path, capsys):
