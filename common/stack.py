@@ -45,9 +45,9 @@ def supervisord_env(config: settings_module.Settings, environ: dict[str, str]) -
     }
 
 
-def _die_with_parent():
-    """For supervisord, to run before exec: SIGTERM (its clean shutdown) if this process is killed
-    outright, so that no stage outlives the stack. Linux only; elsewhere nothing."""
+def die_with_parent():
+    """A preexec function: the child gets SIGTERM (supervisord's clean shutdown) if this process is
+    killed outright, so that no stage outlives the stack. Linux only; elsewhere None."""
     if not sys.platform.startswith("linux"):
         return None
     PR_SET_PDEATHSIG = 1
@@ -79,7 +79,7 @@ def run(config: settings_module.Settings) -> int | str:
     # Its own process group: a Ctrl-C reaches supervisord once, through us, not twice.
     supervisord = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(CONF)],
-        env=supervisord_env(config, dict(os.environ)), process_group=0, preexec_fn=_die_with_parent())
+        env=supervisord_env(config, dict(os.environ)), process_group=0, preexec_fn=die_with_parent())
 
     def forward(signum: int, _frame) -> None:
         with contextlib.suppress(ProcessLookupError):  # already gone: nothing left to stop
@@ -104,7 +104,7 @@ def control(config: settings_module.Settings, args: list[str]) -> int | str:
         return (f"stack: no stack is running with run dir {config.run_dir} (BRIDGE_RUN_DIR); "
                 f"start one with `make run`")
     if args == ["status"]:
-        args = ["status", *running_programs(config)]  # exit 0 only when every one is RUNNING
+        args = ["status", *running_programs(config)]  # exit 3 if one is down (not the unused emulator)
     elif args == ["stop"]:
         args = ["shutdown"]  # the whole stack; `stop gateway` stops one program
     command = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONF), *args]

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from supervisor.options import ServerOptions
 
-from bench.stack import _die_with_parent
 from common.settings import load
-from common.stack import PROGRAMS, running_programs, supervisord_env
+from common.stack import PROGRAMS, die_with_parent, running_programs, supervisord_env
 from common.stack_watch import Event, fatal_line, parse_event, record_fatal
 from tests.conftest import ROOT, Stack, clean_env, get_json, wait_for
 
@@ -35,7 +34,7 @@ def start_make(target: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """In a session of its own, as in a terminal: ``stop_session`` ends whatever is left of it."""
     with open(log, "ab") as out:  # append: every writer lands at the end (see bench/stack.py)
         return subprocess.Popen([*MAKE, target], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent())
 
 
 def stop_session(proc: subprocess.Popen) -> None:
@@ -129,7 +128,7 @@ def test_as_pid_1_it_reaps_orphans_and_stops_cleanly_on_sigterm(tmp_path):
     log = tmp_path / "stack.log"
     with open(log, "ab") as out:
         unshare = subprocess.Popen([*namespace, sys.executable, "-m", "common.stack"], cwd=ROOT, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                   stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     try:
         init = wait_for(lambda: children(unshare.pid)[0] if children(unshare.pid) else None, 10, "PID 1")
         url = f"http://127.0.0.1:{env['PORT']}/healthz"
