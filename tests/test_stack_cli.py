@@ -244,7 +244,8 @@ def test_make_run_with_a_bad_port_stops_naming_it(tmp_path, port):
     env = clean_env(tmp_path / "run", PORT=port)
     run = subprocess.run([*MAKE, "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     output = run.stdout + run.stderr
-    assert run.returncode != 0 and "configuration error: PORT" in output, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("configuration error:")]
+    assert run.returncode != 0 and len(errors) == 1 and "PORT" in errors[0], output[-4000:]
     assert "spawned" not in output, "supervisord started anyway"
 
 
