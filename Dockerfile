@@ -23,5 +23,7 @@ ENV PORT=8080 BRIDGE_RUN_DIR=/tmp/bridge PYTHONUNBUFFERED=1
 EXPOSE 8080
 # Healthy once the gateway answers and has a live transcoder and model_client to give a call to.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD ["python", "-c", "import json, os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ['PORT']; sys.exit(json.load(urllib.request.urlopen(url, timeout=4))['status'] != 'ok')"]
-# common.stack fills in supervisord's BRIDGE_* settings, then execs supervisord (it becomes PID 1).
+# common.stack checks the settings, fills in supervisord's BRIDGE_* variables and stays PID 1 as
+# supervisord's parent: it passes `docker stop`'s SIGTERM on, reaps orphans, and exits 1 with a line
+# saying why when a program could not start (FATAL) and the stack stopped itself.
 ENTRYPOINT ["python", "-m", "common.stack"]

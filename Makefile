@@ -5,26 +5,44 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 export PORT
 
-.PHONY: run test call bench clean
+.PHONY: run status stop test call bench clean
 
+# What is installed, one stamp each: the runtime dependencies (`make run`), and the test or bench
+# extras on top of them. A venv made by `make test` is one `make run` uses as it is; `make test` after
+# `make run` only adds the extras.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || \
 		{ echo "could not create a venv: on Debian, apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
 	@touch $@
 
 run: $(VENV)/.installed
 	$(PY) -m common.stack
 
-test: $(VENV)/.installed
+# The running stack's programs and their pids; `make stop` stops it (from another terminal). Both find
+# it by its run directory, as `make run` chose it: the same BRIDGE_RUN_DIR (or none, for the default).
+status: $(VENV)/.installed
+	@$(PY) -m common.stack status
+
+stop: $(VENV)/.installed
+	@$(PY) -m common.stack stop
+
+test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
 # How many calls this box carries (bench/load.py): JSON and a plot under docs/, a table on stdout.
-bench: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+bench: $(VENV)/.installed-bench
 	$(PY) -m bench.load
 
 # One call against `make run`'s stack, with synthetic speech: a short summary here, what came back in

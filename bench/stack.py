@@ -67,7 +67,7 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
 
 
 class Stack:
-    """The real stack: `python -m common.stack` execs supervisord, which runs every process."""
+    """The real stack: `python -m common.stack` runs supervisord, which runs every process."""
 
     def __init__(self, run_dir: Path, **extra: str):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,10 @@ class Stack:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "Stack":
-        with open(self.log, "wb") as out:
+        # Opened for append: supervisord reopens /dev/stdout for every program, and a writer at its own
+        # offset would overwrite the others' lines.
+        self.log.write_bytes(b"")
+        with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:

@@ -170,16 +170,18 @@ def test_supervisord_conf_parses_and_runs_real_modules(tmp_path, monkeypatch, cr
     options.process_config(do_usage=False)  # raises ValueError on anything it cannot parse
 
     programs = {group.name: group.process_configs for group in options.process_group_configs}
-    assert set(programs) == {"emulator", "transcoder", "model_client", "gateway"}
+    assert set(programs) == {"stack_watch", "emulator", "transcoder", "model_client", "gateway"}
     assert [p.name for p in programs["transcoder"]] == ["transcoder-0", "transcoder-1", "transcoder-2"]
     assert programs["emulator"][0].autostart is emulator
     for process in (p for group in programs.values() for p in group):
         python, flag, module = shlex.split(process.command)
         assert (python, flag) == (sys.executable, "-m"), process.command
-        assert (ROOT / module / "__main__.py").exists(), f"{process.name}: no module {module}"
+        path = ROOT / Path(*module.split("."))
+        assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), process.command
         assert process.directory == str(ROOT)
         assert process.stopsignal == 15  # SIGTERM: every stage's clean shutdown
     priority = {group.name: group.priority for group in options.process_group_configs}
+    assert priority["stack_watch"] < priority["emulator"]  # the watch stops last
     assert priority["emulator"] < priority["transcoder"] == priority["model_client"] < priority["gateway"]
 
 

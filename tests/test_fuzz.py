@@ -113,8 +113,9 @@ def live(tmp_path_factory):
     assert not failures, failures
     problems = [p for p in (check_echo(*r) for r in results) if p]
     assert results and not problems, (len(results), problems)
-    # supervisord says "spawned" once per start and "exited" for any exit it did not ask for.
-    assert text.count("spawned: ") == 5 and "exited: " not in text, "a process crashed or restarted"
+    # supervisord says "spawned" once per start (five stages and stack_watch) and "exited" for any exit
+    # it did not ask for.
+    assert text.count("spawned: ") == 6 and "exited: " not in text, "a process crashed or restarted"
     assert "Traceback" not in text, text[-8000:]
 
 
