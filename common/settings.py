@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class Settings:
     transcript_dir: str = ""
     dtmf_text: str = "The caller pressed {digit} on the phone keypad."
     transfer_targets: tuple[str, ...] = ()  # allow-list for transfer_call: numbers, sip: URIs, prefix*
+    fallback_dial: str = ""  # a number or sip: URI /twiml dials while Gemini is down ("" = apologise)
     tools_module: str = ""  # dotted path of a module of async functions offered to the model as tools
     phone: bool = False  # the browser phone at /phone (development): on by default with the emulator
     # Faults (DESIGN §4): what a call keeps so that no single fault ends it or loses caller audio.
@@ -100,6 +102,7 @@ class Settings:
     emulator_goaway_after_s: float = 0.0
     emulator_drop_after_s: float = 0.0
     emulator_refuse_handles: bool = False  # refuse every resumption handle (close 1007), as if expired
+    emulator_refuse_key: bool = False  # refuse every session's key at setup (close 1008), as a bad key
     emulator_tool_script: tuple[tuple[str, str, str], ...] = ()  # (text trigger, tool name, JSON args)
     # Transcoder: the resampling engine (transcoder/resample.py); "fir" meets the DSP targets.
     resampler: str = "fir"
@@ -262,6 +265,15 @@ def _targets(env: Mapping[str, str]) -> tuple[str, ...]:
     return targets
 
 
+def _fallback_dial(env: Mapping[str, str]) -> str:
+    """A transfer target without the prefix form: what gateway/twiml.py's ``dial_twiml`` takes."""
+    target = env.get("BRIDGE_FALLBACK_DIAL", "").strip()
+    if target and not re.fullmatch(r"\+?[0-9]{3,15}|sips?:[^\s<>&\"']+", target):
+        raise SettingsError(f"BRIDGE_FALLBACK_DIAL must be a phone number (+1555...) or a sip: URI, "
+                            f"got {target[:80]!r}")
+    return target
+
+
 def _log_format(env: Mapping[str, str]) -> str:
     value = env.get("LOG_FORMAT", "").strip().lower() or "text"
     if value not in ("text", "json"):
@@ -420,6 +432,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         transcript_dir=env.get("BRIDGE_TRANSCRIPT_DIR", "").strip() or os.path.join(run_dir, "transcripts"),
         dtmf_text=_dtmf_text(env),
         transfer_targets=_targets(env),
+        fallback_dial=_fallback_dial(env),
         tools_module=env.get("BRIDGE_TOOLS_MODULE", "").strip(),
         phone=_bool(env, "BRIDGE_PHONE") if env.get("BRIDGE_PHONE", "").strip() else backend == "emulator",
         emulator_host=env.get("EMULATOR_HOST", "127.0.0.1").strip(),
@@ -428,6 +441,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         emulator_goaway_after_s=_float(env, "EMULATOR_GOAWAY_AFTER_S", 0.0),
         emulator_drop_after_s=_float(env, "EMULATOR_DROP_AFTER_S", 0.0),
         emulator_refuse_handles=_bool(env, "EMULATOR_REFUSE_HANDLES"),
+        emulator_refuse_key=_bool(env, "EMULATOR_REFUSE_KEY"),
         replay_s=_float(env, "BRIDGE_REPLAY_S", Settings.replay_s) or Settings.replay_s,
         reassign_wait_s=_float(env, "BRIDGE_REASSIGN_WAIT_S", Settings.reassign_wait_s),
         reconnect_max=_int(env, "GEMINI_RECONNECT_MAX", Settings.reconnect_max),
