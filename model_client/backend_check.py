@@ -40,7 +40,7 @@ HEADLINES = {m.BACKEND_UNREACHABLE: "Gemini unreachable", m.BACKEND_KEY_REFUSED:
              m.BACKEND_SETUP_REFUSED: "Gemini refused the session setup"}
 
 
-def down_kind(error: BaseException, resuming: bool = False) -> str:
+def down_kind(error: BaseException, *, resuming: bool = False) -> str:
     """What a failed connect says about the backend: one of ``m.BACKEND_DOWN``, or "" when it says
     nothing about it (a refused resumption handle: the call goes on with a fresh session).
 
@@ -99,9 +99,9 @@ class BackendHealth:
         log.info("Gemini backend ok (%s)%s", why, after)
         self._set(m.BACKEND_UP, why)
 
-    def failed(self, error: BaseException, resuming: bool = False) -> str:
+    def failed(self, error: BaseException, *, resuming: bool = False) -> str:
         """A connect failed: mark the backend down if that is what it says. Returns ``down_kind``."""
-        kind = down_kind(error, resuming)
+        kind = down_kind(error, resuming=resuming)
         if kind:
             self._mark_down(kind, describe(error))
         return kind

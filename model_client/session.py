@@ -226,12 +226,12 @@ class GeminiSession:
         try:
             await conn.open(self.client, self.settings.model, config)
         except errors.APIError as e:
-            self._give_up = self.on_connect(e, bool(handle))
+            self._give_up = self.on_connect(e, resuming=bool(handle))
             return Ended(e.code, str(e))
         except (OSError, websockets.WebSocketException, TimeoutError) as e:
-            self._give_up = self.on_connect(e, bool(handle))
+            self._give_up = self.on_connect(e, resuming=bool(handle))
             return Ended(None, f"model unreachable: {type(e).__name__}: {e}")
-        self.on_connect(None, bool(handle))
+        self.on_connect(None, resuming=bool(handle))
         log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
                  (time.monotonic() - started) * 1000,
                  "resumed" if handle else "fresh, with the conversation so far" if instruction else "new")

@@ -96,7 +96,7 @@ class ModelClientStage:
         await open_and_close(self._client, self.settings.model,
                              live_config(self.settings, tools=self.toolbox.config()))
 
-    def _connect_result(self, call: str, error: BaseException | None, resuming: bool) -> str:
+    def _connect_result(self, call: str, error: BaseException | None, *, resuming: bool) -> str:
         """A session's connect: a success marks the backend up, a failure that says it is down marks it
         down. A session that never had a connection then ends at once ("model unavailable"): its call
         gets the apology now, not after a round of retries per stream."""
@@ -104,7 +104,8 @@ class ModelClientStage:
             self.backend.up("a call connected")
             return ""
         session = self.sessions.get(call)
-        if self.backend.failed(error, resuming) and session is not None and not session.stats["connections"]:
+        kind = self.backend.failed(error, resuming=resuming)
+        if kind and session is not None and not session.stats["connections"]:
             return f"model unavailable ({self.backend.summary})"
         return ""
 
@@ -213,7 +214,7 @@ class ModelClientStage:
             self._start_session(route, msg, GeminiSession(
                 msg.call, client, self.settings, self.toolbox, context, self._emit, self._session_ended,
                 msg.resume_handle, msg.turn, msg.resume,
-                on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming)))
+                on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming)))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
         self.sessions[msg.call] = session

@@ -57,7 +57,7 @@ def _status(code: int) -> InvalidStatus:
     (ValueError("a bug of ours"), False, ""),
 ])
 def test_what_a_failed_connect_says_about_the_backend(error, resuming, kind):
-    assert down_kind(error, resuming) == kind
+    assert down_kind(error, resuming=resuming) == kind
 
 
 def test_the_reason_is_one_bounded_line():
@@ -251,7 +251,8 @@ async def test_backend_lost_then_back(tmp_path):
         text = _stopped_cleanly(stack)
     assert "Gemini unreachable: " in text and "model unavailable (Gemini unreachable" in text
     assert "Gemini connection ended (" not in text, "a session with no backend must not retry"
-    assert re.search(r"Gemini backend ok \(gemini-3.8-live, \d+ ms\) after \d+ s down", text), "back, and said so"
+    back = re.search(r"Gemini backend ok \(gemini-3.8-live, \d+ ms\) after \d+ s down", text)
+    assert back, "back up, and said so"
 
 
 def test_a_given_up_call_ends_its_pre_warmed_sessions(stack):
