@@ -46,9 +46,10 @@ def down_kind(error: BaseException, *, resuming: bool = False) -> str:
 
     1008 is the close code the service plausibly uses for auth and permission failures (the wire
     reference leaves it open); a model name it does not serve may come the same way, and the line
-    logged carries the service's own words. An HTTP 401/403 on the upgrade is read the same way."""
+    logged carries the service's own words. An HTTP 401/403 on the upgrade, or a close whose reason
+    names the API key (whatever its code), is read the same way."""
     if isinstance(error, errors.APIError):
-        if error.code in (1008, 401, 403):
+        if error.code in (1008, 401, 403) or "api key" in str(error).lower():
             return m.BACKEND_KEY_REFUSED
         if error.code == 1007:
             return "" if resuming else m.BACKEND_SETUP_REFUSED

@@ -42,6 +42,8 @@ def _status(code: int) -> InvalidStatus:
 @pytest.mark.parametrize("error, resuming, kind", [
     (errors.APIError(1008, {"message": "API key not valid."}), False, m.BACKEND_KEY_REFUSED),
     (errors.APIError(1007, {"message": "Invalid setup"}), False, m.BACKEND_SETUP_REFUSED),
+    (errors.APIError(1007, {"message": "API key not valid. Please pass a valid API key."}), False,
+     m.BACKEND_KEY_REFUSED),
     (errors.APIError(1007, {"message": "handle expired"}), True, ""),  # the call starts afresh
     (errors.APIError(1011, {"message": "internal"}), False, m.BACKEND_UNREACHABLE),
     (errors.APIError(1006, {"message": "Abnormal closure."}), False, m.BACKEND_UNREACHABLE),
