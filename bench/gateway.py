@@ -6,8 +6,7 @@ Starts one ``python -m gateway`` (a temp BRIDGE_RUN_DIR) and plays everything be
 process with synchronous pyzmq: a transcoder (a DEALER that says Hello and heartbeats, and answers
 every AudioIn at once with an AudioOut of the same audio: the caller hears itself, a loopback) and a
 model_client (a DEALER that only says Hello and that its Gemini backend is up, so calls are
-admitted). The callers are
-bench/lean_caller.py worker processes, as in bench/load.py. So the gateway carries both directions
+admitted). The callers are bench/lean_caller.py worker processes, as in bench/load.py. So the gateway carries both directions
 all the time, 50 frames a second each way per call: more than a real conversation, where the
 model mostly speaks while the caller is quiet.
 
