@@ -163,7 +163,7 @@ def _sid(n: int) -> str:
 def test_unreachable_at_start_refuses_calls_at_once_with_the_apology(tmp_path):
     # The case a new user meets: a key and no route to Google. A closed port stands in for Google.
     stack = Stack(tmp_path / "run", GEMINI_API_KEY=KEY,
-                  GOOGLE_GEMINI_BASE_URL=f"https://127.0.0.1:{free_port()}").start(ready=False)
+                  GOOGLE_GEMINI_BASE_URL=f"https://127.0.0.1:{free_port()}").start()
     try:
         wait_for(_backend_is(stack, m.BACKEND_UNREACHABLE), 20, "the model_client to report", stack.log)
         status, ready = _readyz(stack)
@@ -187,7 +187,7 @@ def test_unreachable_at_start_refuses_calls_at_once_with_the_apology(tmp_path):
 
 def test_key_refused_sends_calls_to_the_fallback(tmp_path):
     stack = Stack(tmp_path / "run", EMULATOR_REFUSE_KEY="true",
-                  BRIDGE_FALLBACK_DIAL="sip:desk@pbx.example.com").start(ready=False)
+                  BRIDGE_FALLBACK_DIAL="sip:desk@pbx.example.com").start()
     try:
         wait_for(_backend_is(stack, m.BACKEND_KEY_REFUSED), 30, "the model_client to report", stack.log)
         status, ready = _readyz(stack)
@@ -222,7 +222,7 @@ def _supervisor(stack: Stack, method: str, name: str) -> None:
 
 
 async def test_backend_lost_then_back(tmp_path):
-    stack = Stack(tmp_path / "run", GEMINI_SILENCE_MS="300").start()  # ready: the check passed
+    stack = Stack(tmp_path / "run", GEMINI_SILENCE_MS="300").start()
     try:
         assert "Gemini backend ok (gemini-3.8-live, " in stack.log.read_text()
         assert _model_client(stack.health())["backend"] == m.BACKEND_UP
