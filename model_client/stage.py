@@ -2,7 +2,9 @@
 
 It binds its own ROUTER (``MODEL_CLIENT_ENDPOINT`` with its process number) where transcoders connect,
 and says Hello to the gateway's directory so the gateway can assign calls to it. It answers each call
-on the route it last heard that call from.
+on the route it last heard that call from. At start it checks the Gemini backend, and its Stats tell
+the gateway whether that works (model_client/backend_check.py); while it does not, a call is ended at
+once ("model unavailable") rather than left in silence.
 """
 
 from __future__ import annotations
