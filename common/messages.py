@@ -209,7 +209,8 @@ class CallerSpeech:
 @dataclass(slots=True)
 class Stats:
     """tc/mc → gw, every few seconds: the stage's cumulative counters, its gauges, and its histograms
-    (``common/stats.py``), for the gateway's ``/metrics``. Values are checked where they are read."""
+    (``common/stats.py``), for the gateway's ``/metrics``; from a model_client also its Gemini backend's
+    state, sent at once when it changes (``/readyz``, ``/twiml``). Values are checked where they are read."""
     TAG: ClassVar[int] = 17
     counters: dict  # name -> int, only ever growing
     gauges: dict  # name -> int, now
