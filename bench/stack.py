@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Variables that would point a test at real Gemini or at another stack.
 FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
-           "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT",
-           "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
+           "GOOGLE_GEMINI_BASE_URL", "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT",
+           "MODEL_CLIENT_ENDPOINT", "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
 
 
 def _die_with_parent() -> None:
