@@ -5,8 +5,8 @@
 Starts one ``python -m gateway`` (a temp BRIDGE_RUN_DIR) and plays everything behind it from this
 process with synchronous pyzmq: a transcoder (a DEALER that says Hello and heartbeats, and answers
 every AudioIn at once with an AudioOut of the same audio: the caller hears itself, a loopback) and a
-model_client (a DEALER that only says Hello, so calls are admitted). The callers are
-bench/lean_caller.py worker processes, as in bench/load.py. So the gateway carries both directions
+model_client (a DEALER that only says Hello and that its Gemini backend is up, so calls are
+admitted). The callers are bench/lean_caller.py worker processes, as in bench/load.py. So the gateway carries both directions
 all the time, 50 frames a second each way per call: more than a real conversation, where the
 model mostly speaks while the caller is quiet.
 
@@ -46,6 +46,7 @@ class BackSide:
         self.epoch = new_epoch()
         self.tc = self._dealer(ctx, gateway_ep, m.Hello(m.ROLE_TRANSCODER, self.epoch, 100000, ""))
         self.mc = self._dealer(ctx, gateway_ep, m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, 100000, model_ep))
+        self.mc.send(m.pack([m.Stats({}, {}, {}, m.BACKEND_UP, "bench: no model")]))  # for /readyz
         self.up_ms: list[float] = []
         self.counts = {"audio_in": 0, "audio_out": 0, "calls_started": 0, "calls_ended": 0}
         self.last_beat = 0.0

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Variables that would point a test at real Gemini or at another stack.
 FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
-           "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT", "MODEL_CLIENT_ENDPOINT",
-           "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
+           "GOOGLE_GEMINI_BASE_URL", "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT",
+           "MODEL_CLIENT_ENDPOINT", "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
 
 
 def _die_with_parent() -> None:
@@ -78,6 +78,8 @@ class Stack:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "Stack":
+        """Once every process is up and the model_client's Gemini check is done (/healthz "backend" up,
+        or down when a test means it to be: /readyz tells which)."""
         # Opened for append: supervisord reopens /dev/stdout for every program, and a writer at its own
         # offset would overwrite the others' lines.
         self.log.write_bytes(b"")
@@ -85,11 +87,15 @@ class Stack:
             self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
-            wait_for(lambda: self.health()["status"] == "ok", timeout, "the stack to be ready", self.log)
+            wait_for(self._started, timeout, "the stack to be ready", self.log)
         except BaseException:
             self.stop()  # never leave a half-started stack running behind a failed test
             raise
         return self
+
+    def _started(self) -> bool:
+        health = self.health()
+        return health["status"] == "ok" and health["backend"] != "checking"
 
     def health(self) -> dict:
         if self.proc.poll() is not None:

@@ -33,6 +33,15 @@ ROLE_TRANSCODER = "transcoder"
 ROLE_MODEL_CLIENT = "model_client"
 ROLE_GATEWAY = "gateway"
 
+# A model_client's Gemini backend, as its Stats report it (model_client/backend_check.py): being checked,
+# up, or down for one of three reasons. A transcoder reports "".
+BACKEND_CHECKING = "checking"
+BACKEND_UP = "up"
+BACKEND_UNREACHABLE = "unreachable"
+BACKEND_KEY_REFUSED = "key_refused"
+BACKEND_SETUP_REFUSED = "setup_refused"
+BACKEND_DOWN = (BACKEND_UNREACHABLE, BACKEND_KEY_REFUSED, BACKEND_SETUP_REFUSED)
+
 
 class WireError(ValueError):
     """A batch that does not follow this schema. Between our own processes that is a bug."""
@@ -200,11 +209,14 @@ class CallerSpeech:
 @dataclass(slots=True)
 class Stats:
     """tc/mc → gw, every few seconds: the stage's cumulative counters, its gauges, and its histograms
-    (``common/stats.py``), for the gateway's ``/metrics``. Values are checked where they are read."""
+    (``common/stats.py``), for the gateway's ``/metrics``; from a model_client also its Gemini backend's
+    state, sent at once when it changes (``/readyz``, ``/twiml``). Values are checked where they are read."""
     TAG: ClassVar[int] = 17
     counters: dict  # name -> int, only ever growing
     gauges: dict  # name -> int, now
     histograms: dict  # name -> [count per bucket..., sum × 1000]
+    backend: str = ""  # a model_client's Gemini backend: BACKEND_CHECKING, _UP or one of BACKEND_DOWN
+    backend_why: str = ""  # what its last check or connection attempt said
 
 
 _AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)

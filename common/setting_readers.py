@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import tomllib
 from typing import Mapping
@@ -90,6 +91,14 @@ def transfer_targets(env: Env, spec: Spec, values: dict) -> tuple[str, ...]:
             raise SettingsError(f"{spec.env}: {t!r} is not a phone number (+1555...), a sip: URI or a "
                                 "prefix ending in *")
     return targets
+
+
+def fallback_dial(env: Env, spec: Spec, values: dict) -> str:
+    """A transfer target without the prefix form: what gateway/twiml.py's ``dial_twiml`` takes."""
+    target = text(env, spec)
+    if target and not re.fullmatch(r"\+?[0-9]{3,15}|sips?:[^\s<>&\"']+", target):
+        raise SettingsError(f"{spec.env} must be a phone number (+1555...) or a sip: URI, got {target[:80]!r}")
+    return target
 
 
 def tool_script(env: Env, spec: Spec, values: dict) -> tuple[tuple[str, str, str], ...]:

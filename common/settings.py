@@ -20,8 +20,6 @@ from common.messages import LIVENESS
 from common.setting_readers import MAX_RUN_DIR
 from common.setting_types import SPEC, SettingsError, Spec, declare, derived, read, setting
 
-__all__ = ["Settings", "SettingsError", "load", "specs", "RESAMPLERS", "PERSONAS"]
-
 RESAMPLERS = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")  # transcoder/resample.py's engines
 PERSONAS = ("echo", "tone", "silent")  # emulator/persona.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -188,6 +186,10 @@ class Settings:
         "BRIDGE_TRANSFER_TARGETS", (), shown="— (no `transfer_call` tool)", read=readers.transfer_targets,
         group=CONVERSATION, doc="allow-list for transfers, comma-separated: `+15550001111`, "
                                 "`sip:desk@pbx.example.com`, or a prefix like `+1555*`")
+    fallback_dial: str = setting(
+        "BRIDGE_FALLBACK_DIAL", "", shown="— (apologise and hang up)", read=readers.fallback_dial,
+        group=CONVERSATION,
+        doc="a number (`+15550001111`) or `sip:` URI to `<Dial>` instead of the apology while Gemini is down")
     tools_module: str = setting("BRIDGE_TOOLS_MODULE", "", group=CONVERSATION,
                                 doc="dotted path of a module whose public `async def`s become tools")
     replay_s: float = setting(
@@ -233,6 +235,9 @@ class Settings:
     emulator_refuse_handles: bool = setting(
         "EMULATOR_REFUSE_HANDLES", False, group=DEVELOPMENT,
         doc="refuse every session resumption handle (close 1007), as the service does an expired one")
+    emulator_refuse_key: bool = setting(
+        "EMULATOR_REFUSE_KEY", False, group=DEVELOPMENT,
+        doc="refuse every session's key at setup (close 1008), as the service would a bad key")
     emulator_tool_script: tuple[tuple[str, str, str], ...] = setting(
         "EMULATOR_TOOL_SCRIPT", (), read=readers.tool_script, group=DEVELOPMENT,
         doc='scripted tool calls: a JSON list of `{"when": text, "call": tool, "args": {...}}`; text input '
@@ -242,13 +247,8 @@ class Settings:
     def emulator_base_url(self) -> str:
         return f"https://{self.emulator_host}:{self.emulator_port}"
 
-    @property
-    def emulator_cert(self) -> str:
-        return os.path.join(self.run_dir, "emulator-cert.pem")
-
-    @property
-    def emulator_key(self) -> str:
-        return os.path.join(self.run_dir, "emulator-key.pem")
+    emulator_cert = property(lambda self: os.path.join(self.run_dir, "emulator-cert.pem"))
+    emulator_key = property(lambda self: os.path.join(self.run_dir, "emulator-key.pem"))
 
     def transfer_allowed(self, target: str) -> bool:
         """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""

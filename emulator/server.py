@@ -19,6 +19,8 @@ Fault knobs, per connection, counted from its setup:
 - ``EMULATOR_DROP_AFTER_S`` > 0: after that long, the TCP connection is aborted with no close frame
   (the SDK reports 1006).
 - ``EMULATOR_REFUSE_HANDLES``: every resumption handle is refused (1007), as an expired one would be.
+- ``EMULATOR_REFUSE_KEY``: every setup is refused (1008), as a bad API key would be
+  (``emulator.session``).
 """
 
 from __future__ import annotations

@@ -121,6 +121,9 @@ class LiveSession:
             raise wire.Malformed(f"the first frame must be setup, got {kind}")
         if not isinstance(setup.get("model"), str) or not setup["model"]:
             raise wire.Malformed("setup.model is missing")
+        if self._settings.emulator_refuse_key:
+            self._refuse_key()
+            return False
         opts = Options.from_setup(setup)
         self.instruction = wire.text_of({"turns": [setup.get("system_instruction") or {}]})
         turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
@@ -133,6 +136,16 @@ class LiveSession:
         except Gone:
             return False
         return True
+
+    def _refuse_key(self) -> None:
+        """EMULATOR_REFUSE_KEY: answer the setup as the service answers a bad key. The wire reference
+        does not document that answer (whether the upgrade is refused with an HTTP status or the setup
+        with a close code, and with which text); the closest documented behaviour is a close with 1008,
+        policy violation, which it names as the plausible code for auth and permission failures. The
+        reason's wording is ours."""
+        key = "present" if self._request.headers.get("x-goog-api-key") else "absent"
+        log.warning("%s: refusing the key (%s) at setup with 1008 (EMULATOR_REFUSE_KEY)", self._label, key)
+        self._end(1008, "API key not valid. Please pass a valid API key.", "key refused")
 
     def _resumed_turns(self, handle: object) -> int:
         if not handle:

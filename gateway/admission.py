@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ TOKEN_TTL_S = 60.0  # Twilio opens the stream within seconds of fetching the Twi
 VERSION = "v1"
 _TOKEN = re.compile(r"v1\.([0-9]{1,12})\.([0-9a-f]{12})\.([A-Za-z0-9_-]{27})")
 _MAX_TOKEN = 64
+
+
+class _Pending(NamedTuple):
+    expiry: float
+    call_sid: str
+    call: str
 
 
 def derive_key(secret: str) -> bytes:
@@ -54,7 +60,7 @@ class Admissions:
         self.ttl_s, self.clock = ttl_s, clock
         self.counters = {} if counters is None else counters
         self._used: dict[str, float] = {}  # mac -> expiry: single use
-        self._pending: dict[str, float] = {}  # mac -> expiry: issued here, stream not started yet
+        self._pending: dict[str, _Pending] = {}  # mac -> issued here, stream not started yet
         self._next_expire = 0.0
 
     def _mac(self, expiry: int, nonce: str, call_sid: str) -> str:
@@ -67,8 +73,19 @@ class Admissions:
         self._expire()
         expiry, nonce = int(self.clock() + self.ttl_s) + 1, secrets.token_hex(6)
         mac = self._mac(expiry, nonce, call_sid)
-        self._pending[mac] = expiry
+        self._pending[mac] = _Pending(expiry, call_sid, "c" + nonce)
         return "c" + nonce, f"{VERSION}.{expiry}.{nonce}.{mac}"
+
+    def revoke(self, call_sid: str) -> list[str]:
+        """The call is over (our last answer for it hung up or dialled elsewhere): streams we said yes
+        to that have not started never will. Their tokens are void from now on (refused as reused);
+        returns their call ids, whose pre-warmed sessions must end too."""
+        calls = []
+        for mac in [mac for mac, p in self._pending.items() if p.call_sid == call_sid]:
+            pending = self._pending.pop(mac)
+            self._used[mac] = pending.expiry
+            calls.append(pending.call)
+        return calls
 
     def admit(self, token: str, call_sid: str) -> str | None:
         """The call id if ``token`` was issued for ``call_sid``, is fresh and unused; else None (the
@@ -110,9 +127,10 @@ class Admissions:
         if now < self._next_expire:
             return
         self._next_expire = now + 1.0  # at most once a second: a flood of bad tokens costs no scans
-        for table in (self._used, self._pending):
-            for mac in [m for m, expiry in table.items() if expiry < now]:
-                del table[mac]
+        for mac in [m for m, expiry in self._used.items() if expiry < now]:
+            del self._used[mac]
+        for mac in [m for m, pending in self._pending.items() if pending.expiry < now]:
+            del self._pending[mac]
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

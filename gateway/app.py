@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, web
 from common import messages as m
 from common.logs import call_context, name_call, register_call
 from common.settings import Settings
-from gateway import limits, media_ws, metrics, phone, security, twiml
+from gateway import backends, limits, media_ws, metrics, phone, security, twiml
 from gateway.admission import Admissions
 from gateway.pipeline import Pipeline
 
@@ -49,6 +49,10 @@ async def twiml_webhook(request: web.Request) -> web.Response:
         _count(app, "calls_refused")
         log.error("call %s refused: no live transcoder or model_client", call_sid)
         return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
+    down = backends.down(backends.backends(app[PIPELINE]))
+    if down:  # a stream now would be silence until its session gave up
+        _count(app, "calls_refused_backend_down")
+        return _unavailable(app, call_sid, f"refused: {down}")
     settings = app[SETTINGS]
     held, room = len(app[PIPELINE].calls) + app[ADMISSIONS].pending, _capacity(app)
     if held >= room:  # refused now, politely, rather than accepted and then starved
@@ -84,10 +88,30 @@ async def twiml_after(request: web.Request) -> web.Response:
     elif done.disposition == "resume":
         return await twiml_webhook(request)  # a fresh stream for the same call
     elif done.disposition == "apologise":
-        body = twiml.say_hangup_twiml(SORRY_MESSAGE)
+        return _unavailable(request.app, call_sid, "gave up after its streams failed")
     else:
         body = twiml.hangup_twiml()
+    _give_up(request.app, call_sid)
     return web.Response(text=body, content_type=XML)
+
+
+def _unavailable(app: web.Application, call_sid: str, why: str) -> web.Response:
+    """Never dead air: a <Dial> to BRIDGE_FALLBACK_DIAL (a human) if it is set, else the apology."""
+    _give_up(app, call_sid)
+    target = app[SETTINGS].fallback_dial
+    if target:
+        _count(app, "fallback_dials")
+        log.warning("call %s %s: dialling the fallback %s", call_sid, why, target)
+        return web.Response(text=twiml.dial_twiml(target), content_type=XML)
+    log.warning("call %s %s: the apology, then hang up", call_sid, why)
+    return web.Response(text=twiml.say_hangup_twiml(SORRY_MESSAGE), content_type=XML)
+
+
+def _give_up(app: web.Application, call_sid: str) -> None:
+    """Our answer ends the call's streams: tokens issued for it and not used are void, and the
+    pre-warmed sessions waiting for them end (no session outlives its call)."""
+    for call in app[ADMISSIONS].revoke(call_sid):
+        app[PIPELINE].drop_prewarm(call, "call over")
 
 
 async def stream_status(request: web.Request) -> web.Response:
@@ -108,23 +132,34 @@ def _capacity(app: web.Application) -> int:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for a new call: not draining, a transcoder and a model_client live, capacity left."""
+    """Ready for a new call: not draining, a transcoder and a model_client live, a model_client with
+    a working Gemini backend (gateway/backends.py), capacity left."""
     app, pipeline = request.app, request.app[PIPELINE]
     held, room = len(pipeline.calls) + app[ADMISSIONS].pending, _capacity(app)
     why = ("draining" if app[DRAINING].is_set() else
            "no live transcoder or model_client" if not pipeline.can_take_call() else
-           "at capacity" if held >= room else "")
+           backends.not_ready(backends.backends(pipeline)) or
+           ("at capacity" if held >= room else ""))
     return web.json_response({"ready": not why, "why": why, "calls": held, "capacity": room},
                              status=503 if why else 200)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Our processes ("status"), and what each model_client says of Gemini ("backend", per peer too)."""
     pipeline = request.app[PIPELINE]
-    peers = [{"role": p.role, "epoch": p.epoch, "endpoint": p.endpoint or p.route.decode(errors="replace"),
-              "load": p.load} for p in pipeline.router.peers.values()]
+    found = backends.backends(pipeline)
+    backend_of = {b.model_client: b for b in found}
+    peers = []
+    for p in pipeline.router.peers.values():
+        peer = {"role": p.role, "epoch": p.epoch, "endpoint": p.endpoint or p.route.decode(errors="replace"),
+                "load": p.load}
+        if p.role == m.ROLE_MODEL_CLIENT and p.endpoint in backend_of:
+            peer.update(backend=backend_of[p.endpoint].state, backend_why=backend_of[p.endpoint].why)
+        peers.append(peer)
     ready = pipeline.can_take_call()
     return web.json_response({
         "status": "ok" if ready else "degraded",
+        "backend": backends.summary(found),
         "calls": len(pipeline.calls),
         "transcoders": len(pipeline.live(m.ROLE_TRANSCODER)),
         "model_clients": len(pipeline.live(m.ROLE_MODEL_CLIENT)),

@@ -117,10 +117,15 @@ class Pipeline:
             now = time.monotonic()
             for call_id, (endpoint, deadline) in list(self.prewarmed.items()):
                 if deadline < now:
-                    del self.prewarmed[call_id]
                     with call_context(call_id):
                         log.info("pre-warmed session unused (no stream came): closed")
-                    self._tell_model(endpoint, m.CallEnd(call_id, "stream never started"))
+                    self.drop_prewarm(call_id, "stream never started")
+
+    def drop_prewarm(self, call_id: str, reason: str) -> None:
+        """End a pre-warmed session whose stream will not come."""
+        endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
+        if endpoint:
+            self._tell_model(endpoint, m.CallEnd(call_id, reason))
 
     def _tell_model(self, endpoint: str, msg) -> None:
         for peer in self.live(m.ROLE_MODEL_CLIENT):

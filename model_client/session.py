@@ -57,9 +57,14 @@ STANDBY_RETRY_S = 0.2
 class GeminiSession:
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
-                 handle: str = "", turn: int = 0, resumed: bool = False):
+                 handle: str = "", turn: int = 0, resumed: bool = False, *,
+                 on_connect: Callable[[BaseException | None, bool], str] = lambda error, resuming: ""):
         self.call, self.client, self.settings, self.toolbox = call, client, settings, toolbox
         self.context, self.emit, self.on_end = context, emit, on_end
+        # Each connect's outcome (the error or None, and whether it resumed): the backend's health
+        # (model_client/backend_check.py). A reason returned ends the session now, without retries.
+        self.on_connect = on_connect
+        self._give_up = ""
         self.handle = handle
         self.turn = turn
         self.in_turn = False
@@ -188,6 +193,8 @@ class GeminiSession:
             opened = isinstance(conn, Connection)
             ended = await self._serve(conn) if opened else conn
             self._cut_turn()
+            if self._give_up:
+                return self._give_up
             step = next_step(ended, resuming=not opened and bool(handle))
             if step == "fatal":
                 return f"model closed the session ({ended})"
@@ -219,9 +226,12 @@ class GeminiSession:
         try:
             await conn.open(self.client, self.settings.model, config)
         except errors.APIError as e:
+            self._give_up = self.on_connect(e, resuming=bool(handle))
             return Ended(e.code, str(e))
         except (OSError, websockets.WebSocketException, TimeoutError) as e:
+            self._give_up = self.on_connect(e, resuming=bool(handle))
             return Ended(None, f"model unreachable: {type(e).__name__}: {e}")
+        self.on_connect(None, resuming=bool(handle))
         log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
                  (time.monotonic() - started) * 1000,
                  "resumed" if handle else "fresh, with the conversation so far" if instruction else "new")

@@ -2,7 +2,9 @@
 
 It binds its own ROUTER (``MODEL_CLIENT_ENDPOINT`` with its process number) where transcoders connect,
 and says Hello to the gateway's directory so the gateway can assign calls to it. It answers each call
-on the route it last heard that call from.
+on the route it last heard that call from. At start it checks the Gemini backend, and its Stats tell
+the gateway whether that works (model_client/backend_check.py); while it does not, a call is ended at
+once ("model unavailable") rather than left in silence.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from common.link import MAX_HELD, DealerLink, Peer, RouterLink, new_epoch
 from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats, watch_loop_lag
-from model_client.config import make_client
+from model_client.backend_check import BackendHealth, open_and_close
+from model_client.config import live_config, make_client
 from model_client.echo import EchoSession
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 # past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 150
 ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
-CLIENT_WAIT_S = 20
+CLIENT_WAIT_S = 20  # the emulator, started alongside, may take this long to write its certificate and listen
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
 
@@ -53,6 +56,7 @@ class ModelClientStage:
         self._tasks: set[asyncio.Task] = set()
         self.stats = StageStats({"up_hop_ms": LATENCY_BUCKETS_MS, "loop_lag_ms": LATENCY_BUCKETS_MS})
         self._ended_sessions: dict[str, int] = {}  # session stats of ended sessions, summed
+        self.backend = BackendHealth(settings.model, on_change=self._report)
 
     def hello(self) -> m.Hello:
         capacity = ECHO_CAPACITY if self.settings.backend == "echo" else CAPACITY
@@ -75,24 +79,37 @@ class ModelClientStage:
                                    curve=curve)
         await self._router.start()
         await self._gateway.start()
-        if self.settings.backend != "echo":
-            spawn(self._prepare_client(), "prepare-client", self._tasks)
+        if self.settings.backend == "echo":
+            self.backend.up("echo: no model")
+        else:
+            starting_s = CLIENT_WAIT_S if self.settings.backend == "emulator" else 0.0
+            spawn(self.backend.watch(self._check_backend, starting_s), "backend-check", self._tasks)
         spawn(self._report_loop(), "stats-report", self._tasks)
         spawn(watch_loop_lag(self.stats.histograms["loop_lag_ms"]), "loop-lag", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
 
-    async def _prepare_client(self) -> None:
-        """Build the Gemini client now, off the loop: loading certificates and the SDK's lazy imports
-        would otherwise stall the loop (and its heartbeats) when the first call arrives. Under
-        supervisord the emulator may still be writing its certificate: wait a little for it."""
-        for _ in range(CLIENT_WAIT_S * 5):
-            try:
-                self._client = await asyncio.to_thread(make_client, self.settings)
-                return
-            except FileNotFoundError:
-                await asyncio.sleep(0.2)
-        log.error("no Gemini client yet (emulator certificate missing); will retry per call")
+    async def _check_backend(self) -> None:
+        """One session set up and closed, as a call would (model_client/backend_check.py). The client
+        is built off the loop: loading certificates and the SDK's lazy imports would otherwise stall
+        the loop and its heartbeats (an emulator certificate not written yet raises FileNotFoundError)."""
+        if self._client is None:
+            self._client = await asyncio.to_thread(make_client, self.settings)
+        await open_and_close(self._client, self.settings.model,
+                             live_config(self.settings, tools=self.toolbox.config()))
+
+    def _connect_result(self, call: str, error: BaseException | None, *, resuming: bool) -> str:
+        """A session's connect: a success marks the backend up, a failure that says it is down marks it
+        down. A session that never had a connection then ends at once ("model unavailable"): its call
+        gets the apology now, not after a round of retries per stream."""
+        if error is None:
+            self.backend.up("a call connected")
+            return ""
+        session = self.sessions.get(call)
+        kind = self.backend.failed(error, resuming=resuming)
+        if kind and session is not None and not session.stats["connections"]:
+            return f"model unavailable ({self.backend.summary})"
+        return ""
 
     async def _report_loop(self) -> None:
         """The gateway's /metrics: sessions, reconnects, hop latency up (common/stats.py)."""
@@ -106,7 +123,17 @@ class ModelClientStage:
             self.stats.gauges.update(sessions=len(self.sessions), pending_audio_bytes=sum(
                 s.pending_audio_bytes for s in self.sessions.values()))
             self.stats.count_links([self._router, self._gateway])
-            self._gateway.send(self.stats.message())
+            self._report()
+
+    def _report(self) -> None:
+        """Stats to the gateway: every STATS_INTERVAL_S, and at once when the backend's state changes
+        (the gateway's /readyz and /twiml follow it)."""
+        if self._gateway is None:
+            return
+        self.stats.gauges["backend_up"] = int(self.backend.state == m.BACKEND_UP)
+        msg = self.stats.message()
+        msg.backend, msg.backend_why = self.backend.state, self.backend.why
+        self._gateway.send(msg)
 
     async def run(self) -> None:
         await self._stopped.wait()
@@ -172,6 +199,11 @@ class ModelClientStage:
             if self.settings.backend == "echo":
                 self._start_session(route, msg, EchoSession(msg.call, self.settings, self._emit))
                 return
+            if self.backend.down:  # the gateway stops sending calls; these were on their way
+                log.warning("call refused at once: %s", self.backend.summary)
+                self._emit(m.CallEnd(msg.call, f"model unavailable ({self.backend.summary})"))
+                self._forget(msg.call)
+                return
             try:
                 client = self._client or make_client(self.settings)
             except Exception as e:
@@ -183,7 +215,8 @@ class ModelClientStage:
                                   transfer_allowed=self.settings.transfer_allowed)
             self._start_session(route, msg, GeminiSession(
                 msg.call, client, self.settings, self.toolbox, context, self._emit, self._session_ended,
-                msg.resume_handle, msg.turn, msg.resume))
+                msg.resume_handle, msg.turn, msg.resume,
+                on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming)))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
         self.sessions[msg.call] = session
@@ -222,6 +255,7 @@ class ModelClientStage:
     def _gateway_restarted(self, old_epoch: str) -> None:
         for call in list(self.sessions):
             self._end(call, "gateway restarted")
+        self._report()  # the new gateway learns the backend's state now, not at the next report
 
     # --- messages out -------------------------------------------------------------------------
 
@@ -230,8 +264,9 @@ class ModelClientStage:
         if route is not None:
             self._router.send(route, msg)
             return
+        if isinstance(msg, m.CallEnd):
+            self._gateway.send(msg)  # no transcoder to carry it (a pre-warmed session): tell the gateway
+            return
         held = self.backlog.get(msg.call)
         if held is not None and len(held) < BACKLOG_LIMIT:
             held.append(msg)  # pre-warmed: the greeting waits for the stream
-        elif isinstance(msg, m.CallEnd):
-            self._gateway.send(msg)  # no transcoder to carry it: tell the gateway directly
