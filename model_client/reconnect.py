@@ -1,35 +1,22 @@
-"""The pieces that keep one call's Gemini session alive across connections (wire reference §6, §8).
+"""The pieces that keep one call's Gemini session alive across connections (wire reference §6, §8);
+the connection itself is in gemini_wire.py.
 
-- ``Connection``: one Live WebSocket, opened with a resumption handle (or none), closed by leaving the
-  SDK's context.
 - ``Journal``: what was sent since each handle we may still resume from. A handle is the service's
   state at some point; what we sent after it is not in it, so a new connection opened with that handle
   gets it again. Bounded (``max_bytes`` of audio; the oldest goes, counted).
 - ``RetryBudget``: reconnects in a row, with backoff; a connection that stayed up ``stable_s`` resets
   the count (Pipecat's Gemini service does the same).
-- ``next_step``: what a close code means for the call.
-- ``resumed_instruction``: a fresh session's system instruction when a handle is refused: the
+- ``next_step``: what a close code means for the call; ``time_left_s``: what a goAway leaves.
+- ``Conversation``: a fresh session's system instruction when a handle is refused: the
   conversation so far, from the transcripts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import logging
 import re
 from collections import deque
 from dataclasses import dataclass
 
-from google import genai
-from google.genai import types
-
-from model_client.config import audio_blob, audio_text, sends_audio_text
-
-log = logging.getLogger(__name__)
-
-CONNECT_TIMEOUT_S = 10.0
 BACKOFF_S = 0.25  # the first retry is immediate, then 0.25 s doubling ...
 BACKOFF_CAP_S = 4.0  # ... to this
 MAX_CONTEXT_CHARS = 6000  # of transcript handed to a fresh session
@@ -63,48 +50,6 @@ def time_left_s(text: str | None) -> float:
     """goAway's ``timeLeft`` is a proto Duration string ("50s", "0.3s")."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", text or "")
     return float(match.group(1)) if match else DEFAULT_TIME_LEFT_S
-
-
-class Connection:
-    """One Live connection. ``replay_from`` names the journal mark whose items it must be sent again:
-    its own handle, or for a fresh session the refused handle."""
-
-    def __init__(self, handle: str, replay_from: str, number: int):
-        self.handle, self.replay_from, self.number = handle, replay_from, number
-        self.session = None
-        self.direct_audio = False  # audio_text written on the SDK's socket (see send)
-        self._stack = contextlib.AsyncExitStack()
-
-    async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            self.session = await self._stack.enter_async_context(
-                client.aio.live.connect(model=model, config=config))
-        self.direct_audio = await sends_audio_text(self.session)
-        if not self.direct_audio:
-            _warn_sdk_audio()
-
-    async def send(self, kind: str, item: object) -> None:
-        if kind == "audio" and self.direct_audio:
-            await self.session._ws.send(audio_text(item))  # what send_realtime_input would send
-        elif kind == "audio":
-            await self.session.send_realtime_input(audio=audio_blob(item))
-        elif kind == "text":
-            await self.session.send_realtime_input(text=item)
-        else:
-            await self.session.send_tool_response(function_responses=[item])
-
-    async def close(self) -> None:
-        """Leave the SDK's context: a close frame with 1000, if the socket is still open."""
-        try:
-            await self._stack.aclose()
-        except Exception as e:  # the socket may already be gone; nothing is left to do about it
-            log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
-
-
-@functools.cache  # once per process
-def _warn_sdk_audio() -> None:
-    log.warning("this google-genai sends audio differently from what model_client/config.py "
-                "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
 
 
 class Journal:

@@ -42,7 +42,8 @@ from common.logs import call_context
 from common.settings import Settings
 from model_client.barge import BargeInDetector
 from model_client.config import live_config
-from model_client.reconnect import (Connection, Conversation, Ended, Journal, RetryBudget, next_step,
+from model_client.gemini_wire import Connection
+from model_client.reconnect import (Conversation, Ended, Journal, RetryBudget, next_step,
                                     time_left_s)
 from model_client.tools import ToolContext, Toolbox
 

@@ -141,7 +141,7 @@ async def test_caller_audio_is_answered_either_way_it_is_sent(emulator, monkeypa
     send_realtime_input; the emulator hears the same either way."""
     async def check(session) -> bool:
         return direct
-    monkeypatch.setattr("model_client.reconnect.sends_audio_text", check)
+    monkeypatch.setattr("model_client.gemini_wire.sends_audio_text", check)
     stage = await emulator()
 
     async def script(session):

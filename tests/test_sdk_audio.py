@@ -6,7 +6,7 @@ import pytest
 from google import genai
 from google.genai.live import AsyncSession
 
-from model_client.config import _Capture, audio_blob, audio_text, sends_audio_text
+from model_client.gemini_wire import _Capture, audio_blob, audio_text, sends_audio_text
 
 PAYLOADS = {
     "one byte": b"\x01",

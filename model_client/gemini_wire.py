@@ -1,0 +1,104 @@
+"""The last hop to Gemini: one Live connection, and the text frame that carries caller audio on it.
+
+Caller audio is 25 sends a second per session, and ``send_realtime_input`` spends most of each on
+pydantic and the SDK's converters; DESIGN §7 asks for a leaner path for it without leaning on the SDK's
+internals. ``audio_text`` builds the same text and ``Connection.send`` writes it on the session's
+socket, which does lean on the session's private ``_ws`` (and ``_api_client`` for the check), so
+``sends_audio_text`` checks every connection first: anything unexpected and audio goes through the
+SDK's own method, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import logging
+
+from google import genai
+from google.genai import types
+
+log = logging.getLogger(__name__)
+
+INPUT_MIME = "audio/pcm;rate=16000"
+CONNECT_TIMEOUT_S = 10.0
+
+
+class Connection:
+    """One Live connection. ``replay_from`` names the journal mark whose items it must be sent again:
+    its own handle, or for a fresh session the refused handle."""
+
+    def __init__(self, handle: str, replay_from: str, number: int):
+        self.handle, self.replay_from, self.number = handle, replay_from, number
+        self.session = None
+        self.direct_audio = False  # audio_text written on the SDK's socket (see send)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            self.session = await self._stack.enter_async_context(
+                client.aio.live.connect(model=model, config=config))
+        self.direct_audio = await sends_audio_text(self.session)
+        if not self.direct_audio:
+            _warn_sdk_audio()
+
+    async def send(self, kind: str, item: object) -> None:
+        if kind == "audio" and self.direct_audio:
+            await self.session._ws.send(audio_text(item))  # what send_realtime_input would send
+        elif kind == "audio":
+            await self.session.send_realtime_input(audio=audio_blob(item))
+        elif kind == "text":
+            await self.session.send_realtime_input(text=item)
+        else:
+            await self.session.send_tool_response(function_responses=[item])
+
+    async def close(self) -> None:
+        """Leave the SDK's context: a close frame with 1000, if the socket is still open."""
+        try:
+            await self._stack.aclose()
+        except Exception as e:  # the socket may already be gone; nothing is left to do about it
+            log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
+
+
+@functools.cache  # once per process
+def _warn_sdk_audio() -> None:
+    log.warning("this google-genai sends audio differently from what model_client/config.py "
+                "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
+
+
+def audio_blob(pcm16k: bytes) -> types.Blob:
+    return types.Blob(data=pcm16k, mime_type=INPUT_MIME)
+
+
+def audio_text(pcm16k: bytes) -> str:
+    """The text frame ``send_realtime_input(audio=audio_blob(pcm16k))`` sends (wire reference §4),
+    built directly: the SDK's pydantic validation and converters cost ~60 µs a send here, this ~3."""
+    data = base64.urlsafe_b64encode(pcm16k).decode("ascii")
+    return '{"realtime_input": {"audio": {"data": "%s", "mime_type": "%s"}}}' % (data, INPUT_MIME)
+
+
+class _Capture:
+    """Stands in for the SDK session's WebSocket: keeps what would be sent."""
+    def __init__(self):
+        self.sent: list[str] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(text)
+
+
+async def sends_audio_text(session: object) -> bool:
+    """Whether this SDK's ``send_realtime_input`` sends exactly ``audio_text`` (as a JSON value) on
+    ``session._ws``, checked with a probe session on a capturing socket. If not (another SDK
+    version), audio goes through the SDK's own method."""
+    if not hasattr(session, "_ws") or not hasattr(session, "_api_client"):
+        return False
+    pcm = bytes([0xfb, 0xff, 0xbf, 0x00, 0x01, 0x7f]) * 11  # both URL-safe characters, and padding
+    capture = _Capture()
+    try:
+        probe = type(session)(api_client=session._api_client, websocket=capture)
+        await probe.send_realtime_input(audio=audio_blob(pcm))
+        return [json.loads(text) for text in capture.sent] == [json.loads(audio_text(pcm))]
+    except Exception:  # noqa: BLE001 - any surprise means: use the SDK's method
+        return False
