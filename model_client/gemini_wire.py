@@ -20,6 +20,8 @@ import logging
 from google import genai
 from google.genai import types
 
+from model_client.send_queue import AUDIO, TEXT, Outgoing
+
 log = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
@@ -44,15 +46,15 @@ class Connection:
         if not self.direct_audio:
             _warn_sdk_audio()
 
-    async def send(self, kind: str, item: object) -> None:
-        if kind == "audio" and self.direct_audio:
-            await self.session._ws.send(audio_text(item))  # what send_realtime_input would send
-        elif kind == "audio":
-            await self.session.send_realtime_input(audio=audio_blob(item))
-        elif kind == "text":
-            await self.session.send_realtime_input(text=item)
+    async def send(self, item: Outgoing) -> None:
+        if item.kind == AUDIO and self.direct_audio:
+            await self.session._ws.send(audio_text(item.payload))  # what send_realtime_input would send
+        elif item.kind == AUDIO:
+            await self.session.send_realtime_input(audio=audio_blob(item.payload))
+        elif item.kind == TEXT:
+            await self.session.send_realtime_input(text=item.payload)
         else:
-            await self.session.send_tool_response(function_responses=[item])
+            await self.session.send_tool_response(function_responses=[item.payload])
 
     async def close(self) -> None:
         """Leave the SDK's context: a close frame with 1000, if the socket is still open."""

@@ -16,6 +16,9 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from model_client.send_queue import AUDIO
 
 BACKOFF_S = 0.25  # the first retry is immediate, then 0.25 s doubling ...
 BACKOFF_CAP_S = 4.0  # ... to this
@@ -52,43 +55,55 @@ def time_left_s(text: str | None) -> float:
     return float(match.group(1)) if match else DEFAULT_TIME_LEFT_S
 
 
+class Sent(NamedTuple):
+    kind: str  # AUDIO, TEXT or TOOL (send_queue.py)
+    payload: object
+
+
+class _Entry(NamedTuple):
+    index: int  # in the order sent, from 0
+    kind: str
+    payload: object
+
+
 class Journal:
     """Items sent, in order, with a mark per handle; ``since(handle)`` is what that handle lacks."""
 
     def __init__(self, max_bytes: int):
-        self._items: deque[tuple[int, str, object]] = deque()  # (index, kind, item)
+        self._items: deque[_Entry] = deque()
         self._next = 0
         self._marks: dict[str, int] = {"": 0}  # no handle yet: everything since the session began
         self._bytes = 0
         self._max = max_bytes
         self.shed = 0  # audio bytes forgotten before any handle covered them
 
-    def sent(self, kind: str, item: object) -> None:
-        self._items.append((self._next, kind, item))
+    def sent(self, kind: str, payload: object) -> None:
+        self._items.append(_Entry(index=self._next, kind=kind, payload=payload))
         self._next += 1
-        if kind == "audio":
-            self._bytes += len(item)
+        if kind == AUDIO:
+            self._bytes += len(payload)
             while self._bytes > self._max:
-                self._drop_oldest()
+                self._drop_oldest(counted=True)
 
     def mark(self, handle: str, keep: tuple[str, ...] = ()) -> None:
         """``handle`` covers everything sent so far; only it and ``keep`` will be resumed from."""
         self._marks = {h: i for h, i in self._marks.items() if h in keep}
         self._marks[handle] = self._next
         oldest = min(self._marks.values())
-        while self._items and self._items[0][0] < oldest:
+        while self._items and self._items[0].index < oldest:
             self._drop_oldest(counted=False)
 
-    def since(self, handle: str) -> list[tuple[str, object]]:
+    def since(self, handle: str) -> list[Sent]:
         start = self._marks.get(handle, 0)  # a handle we never saw (the gateway's): all we have
-        return [(kind, item) for index, kind, item in self._items if index >= start]
+        return [Sent(kind=e.kind, payload=e.payload) for e in self._items if e.index >= start]
 
-    def _drop_oldest(self, counted: bool = True) -> None:
-        _, kind, item = self._items.popleft()
-        if kind == "audio":
-            self._bytes -= len(item)
+    def _drop_oldest(self, counted: bool) -> None:
+        """``counted``: the audio is lost to every handle, not merely covered by one."""
+        oldest = self._items.popleft()
+        if oldest.kind == AUDIO:
+            self._bytes -= len(oldest.payload)
             if counted:
-                self.shed += len(item)
+                self.shed += len(oldest.payload)
 
 
 class RetryBudget:
@@ -112,31 +127,37 @@ class RetryBudget:
         return delay
 
 
+@dataclass
+class _Said:
+    role: str  # "caller" or "model"
+    text: str
+
+
 class Conversation:
     """What was said so far, from the transcripts, for a fresh session (bounded)."""
 
     def __init__(self, max_chars: int = MAX_CONTEXT_CHARS):
-        self._lines: deque[list[str]] = deque()
+        self._lines: deque[_Said] = deque()
         self._chars = 0
         self._max = max_chars
 
     def add(self, role: str, text: str) -> None:
         if not text:
             return
-        if self._lines and self._lines[-1][0] == role:
-            self._lines[-1][1] += text
+        if self._lines and self._lines[-1].role == role:
+            self._lines[-1].text += text
         else:
-            self._lines.append([role, text])
+            self._lines.append(_Said(role=role, text=text))
         self._chars += len(text)
         while self._chars > self._max and len(self._lines) > 1:
-            self._chars -= len(self._lines.popleft()[1])
+            self._chars -= len(self._lines.popleft().text)
 
     def __bool__(self) -> bool:
         return bool(self._lines)
 
     def instruction(self, base: str) -> str:
-        said = "\n".join(f"{'Caller' if role == 'caller' else 'You'}: {text.strip()}"
-                         for role, text in self._lines)
+        said = "\n".join(f"{'Caller' if line.role == 'caller' else 'You'}: {line.text.strip()}"
+                         for line in self._lines)
         return (f"{base}\n\nThis phone call is already in progress. The connection to you was lost and "
                 f"could not be resumed, so here is the conversation so far:\n{said}\n"
                 "Carry on from there; do not greet the caller again.")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Callable
 
 import websockets
@@ -45,13 +44,11 @@ from model_client.config import live_config
 from model_client.gemini_wire import Connection
 from model_client.reconnect import (Conversation, Ended, Journal, RetryBudget, next_step,
                                     time_left_s)
+from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
 from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
 
-PCM_BYTES_PER_S = 32000  # PCM16 16 kHz
-MAX_PENDING_AUDIO = int(10.0 * PCM_BYTES_PER_S)
-MAX_CHUNK = PCM_BYTES_PER_S  # queued audio is joined into chunks of at most 1 s
 STANDBY_RETRY_S = 0.2
 
 
@@ -65,20 +62,11 @@ class GeminiSession:
         self.turn = turn
         self.in_turn = False
         self.seq = 0
-        self.shed_bytes = 0
         self.last_t_in = 0  # the newest caller frame received
         self.barge = BargeInDetector()
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
-        self._queue: deque[tuple[str, object, int, bool]] = deque()  # (kind, item, t_in, resend)
-        self._audio_bytes = 0
-        # Caller audio leaves at most once per ``send_ms``: each send costs a WebSocket frame, a TLS
-        # record and a syscall whatever its size, so 40 ms chunks cost less than 20 ms ones, for at
-        # most 20 ms more on the way to Gemini (the first frame after a pause goes at once).
-        self._send_gap_s = settings.send_ms / 1000
-        self._last_audio_send = 0.0
-        self._wake = asyncio.Event()
-        self._ready = asyncio.Event()  # set while there is a connection to send on
+        self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
         self._poke = asyncio.Event()  # for the handover: a turn boundary or a new handle
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
         self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
@@ -97,12 +85,12 @@ class GeminiSession:
         self._tools: dict[str, asyncio.Task] = {}  # running tool calls by id
         self._closing = False
         if settings.greeting and not resumed and not handle:  # a handle: the call is under way
-            self._put("text", settings.greeting)
+            self._queue.add(TEXT, settings.greeting)
 
     @property
     def pending_audio_bytes(self) -> int:
         """Caller audio queued for Gemini, not sent yet (a queue depth for /metrics)."""
-        return self._audio_bytes
+        return self._queue.audio_bytes
 
     def start(self) -> None:
         self._task = spawn(self._run(), f"session:{self.call}")
@@ -117,21 +105,13 @@ class GeminiSession:
             self.last_t_in = t_in
         if self.barge.caller_audio(pcm, time.monotonic()):
             self.emit(m.CallerSpeech(self.call, "vad"))
-        last = self._queue[-1] if self._queue else None
-        if last and last[0] == "audio" and not last[3] and len(last[1]) < MAX_CHUNK:
-            self._queue[-1] = ("audio", last[1] + pcm, t_in or last[2], False)
-        else:
-            self._queue.append(("audio", pcm, t_in, False))
-        self._audio_bytes += len(pcm)
-        if self._audio_bytes > MAX_PENDING_AUDIO:
-            self._shed_oldest_audio()
-        self._wake.set()
+        self._queue.add_audio(pcm, t_in)
 
     def dtmf(self, digit: str) -> None:
         with call_context(self.call):
             log.info("caller pressed %s", digit)
         self.context.digits.append(digit)
-        self._put("text", self.settings.dtmf_text.format(digit=digit))
+        self._queue.add(TEXT, self.settings.dtmf_text.format(digit=digit))
 
     def played(self, msg: m.Played) -> None:
         self.context.heard_ms[msg.turn] = msg.heard_ms
@@ -141,18 +121,6 @@ class GeminiSession:
         if self._task is not None:
             await cancel_all([self._task, *self._tools.values()])
             self._task = None  # see common.lifecycle.cancel_all
-
-    def _put(self, kind: str, item: object) -> None:
-        self._queue.append((kind, item, 0, False))
-        self._wake.set()
-
-    def _shed_oldest_audio(self) -> None:
-        for i, (kind, item, _, resend) in enumerate(self._queue):
-            if kind == "audio" and not resend:
-                del self._queue[i]
-                self._audio_bytes -= len(item)
-                self.shed_bytes += len(item)
-                return
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -170,7 +138,7 @@ class GeminiSession:
                     if conn is not None:
                         await conn.close()
             log.info("session summary: %s, %d bytes of caller audio shed", ", ".join(
-                f"{v} {k}" for k, v in self.stats.items()), self.shed_bytes + self._journal.shed)
+                f"{v} {k}" for k, v in self.stats.items()), self._queue.shed_bytes + self._journal.shed)
             if not self._closing:
                 log.warning("session ended: %s", reason)
                 self.emit(m.CallEnd(self.call, reason))
@@ -235,7 +203,7 @@ class GeminiSession:
         try:
             return await self._ended
         finally:
-            self._ready.clear()
+            self._queue.disconnected()
             await cancel_all([t for t in (self._rx, self._handover) if t is not None])
             self._rx = self._handover = None  # see common.lifecycle.cancel_all
             self._opening = ""
@@ -247,20 +215,17 @@ class GeminiSession:
         """Send on ``conn`` from now on, starting with what its handle lacks."""
         self._conn = conn
         self.stats["connections"] += 1
-        # Queued re-sends of an earlier connection are in the journal too: recompute from it.
-        pending = [item for item in self._queue if not item[3]]
-        resend = [(kind, item, 0, True) for kind, item in self._journal.since(conn.replay_from)]
-        self._queue = deque(resend + pending)
+        resend = [Outgoing(kind=sent.kind, payload=sent.payload, resend=True)
+                  for sent in self._journal.since(conn.replay_from)]
+        self._queue.connected(resend)
         if self.stats["connections"] > 1:
             self.stats["resent_items"] += len(resend)
-            audio = sum(len(item) for kind, item, _, _ in resend if kind == "audio")
+            audio = sum(len(item.payload) for item in resend if item.kind == AUDIO)
             log.info("connection %d: re-sending %d items (%.2f s of caller audio) its handle lacks",
                      conn.number, len(resend), audio / PCM_BYTES_PER_S)
         self._active = False
         self._rx = spawn(self._receive(conn), f"session-receive:{self.call}:{conn.number}")
         self._budget.connected(asyncio.get_running_loop().time())
-        self._ready.set()
-        self._wake.set()
 
     def _cut_turn(self) -> None:
         """A connection ended mid-turn: what arrived of the turn plays out; a new one comes after."""
@@ -270,36 +235,20 @@ class GeminiSession:
 
     async def _send_loop(self) -> None:
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if not self._ready.is_set():
-                await self._ready.wait()
-                continue
-            head = self._queue[0]
-            if head[0] == "audio" and not head[3] and self._send_gap_s:
-                wait = self._last_audio_send + self._send_gap_s - time.monotonic()
-                if wait > 0:  # meanwhile the next frames join this chunk (send_audio)
-                    await asyncio.sleep(wait)
-                    continue
+            item = await self._queue.next()
             conn = self._conn
-            kind, item, t_in, resend = self._queue.popleft()
-            if kind == "audio" and not resend:
-                self._audio_bytes -= len(item)
-                self._last_audio_send = time.monotonic()
-            if not resend and kind != "tool":  # a tool response belongs to its connection's call
-                self._journal.sent(kind, item)
+            if not item.resend and item.kind != TOOL:  # a tool response belongs to its connection's call
+                self._journal.sent(item.kind, item.payload)
             try:
-                await conn.send(kind, item)
+                await conn.send(item)
             except websockets.ConnectionClosed:
-                if kind == "tool":
+                if item.kind == TOOL:
                     log.warning("a tool response was lost with its connection")
                 if self._conn is conn:
-                    self._ready.clear()  # the receive side learns why, and what comes next
+                    self._queue.disconnected()  # the receive side learns why, and what comes next
                 continue
-            if kind == "audio":
-                self._sent_t_in = max(self._sent_t_in, t_in)
+            if item.kind == AUDIO:
+                self._sent_t_in = max(self._sent_t_in, item.t_in)
 
     async def _receive(self, conn: Connection) -> None:
         try:
@@ -445,7 +394,7 @@ class GeminiSession:
             self._tools.pop(fc.id or fc.name, None)
             self._poke.set()
         log.info("tool %s → %s", fc.name, result)
-        self._put("tool", types.FunctionResponse(id=fc.id, name=fc.name, response=result))
+        self._queue.add(TOOL, types.FunctionResponse(id=fc.id, name=fc.name, response=result))
 
     def _cancel_tools(self, ids: list[str]) -> None:
         for tool_id in ids:
