@@ -26,6 +26,13 @@ MAX_CONTEXT_CHARS = 6000  # of transcript handed to a fresh session
 DEFAULT_TIME_LEFT_S = 10.0  # a goAway whose timeLeft we cannot read
 
 
+class Opening(NamedTuple):
+    """How to open the next connection."""
+    handle: str  # the resumption handle to open with ("": a new session)
+    replay_from: str  # the journal mark whose items the connection is sent again
+    fresh: bool = False  # a refused handle: the model is told the conversation so far
+
+
 @dataclass(frozen=True)
 class Ended:
     """Why a connection ended (or failed to open): the WebSocket close code if there was one."""

@@ -42,14 +42,12 @@ from common.settings import Settings
 from model_client.barge import BargeInDetector
 from model_client.config import live_config
 from model_client.gemini_wire import Connection
-from model_client.reconnect import (Conversation, Ended, Journal, RetryBudget, next_step,
-                                    time_left_s)
+from model_client.handover import Handover
+from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
 from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
 from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
-
-STANDBY_RETRY_S = 0.2
 
 
 class GeminiSession:
@@ -67,17 +65,13 @@ class GeminiSession:
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
         self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
-        self._poke = asyncio.Event()  # for the handover: a turn boundary or a new handle
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
         self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
         self._conversation = Conversation()
-        self._conn: Connection | None = None
-        self._standby: Connection | None = None
-        self._opening = ""  # the handle a standby is being opened with
-        self._deadline = 0.0  # loop time the connection that sent goAway ends
+        self._handover = Handover(call, margin_s=settings.handover_margin_s)
+        self.connection: Connection | None = None  # the one sent on
         self._ended: asyncio.Future | None = None  # the current connection's end
         self._rx: asyncio.Task | None = None
-        self._handover: asyncio.Task | None = None
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
         self._opened = 0
@@ -133,8 +127,8 @@ class GeminiSession:
                 log.exception("session failed")
                 reason = f"session failed: {type(e).__name__}"
             finally:
-                await cancel_all([t for t in (sender, self._rx, self._handover) if t is not None])
-                for conn in (self._conn, self._standby):
+                await cancel_all([t for t in (sender, self._rx, self._handover.task) if t is not None])
+                for conn in (self.connection, self._handover.standby):
                     if conn is not None:
                         await conn.close()
             log.info("session summary: %s, %d bytes of caller audio shed", ", ".join(
@@ -146,28 +140,28 @@ class GeminiSession:
 
     async def _keep_connected(self) -> str:
         """Open, serve, and on each end decide: resume, start fresh, or end the call."""
-        handle, replay_from, fresh = self.handle, self.handle, False
+        opening = Opening(handle=self.handle, replay_from=self.handle)
         loop = asyncio.get_running_loop()
         while True:
-            conn, self._standby = self._standby, None  # opened after a goAway, before the old one ended
-            if conn is not None and conn.replay_from != replay_from:
+            conn = self._handover.take_standby()  # opened after a goAway, before the old one ended
+            if conn is not None and conn.replay_from != opening.replay_from:
                 await conn.close()  # the model said more since its handle
                 conn = None
-            conn = conn or await self._open(handle, replay_from, fresh)
+            conn = conn or await self.open_connection(opening)
             opened = isinstance(conn, Connection)
             ended = await self._serve(conn) if opened else conn
             self._cut_turn()
-            step = next_step(ended, resuming=not opened and bool(handle))
+            step = next_step(ended, resuming=not opened and bool(opening.handle))
             if step == "fatal":
                 return f"model closed the session ({ended})"
             if step == "fresh":
                 log.warning("resumption handle refused (%s): starting a fresh session told the "
                             "conversation so far", ended)
                 self.stats["fresh"] += 1
-                handle, replay_from, fresh, self.handle = "", handle, True, ""
+                opening = Opening(handle="", replay_from=opening.handle, fresh=True)
+                self.handle = ""
             elif self.handle:
-                handle = replay_from = self.handle
-                fresh = False
+                opening = Opening(handle=self.handle, replay_from=self.handle)
             delay = self._budget.next_delay(loop.time())
             if delay is None:
                 return f"gave up after {self._budget.attempts} reconnects (last: {ended})"
@@ -175,25 +169,26 @@ class GeminiSession:
                 delay = 0.0  # the service answered: it only refused the handle
             self.stats["reconnects"] += 1
             log.warning("Gemini connection ended (%s): reconnecting in %.2f s %s", ended, delay,
-                        "with the latest handle" if handle else "without a handle")
+                        "with the latest handle" if opening.handle else "without a handle")
             await asyncio.sleep(delay)
 
-    async def _open(self, handle: str, replay_from: str, fresh: bool) -> Connection | Ended:
+    async def open_connection(self, opening: Opening) -> Connection | Ended:
         self._opened += 1
-        conn = Connection(handle, replay_from, self._opened)
+        conn = Connection(handle=opening.handle, replay_from=opening.replay_from, number=self._opened)
         instruction = self._conversation.instruction(self.settings.system_instruction) \
-            if fresh and self._conversation else ""
-        config = live_config(self.settings, handle, self.toolbox.config(), instruction)
+            if opening.fresh and self._conversation else ""
+        config = live_config(self.settings, handle=opening.handle, tools=self.toolbox.config(),
+                             instruction=instruction)
         started = time.monotonic()
         try:
             await conn.open(self.client, self.settings.model, config)
         except errors.APIError as e:
-            return Ended(e.code, str(e))
+            return Ended(code=e.code, detail=str(e))
         except (OSError, websockets.WebSocketException, TimeoutError) as e:
-            return Ended(None, f"model unreachable: {type(e).__name__}: {e}")
+            return Ended(code=None, detail=f"model unreachable: {type(e).__name__}: {e}")
         log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
                  (time.monotonic() - started) * 1000,
-                 "resumed" if handle else "fresh, with the conversation so far" if instruction else "new")
+                 "resumed" if opening.handle else "fresh, with the conversation so far" if instruction else "new")
         return conn
 
     async def _serve(self, conn: Connection) -> Ended:
@@ -204,16 +199,16 @@ class GeminiSession:
             return await self._ended
         finally:
             self._queue.disconnected()
-            await cancel_all([t for t in (self._rx, self._handover) if t is not None])
-            self._rx = self._handover = None  # see common.lifecycle.cancel_all
-            self._opening = ""
-            current, self._conn = self._conn, None
+            await cancel_all([t for t in (self._rx, self._handover.task) if t is not None])
+            self._rx = None  # see common.lifecycle.cancel_all
+            self._handover.stopped()
+            current, self.connection = self.connection, None
             if current is not None:
                 await current.close()
 
     def _use(self, conn: Connection) -> None:
         """Send on ``conn`` from now on, starting with what its handle lacks."""
-        self._conn = conn
+        self.connection = conn
         self.stats["connections"] += 1
         resend = [Outgoing(kind=sent.kind, payload=sent.payload, resend=True)
                   for sent in self._journal.since(conn.replay_from)]
@@ -236,7 +231,7 @@ class GeminiSession:
     async def _send_loop(self) -> None:
         while True:
             item = await self._queue.next()
-            conn = self._conn
+            conn = self.connection
             if not item.resend and item.kind != TOOL:  # a tool response belongs to its connection's call
                 self._journal.sent(item.kind, item.payload)
             try:
@@ -244,7 +239,7 @@ class GeminiSession:
             except websockets.ConnectionClosed:
                 if item.kind == TOOL:
                     log.warning("a tool response was lost with its connection")
-                if self._conn is conn:
+                if self.connection is conn:
                     self._queue.disconnected()  # the receive side learns why, and what comes next
                 continue
             if item.kind == AUDIO:
@@ -254,73 +249,32 @@ class GeminiSession:
         try:
             while True:  # receive() ends at every turn_complete (wire reference §6)
                 async for msg in conn.session.receive():
-                    if conn is not self._conn:
+                    if conn is not self.connection:
                         return  # handed over: the new connection speaks from now on
                     self._handle(msg)
         except errors.APIError as e:
-            ended = Ended(e.code, str(e))
+            ended = Ended(code=e.code, detail=str(e))
         except (OSError, websockets.WebSocketException) as e:
-            ended = Ended(None, f"{type(e).__name__}: {e}")
+            ended = Ended(code=None, detail=f"{type(e).__name__}: {e}")
         except Exception as e:
             log.exception("receiving from Gemini failed")
-            ended = Ended(None, f"bug: {type(e).__name__}: {e}")
-        if conn is self._conn and self._ended is not None and not self._ended.done():
+            ended = Ended(code=None, detail=f"bug: {type(e).__name__}: {e}")
+        if conn is self.connection and self._ended is not None and not self._ended.done():
             self._ended.set_result(ended)
 
     # --- goAway: hand over to a new connection ---------------------------------------------------
 
-    def _go_away(self, time_left: str | None) -> None:
-        left = time_left_s(time_left)
-        log.warning("Gemini goAway, %s left: opening the next connection now", time_left)
-        self._deadline = asyncio.get_running_loop().time() + left
-        if self._handover is None or self._handover.done():
-            self._handover = spawn(self._hand_over(self._conn), f"session-handover:{self.call}")
-
-    def _quiet(self) -> bool:
+    def quiet(self) -> bool:
         return not self.in_turn and not self._tools and not self._active
 
-    async def _hand_over(self, old: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        while self._conn is old:
-            standby = self._standby
-            if standby is None or (standby.replay_from != self.handle and self._quiet()):
-                self._standby = None
-                if standby is not None:
-                    await standby.close()  # stale: the model has said more since its handle
-                self._opening = self.handle
-                conn = await self._open(self.handle, self.handle, False)
-                if isinstance(conn, Ended) and next_step(conn, resuming=bool(self.handle)) == "fresh":
-                    log.warning("resumption handle refused (%s): the next connection starts fresh, told "
-                                "the conversation so far", conn)
-                    self.stats["fresh"] += 1
-                    conn = await self._open("", self._opening, True)
-                self._opening = ""
-                if isinstance(conn, Ended):
-                    log.warning("standby connection failed (%s)", conn)
-                    await asyncio.sleep(STANDBY_RETRY_S)
-                    continue
-                self._standby = conn  # if the old one ended meanwhile, the reconnect takes this one
-                continue
-            forced = loop.time() >= self._deadline - self.settings.handover_margin_s
-            if forced or (self._quiet() and standby.replay_from == self.handle):
-                self._switch(standby, forced)
-                return
-            self._poke.clear()
-            try:
-                await asyncio.wait_for(self._poke.wait(),
-                                       self._deadline - self.settings.handover_margin_s - loop.time())
-            except TimeoutError:
-                pass
-
-    def _switch(self, new: Connection, forced: bool) -> None:
-        old, old_rx = self._conn, self._rx
-        self._standby = None
+    def switch(self, new: Connection, forced: bool) -> None:
+        """The hand-over's end: send on ``new`` from now on, and let the old connection go."""
+        old, old_rx = self.connection, self._rx
         self.stats["handovers"] += 1
         log.info("handing over to connection %d%s", new.number,
                  " (time ran out: not at a turn boundary)" if forced else " at a turn boundary")
         self._cut_turn()
         self._use(new)
-        self._handover = None
         if old_rx is not None:
             old_rx.cancel()
         spawn(old.close(), f"session-close-old:{self.call}")
@@ -345,13 +299,12 @@ class GeminiSession:
         if update and update.resumable and update.new_handle:
             self._new_handle(update.new_handle)
         if msg.go_away:
-            self._go_away(msg.go_away.time_left)
-        self._poke.set()
+            self._handover.go_away(msg.go_away.time_left, host=self)
+        self._handover.poke()
 
     def _new_handle(self, handle: str) -> None:
         self.handle = handle
-        keep = tuple(h for h in (self._opening, self._standby.replay_from if self._standby else "") if h)
-        self._journal.mark(handle, keep)
+        self._journal.mark(handle, keep=self._handover.keep())
         self._active = False
         self.emit(m.Resumption(self.call, handle, self._sent_t_in))
 
@@ -392,7 +345,7 @@ class GeminiSession:
             result = {"error": f"{type(e).__name__}: {e}"}
         finally:
             self._tools.pop(fc.id or fc.name, None)
-            self._poke.set()
+            self._handover.poke()
         log.info("tool %s → %s", fc.name, result)
         self._queue.add(TOOL, types.FunctionResponse(id=fc.id, name=fc.name, response=result))
 
