@@ -1,4 +1,5 @@
-"""The last hop to Gemini: one Live connection, and the text frame that carries caller audio on it.
+"""The last hop to Gemini: one Live connection, how a session opens one (``Dialer``), and the text
+frame that carries caller audio on it.
 
 Caller audio is 25 sends a second per session, and ``send_realtime_input`` spends most of each on
 pydantic and the SDK's converters; DESIGN §7 asks for a leaner path for it without leaning on the SDK's
@@ -16,11 +17,17 @@ import contextlib
 import functools
 import json
 import logging
+import time
 
+import websockets
 from google import genai
-from google.genai import types
+from google.genai import errors, types
 
+from common.settings import Settings
+from model_client.config import live_config
+from model_client.reconnect import Conversation, Ended, Opening
 from model_client.send_queue import AUDIO, TEXT, Outgoing
+from model_client.tools import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,36 @@ class Connection:
             await self._stack.aclose()
         except Exception as e:  # the socket may already be gone; nothing is left to do about it
             log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
+
+
+class Dialer:
+    """Opens one session's connections: numbered (for the logs), configured from the settings, and
+    for a fresh session (its handle refused) told the conversation so far."""
+
+    def __init__(self, client: genai.Client, settings: Settings, toolbox: Toolbox,
+                 conversation: Conversation):
+        self.client, self.settings, self.toolbox = client, settings, toolbox
+        self.conversation = conversation
+        self.opened = 0
+
+    async def open(self, opening: Opening) -> Connection | Ended:
+        self.opened += 1
+        conn = Connection(handle=opening.handle, replay_from=opening.replay_from, number=self.opened)
+        instruction = self.conversation.instruction(self.settings.system_instruction) \
+            if opening.fresh and self.conversation else ""
+        config = live_config(self.settings, handle=opening.handle, tools=self.toolbox.config(),
+                             instruction=instruction)
+        started = time.monotonic()
+        try:
+            await conn.open(self.client, self.settings.model, config)
+        except errors.APIError as e:
+            return Ended(code=e.code, detail=str(e))
+        except (OSError, websockets.WebSocketException, TimeoutError) as e:
+            return Ended(code=None, detail=f"model unreachable: {type(e).__name__}: {e}")
+        log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
+                 (time.monotonic() - started) * 1000,
+                 "resumed" if opening.handle else "fresh, with the conversation so far" if instruction else "new")
+        return conn
 
 
 @functools.cache  # once per process

@@ -14,7 +14,7 @@ import logging
 from typing import Protocol
 
 from common.lifecycle import spawn
-from model_client.gemini_wire import Connection
+from model_client.gemini_wire import Connection, Dialer
 from model_client.reconnect import Ended, Opening, next_step, time_left_s
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,12 @@ class Host(Protocol):
     stats: dict[str, int]
 
     def quiet(self) -> bool: ...  # at a turn boundary, with a handle newer than the model's activity
-    async def open_connection(self, opening: Opening) -> Connection | Ended: ...
     def switch(self, new: Connection, forced: bool) -> None: ...
 
 
 class Handover:
-    def __init__(self, call: str, margin_s: float):
-        self.call, self.margin_s = call, margin_s
+    def __init__(self, call: str, dialer: Dialer, margin_s: float):
+        self.call, self.dialer, self.margin_s = call, dialer, margin_s
         self.standby: Connection | None = None
         self.opening = ""  # the handle a standby is being opened with
         self.task: asyncio.Task | None = None
@@ -90,12 +89,12 @@ class Handover:
         if stale is not None:
             await stale.close()  # the model has said more since its handle
         self.opening = host.handle
-        conn = await host.open_connection(Opening(handle=host.handle, replay_from=host.handle))
+        conn = await self.dialer.open(Opening(handle=host.handle, replay_from=host.handle))
         if isinstance(conn, Ended) and next_step(conn, resuming=bool(host.handle)) == "fresh":
             log.warning("resumption handle refused (%s): the next connection starts fresh, told "
                         "the conversation so far", conn)
             host.stats["fresh"] += 1
-            conn = await host.open_connection(Opening(handle="", replay_from=self.opening, fresh=True))
+            conn = await self.dialer.open(Opening(handle="", replay_from=self.opening, fresh=True))
         self.opening = ""
         if isinstance(conn, Ended):
             log.warning("standby connection failed (%s)", conn)

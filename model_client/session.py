@@ -1,27 +1,21 @@
 """One call's Gemini Live session: caller audio in, the model's audio and events out, kept alive
 across connections (DESIGN §4; wire reference §6, §8).
 
-Sending: everything for Gemini goes through one ordered queue (audio, text such as DTMF or the
-greeting prompt, tool responses), sent one item at a time by one sender task on the current
-connection. Audio arriving while a send is in flight joins the last queued chunk, so a busy loop sends
-fewer, larger chunks; unsent audio is bounded (the oldest is shed). Caller audio carries the gateway's
-``t_in``: a frame seen before (the gateway replays after a fault) is dropped.
+``GeminiSession`` coordinates the pieces, each in its own module:
 
-Connections (model_client/reconnect.py): everything sent is journaled until a resumption handle
-covers it, and a new connection, opened with a handle, first gets again what that handle lacks. So:
-
-- goAway: a second connection is opened at once with the latest handle while the old one still
-  works. We switch at a turn boundary (no model turn streaming, no tool running, and a handle newer
-  than the model's last activity), or when only ``handover_margin_s`` is left. A handle arriving
-  meanwhile makes the standby stale: at the next boundary it is reopened with the newer one.
-- an unexpected close (1000 while live, 1001, 1006, 1011, a transport error): reconnect with the
-  latest handle; bounded retries with backoff, the count reset by a stable connection.
-- a refused handle (1007 on resume): a fresh session whose system instruction tells the
-  conversation so far (from the transcripts), then what was said since the refused handle.
-
-Turn ids are ours: a model turn starts with its first audio and ends at ``turn_complete`` or
-``interrupted``, or when its connection is lost. They continue across connections, and a session that
-takes a call over from another model_client starts after the gateway's newest turn.
+- ``SendQueue`` (send_queue.py): everything for Gemini in one ordered queue, taken by one sender task
+  that writes it on the current ``Connection`` (gemini_wire.py, the last hop; a ``Dialer`` opens
+  them). Caller audio carries the gateway's ``t_in``: a frame seen before (the gateway replays after a
+  fault) is dropped.
+- ``Journal`` (reconnect.py): everything sent is journaled until a resumption handle covers it, and a
+  new connection, opened with a handle, first gets again what that handle lacks. So:
+  - an unexpected close (1000 while live, 1001, 1006, 1011, a transport error): reconnect with the
+    latest handle; bounded retries with backoff (``RetryBudget``), reset by a stable connection;
+  - a refused handle (1007 on resume): a fresh session whose system instruction tells the
+    conversation so far (``Conversation``), then what was said since the refused handle;
+  - goAway: ``Handover`` (handover.py) opens the next connection and picks the moment to switch.
+- ``ModelTurns`` (turns.py): what the model says, as our messages, in turns numbered by us.
+- ``ToolCalls`` (tool_calls.py): the model's tool calls, running while the conversation goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Callable
 
 import websockets
@@ -40,12 +35,13 @@ from common.lifecycle import cancel_all, spawn
 from common.logs import call_context
 from common.settings import Settings
 from model_client.barge import BargeInDetector
-from model_client.config import live_config
-from model_client.gemini_wire import Connection
+from model_client.gemini_wire import Connection, Dialer
 from model_client.handover import Handover
 from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
 from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
+from model_client.tool_calls import ToolCalls
 from model_client.tools import ToolContext, Toolbox
+from model_client.turns import ModelTurns
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +50,29 @@ class GeminiSession:
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
                  handle: str = "", turn: int = 0, resumed: bool = False):
-        self.call, self.client, self.settings, self.toolbox = call, client, settings, toolbox
-        self.context, self.emit, self.on_end = context, emit, on_end
-        self.handle = handle
-        self.turn = turn
-        self.in_turn = False
-        self.seq = 0
-        self.last_t_in = 0  # the newest caller frame received
-        self.barge = BargeInDetector()
+        """``handle``, ``turn``, ``resumed``: the call is under way (taken over from another
+        model_client, or a stream that came back): carry on from there, without a greeting."""
+        self.call, self.settings, self.context = call, settings, context
+        self.emit, self.on_end = emit, on_end
+        self.handle = handle  # the latest resumption handle
+        self.connection: Connection | None = None  # the one sent on
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
+        self.barge = BargeInDetector()
+        conversation = Conversation()  # told to a fresh session, should a handle be refused
+        self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)
+        self._dialer = Dialer(client, settings, toolbox, conversation)
         self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
         self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
-        self._conversation = Conversation()
-        self._handover = Handover(call, margin_s=settings.handover_margin_s)
-        self.connection: Connection | None = None  # the one sent on
-        self._ended: asyncio.Future | None = None  # the current connection's end
-        self._rx: asyncio.Task | None = None
+        self._handover = Handover(call, self._dialer, margin_s=settings.handover_margin_s)
+        self._tools = ToolCalls(call, toolbox, context)
+        self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
-        self._opened = 0
+        self._ended: asyncio.Future | None = None  # the current connection's end
+        self._rx: asyncio.Task | None = None  # receives on the current connection
         self._task: asyncio.Task | None = None
-        self._tools: dict[str, asyncio.Task] = {}  # running tool calls by id
         self._closing = False
         if settings.greeting and not resumed and not handle:  # a handle: the call is under way
             self._queue.add(TEXT, settings.greeting)
@@ -93,12 +89,12 @@ class GeminiSession:
 
     def send_audio(self, pcm: bytes, t_in: int = 0) -> None:
         if t_in:
-            if t_in <= self.last_t_in:
+            if t_in <= self._last_t_in:
                 self.stats["duplicates"] += 1
                 return
-            self.last_t_in = t_in
+            self._last_t_in = t_in
         if self.barge.caller_audio(pcm, time.monotonic()):
-            self.emit(m.CallerSpeech(self.call, "vad"))
+            self.emit(m.CallerSpeech(call=self.call, source="vad"))
         self._queue.add_audio(pcm, t_in)
 
     def dtmf(self, digit: str) -> None:
@@ -113,7 +109,7 @@ class GeminiSession:
     async def close(self) -> None:
         self._closing = True
         if self._task is not None:
-            await cancel_all([self._task, *self._tools.values()])
+            await cancel_all([self._task, *self._tools.tasks()])
             self._task = None  # see common.lifecycle.cancel_all
 
     # --- connections ----------------------------------------------------------------------------
@@ -135,34 +131,22 @@ class GeminiSession:
                 f"{v} {k}" for k, v in self.stats.items()), self._queue.shed_bytes + self._journal.shed)
             if not self._closing:
                 log.warning("session ended: %s", reason)
-                self.emit(m.CallEnd(self.call, reason))
+                self.emit(m.CallEnd(call=self.call, reason=reason))
             self.on_end(self.call)
 
     async def _keep_connected(self) -> str:
         """Open, serve, and on each end decide: resume, start fresh, or end the call."""
         opening = Opening(handle=self.handle, replay_from=self.handle)
-        loop = asyncio.get_running_loop()
         while True:
-            conn = self._handover.take_standby()  # opened after a goAway, before the old one ended
-            if conn is not None and conn.replay_from != opening.replay_from:
-                await conn.close()  # the model said more since its handle
-                conn = None
-            conn = conn or await self.open_connection(opening)
+            conn = await self._next_connection(opening)
             opened = isinstance(conn, Connection)
             ended = await self._serve(conn) if opened else conn
-            self._cut_turn()
+            self._turns.cut()
             step = next_step(ended, resuming=not opened and bool(opening.handle))
             if step == "fatal":
                 return f"model closed the session ({ended})"
-            if step == "fresh":
-                log.warning("resumption handle refused (%s): starting a fresh session told the "
-                            "conversation so far", ended)
-                self.stats["fresh"] += 1
-                opening = Opening(handle="", replay_from=opening.handle, fresh=True)
-                self.handle = ""
-            elif self.handle:
-                opening = Opening(handle=self.handle, replay_from=self.handle)
-            delay = self._budget.next_delay(loop.time())
+            opening = self._reopening(step, ended, opening)
+            delay = self._budget.next_delay(asyncio.get_running_loop().time())
             if delay is None:
                 return f"gave up after {self._budget.attempts} reconnects (last: {ended})"
             if step == "fresh":
@@ -172,24 +156,24 @@ class GeminiSession:
                         "with the latest handle" if opening.handle else "without a handle")
             await asyncio.sleep(delay)
 
-    async def open_connection(self, opening: Opening) -> Connection | Ended:
-        self._opened += 1
-        conn = Connection(handle=opening.handle, replay_from=opening.replay_from, number=self._opened)
-        instruction = self._conversation.instruction(self.settings.system_instruction) \
-            if opening.fresh and self._conversation else ""
-        config = live_config(self.settings, handle=opening.handle, tools=self.toolbox.config(),
-                             instruction=instruction)
-        started = time.monotonic()
-        try:
-            await conn.open(self.client, self.settings.model, config)
-        except errors.APIError as e:
-            return Ended(code=e.code, detail=str(e))
-        except (OSError, websockets.WebSocketException, TimeoutError) as e:
-            return Ended(code=None, detail=f"model unreachable: {type(e).__name__}: {e}")
-        log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
-                 (time.monotonic() - started) * 1000,
-                 "resumed" if opening.handle else "fresh, with the conversation so far" if instruction else "new")
-        return conn
+    async def _next_connection(self, opening: Opening) -> Connection | Ended:
+        """The standby a goAway opened, if it lacks nothing ``opening`` needs; else a new one."""
+        conn = self._handover.take_standby()  # opened after a goAway, before the old one ended
+        if conn is not None and conn.replay_from != opening.replay_from:
+            await conn.close()  # the model said more since its handle
+            conn = None
+        return conn or await self._dialer.open(opening)
+
+    def _reopening(self, step: str, ended: Ended, last: Opening) -> Opening:
+        if step == "fresh":
+            log.warning("resumption handle refused (%s): starting a fresh session told the "
+                        "conversation so far", ended)
+            self.stats["fresh"] += 1
+            self.handle = ""
+            return Opening(handle="", replay_from=last.handle, fresh=True)
+        if self.handle:
+            return Opening(handle=self.handle, replay_from=self.handle)
+        return last
 
     async def _serve(self, conn: Connection) -> Ended:
         """Until the current connection ends (following any handovers on the way)."""
@@ -221,12 +205,6 @@ class GeminiSession:
         self._active = False
         self._rx = spawn(self._receive(conn), f"session-receive:{self.call}:{conn.number}")
         self._budget.connected(asyncio.get_running_loop().time())
-
-    def _cut_turn(self) -> None:
-        """A connection ended mid-turn: what arrived of the turn plays out; a new one comes after."""
-        if self.in_turn:
-            self.emit(m.TurnDone(self.call, self.turn))
-            self.in_turn = False
 
     async def _send_loop(self) -> None:
         while True:
@@ -262,10 +240,10 @@ class GeminiSession:
         if conn is self.connection and self._ended is not None and not self._ended.done():
             self._ended.set_result(ended)
 
-    # --- goAway: hand over to a new connection ---------------------------------------------------
+    # --- for the goAway hand-over (handover.Host) --------------------------------------------------
 
     def quiet(self) -> bool:
-        return not self.in_turn and not self._tools and not self._active
+        return not self._turns.in_turn and not self._tools and not self._active
 
     def switch(self, new: Connection, forced: bool) -> None:
         """The hand-over's end: send on ``new`` from now on, and let the old connection go."""
@@ -273,7 +251,7 @@ class GeminiSession:
         self.stats["handovers"] += 1
         log.info("handing over to connection %d%s", new.number,
                  " (time ran out: not at a turn boundary)" if forced else " at a turn boundary")
-        self._cut_turn()
+        self._turns.cut()
         self._use(new)
         if old_rx is not None:
             old_rx.cancel()
@@ -284,16 +262,16 @@ class GeminiSession:
     def _handle(self, msg: types.LiveServerMessage) -> None:
         if msg.voice_activity and msg.voice_activity.voice_activity_type == \
                 types.VoiceActivityType.ACTIVITY_START:
-            self.emit(m.CallerSpeech(self.call, "gemini"))
+            self.emit(m.CallerSpeech(call=self.call, source="gemini"))
         if msg.tool_call:
             self._active = True
             for fc in msg.tool_call.function_calls or []:
-                self._start_tool(fc)
+                self._tools.start(fc, respond=partial(self._queue.add, TOOL), finished=self._handover.poke)
         if msg.tool_call_cancellation:
-            self._cancel_tools(msg.tool_call_cancellation.ids or [])
+            self._tools.cancel(msg.tool_call_cancellation.ids or [])
         if msg.server_content is not None:
             self._active = True
-            self._handle_content(msg.server_content, msg.data)
+            self._turns.content(msg.server_content, msg.data)
         # The handle last: in a frame that carries both, it describes the state after the content.
         update = msg.session_resumption_update
         if update and update.resumable and update.new_handle:
@@ -306,52 +284,4 @@ class GeminiSession:
         self.handle = handle
         self._journal.mark(handle, keep=self._handover.keep())
         self._active = False
-        self.emit(m.Resumption(self.call, handle, self._sent_t_in))
-
-    def _handle_content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
-        if audio:
-            if not self.in_turn:
-                self.turn += 1
-                self.in_turn = True
-            self.seq += 1
-            self.barge.model_audio(audio, time.monotonic())
-            self.emit(m.AudioDown(self.call, self.seq, time.monotonic_ns(), audio, self.turn))
-        heard, said = content.input_transcription, content.output_transcription
-        if heard and heard.text:
-            self._conversation.add("caller", heard.text)
-            self.emit(m.Transcript(self.call, "caller", heard.text, bool(heard.finished)))
-        if said and said.text:
-            self._conversation.add("model", said.text)
-            turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio
-            self.emit(m.Transcript(self.call, "model", said.text, bool(said.finished), turn))
-        if content.interrupted:
-            self.emit(m.Interrupt(self.call, self.turn))
-            self.in_turn = False
-        elif content.turn_complete and self.in_turn:
-            self.emit(m.TurnDone(self.call, self.turn))
-            self.in_turn = False
-
-    # --- tools ----------------------------------------------------------------------------------
-
-    def _start_tool(self, fc: types.FunctionCall) -> None:
-        log.info("tool call %s(%s)", fc.name, fc.args or {})
-        self._tools[fc.id or fc.name] = spawn(self._run_tool(fc), f"tool:{self.call}:{fc.name}")
-
-    async def _run_tool(self, fc: types.FunctionCall) -> None:
-        try:
-            result = await self.toolbox.run(fc.name, fc.args or {}, self.context)
-        except Exception as e:  # a user tool's bug must not end the call
-            log.exception("tool %s failed", fc.name)
-            result = {"error": f"{type(e).__name__}: {e}"}
-        finally:
-            self._tools.pop(fc.id or fc.name, None)
-            self._handover.poke()
-        log.info("tool %s → %s", fc.name, result)
-        self._queue.add(TOOL, types.FunctionResponse(id=fc.id, name=fc.name, response=result))
-
-    def _cancel_tools(self, ids: list[str]) -> None:
-        for tool_id in ids:
-            task = self._tools.pop(tool_id, None)
-            if task is not None:
-                log.info("tool call %s cancelled by the model", tool_id)
-                task.cancel()
+        self.emit(m.Resumption(call=self.call, handle=handle, upto=self._sent_t_in))
