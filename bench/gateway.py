@@ -44,9 +44,12 @@ class BackSide:
 
     def __init__(self, ctx: zmq.Context, gateway_ep: str, model_ep: str):
         self.epoch = new_epoch()
-        self.tc = self._dealer(ctx, gateway_ep, m.Hello(m.ROLE_TRANSCODER, self.epoch, 100000, ""))
-        self.mc = self._dealer(ctx, gateway_ep, m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, 100000, model_ep))
-        self.mc.send(m.pack([m.Stats({}, {}, {}, m.BACKEND_UP, "bench: no model")]))  # for /readyz
+        self.tc = self._dealer(ctx, gateway_ep, m.Hello(role=m.ROLE_TRANSCODER, epoch=self.epoch,
+                                                        capacity=100000, endpoint=""))
+        self.mc = self._dealer(ctx, gateway_ep, m.Hello(role=m.ROLE_MODEL_CLIENT, epoch=self.epoch,
+                                                        capacity=100000, endpoint=model_ep))
+        self.mc.send(m.pack([m.Stats(counters={}, gauges={}, histograms={}, backend=m.BACKEND_UP,
+                                     backend_why="bench: no model")]))  # for /readyz
         self.up_ms: list[float] = []
         self.counts = {"audio_in": 0, "audio_out": 0, "calls_started": 0, "calls_ended": 0}
         self.last_beat = 0.0
@@ -69,7 +72,7 @@ class BackSide:
             if time.monotonic() - self.last_beat >= 1.0:
                 self.last_beat = time.monotonic()
                 for sock in (self.tc, self.mc):
-                    sock.send(m.pack([m.Heartbeat(self.epoch, 0)]))
+                    sock.send(m.pack([m.Heartbeat(epoch=self.epoch, load=0)]))
             for sock, _ in poller.poll(max(1, round(min(left, 0.5) * 1000))):
                 frame = sock.recv()
                 if sock is self.tc:

@@ -90,7 +90,7 @@ class Harness:
                                 stderr=subprocess.STDOUT)
 
     def connect(self) -> None:
-        self.tc.send(m.pack([m.Hello(m.ROLE_TRANSCODER, self.epoch, 0, "")]))
+        self.tc.send(m.pack([m.Hello(role=m.ROLE_TRANSCODER, epoch=self.epoch, capacity=0, endpoint="")]))
         deadline = time.monotonic() + 30
         while self.gw_route is None:
             if time.monotonic() > deadline or self.model.poll() is not None:
@@ -98,7 +98,8 @@ class Harness:
             self.pump(time.monotonic() + 0.05)
 
     def add_calls(self, total: int) -> None:
-        new = [m.CallStart(f"c{i}", f"CA{i}", f"MZ{i}", {}, self.model_ep) for i in range(self.calls, total)]
+        new = [m.CallStart(call=f"c{i}", call_sid=f"CA{i}", stream_sid=f"MZ{i}", params={},
+                           model=self.model_ep) for i in range(self.calls, total)]
         self.tc.send(m.pack(new))
         now = time.monotonic_ns()
         self.seq += [0] * len(new)
@@ -127,9 +128,9 @@ class Harness:
             self.tc.send(msgpack.packb(batch, use_bin_type=True))
         if time.monotonic() - self.last_beat >= 1.0:
             self.last_beat = time.monotonic()
-            self.tc.send(m.pack([m.Heartbeat(self.epoch, self.calls)]))
+            self.tc.send(m.pack([m.Heartbeat(epoch=self.epoch, load=self.calls)]))
             if self.gw_route is not None:
-                self.gw.send_multipart([self.gw_route, m.pack([m.Heartbeat(self.epoch, 0)])])
+                self.gw.send_multipart([self.gw_route, m.pack([m.Heartbeat(epoch=self.epoch, load=0)])])
 
     def pump(self, until: float) -> None:
         poller = zmq.Poller()
@@ -146,7 +147,8 @@ class Harness:
         for item in msgpack.unpackb(frame, raw=False):
             if item[0] == m.Hello.TAG:
                 self.gw_route = route
-                self.gw.send_multipart([route, m.pack([m.Hello(m.ROLE_GATEWAY, self.epoch, 0, "")])])
+                hello = m.Hello(role=m.ROLE_GATEWAY, epoch=self.epoch, capacity=0, endpoint="")
+                self.gw.send_multipart([route, m.pack([hello])])
             elif item[0] == m.CallEnd.TAG:
                 self.counts["ended"] += 1
 

@@ -152,7 +152,7 @@ class Harness:
         return sock
 
     def hello(self, role: str, endpoint: str) -> bytes:
-        return m.pack([m.Hello(role, self.epoch, 0, endpoint)])
+        return m.pack([m.Hello(role=role, epoch=self.epoch, capacity=0, endpoint=endpoint)])
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -225,7 +225,8 @@ class Harness:
 
     def add_calls(self, total: int) -> bool:
         """Start calls up to ``total``; False if the transcoder did not pass them all on in time."""
-        new = [m.CallStart(f"c{i}", f"CA{i}", f"MZ{i}", {}, self.model_ep) for i in range(self.started, total)]
+        new = [m.CallStart(call=f"c{i}", call_sid=f"CA{i}", stream_sid=f"MZ{i}", params={},
+                           model=self.model_ep) for i in range(self.started, total)]
         for i in range(0, len(new), 200):
             self.gw.send_multipart([self.gw_route, m.pack(new[i:i + 200])])
         self.seq += [0] * len(new)
@@ -265,7 +266,7 @@ class Harness:
             self.gw.send_multipart([self.gw_route, msgpack.packb([run], use_bin_type=True)])
         if time.monotonic() - self.last_beat >= 1.0:
             self.last_beat = time.monotonic()
-            beat = m.pack([m.Heartbeat(self.epoch, 0)])
+            beat = m.pack([m.Heartbeat(epoch=self.epoch, load=0)])
             self.gw.send_multipart([self.gw_route, beat])
             if self.mc_route:
                 self.mc.send_multipart([self.mc_route, beat])

@@ -84,8 +84,8 @@ def link_round_trips(rounds: int) -> list[float]:
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(endpoint)
-    dealer.send(m.pack([m.Hello(m.ROLE_TRANSCODER, new_epoch(), 1, "")]))
-    audio = m.pack([m.AudioUp("call", 1, 0, bytes(640))])
+    dealer.send(m.pack([m.Hello(role=m.ROLE_TRANSCODER, epoch=new_epoch(), capacity=1, endpoint="")]))
+    audio = m.pack([m.AudioUp(call="call", seq=1, t_in=0, audio=bytes(640))])
 
     def round_trip() -> None:
         dealer.send(audio)
@@ -94,7 +94,7 @@ def link_round_trips(rounds: int) -> list[float]:
 
     round_trip()
     times = timed(round_trip, rounds)
-    dealer.send(m.pack([m.CallEnd("call", "q")]))
+    dealer.send(m.pack([m.CallEnd(call="call", reason="q")]))
     os.wait()
     ctx.destroy(linger=0)
     return times
@@ -108,7 +108,7 @@ async def _link_echo(endpoint: str) -> None:
             if isinstance(msg, m.CallEnd):
                 done.set()
             router.send(peer.route, msg)
-    hello = m.Hello(m.ROLE_MODEL_CLIENT, new_epoch(), 1, endpoint)
+    hello = m.Hello(role=m.ROLE_MODEL_CLIENT, epoch=new_epoch(), capacity=1, endpoint=endpoint)
     router = RouterLink(zmq.Context(), endpoint, 1.0, lambda: hello, echo)
     await router.start()
     await done.wait()

@@ -354,7 +354,7 @@ class RouterLink(_Link):
                 if peer.last_seen < deadline:
                     self._lose(peer, f"silent for {m.LIVENESS} heartbeats")
                 else:
-                    self.send(peer.route, m.Heartbeat(hello.epoch, 0))
+                    self.send(peer.route, m.Heartbeat(epoch=hello.epoch, load=0))
             for route, (since, held) in list(self._held.items()):
                 if since < deadline:
                     del self._held[route]
@@ -440,7 +440,7 @@ class DealerLink(_Link):
             if self.alive:
                 if self.heard_since_connect:  # the grace window alone does not reset the backoff
                     backoff = 1
-                self.send(m.Heartbeat(self.hello().epoch, self.load()))
+                self.send(m.Heartbeat(epoch=self.hello().epoch, load=self.load()))
                 continue
             if not self.heard_since_connect:
                 # No one has answered on this socket: there is no dead peer's queue to purge, and ZeroMQ

@@ -69,8 +69,8 @@ class StageStats:
             self._closed_links[name] += getattr(link, name)
 
     def message(self) -> m.Stats:
-        return m.Stats(dict(self.counters), dict(self.gauges),
-                       {name: h.wire() for name, h in self.histograms.items()})
+        return m.Stats(counters=dict(self.counters), gauges=dict(self.gauges),
+                       histograms={name: h.wire() for name, h in self.histograms.items()})
 
 
 async def watch_loop_lag(histogram: Histogram, every_s: float = LOOP_LAG_EVERY_S) -> None:

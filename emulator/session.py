@@ -138,11 +138,11 @@ class LiveSession:
         return True
 
     def _refuse_key(self) -> None:
-        """EMULATOR_REFUSE_KEY: answer the setup as the service answers a bad key. The wire reference
-        does not document that answer (whether the upgrade is refused with an HTTP status or the setup
-        with a close code, and with which text); the closest documented behaviour is a close with 1008,
-        policy violation, which it names as the plausible code for auth and permission failures. The
-        reason's wording is ours."""
+        """EMULATOR_REFUSE_KEY: answer the setup as the service answers a bad key. Google's Live API
+        documentation does not give that answer (whether the upgrade is refused with an HTTP status or
+        the setup with a close code, and with which text); the closest documented behaviour is a close
+        with 1008, policy violation, the plausible code for auth and permission failures. The reason's
+        wording is ours."""
         key = "present" if self._request.headers.get("x-goog-api-key") else "absent"
         log.warning("%s: refusing the key (%s) at setup with 1008 (EMULATOR_REFUSE_KEY)", self._label, key)
         self._end(1008, "API key not valid. Please pass a valid API key.", "key refused")

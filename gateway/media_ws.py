@@ -71,7 +71,7 @@ class MediaStream:
             self._mark(event.name)
         elif isinstance(event, tw.Dtmf):
             log.info("dtmf %s", event.digit)
-            self.pipeline.send(call, m.Dtmf(call.id, event.digit))
+            self.pipeline.send(call, m.Dtmf(call=call.id, digit=event.digit))
         elif isinstance(event, tw.Stop):
             self.end("caller hung up")
             call.close()
@@ -113,7 +113,8 @@ class MediaStream:
         if echo is None:
             log.debug("unknown mark %r ignored", name)  # Twilio echoes only our own marks
             return
-        self.pipeline.send(call, m.Played(call.id, echo.turn, name, echo.flushed, echo.heard_ms))
+        self.pipeline.send(call, m.Played(call=call.id, turn=echo.turn, mark=name, cleared=echo.flushed,
+                                          heard_ms=echo.heard_ms))
 
     def _close(self) -> None:
         spawn(self.ws.close(), "twilio-ws-close")

@@ -59,7 +59,8 @@ class Pipeline:
                                  monitor=True)
 
     def hello(self) -> m.Hello:
-        return m.Hello(m.ROLE_GATEWAY, self.epoch, 0, self.settings.gateway_endpoint)
+        return m.Hello(role=m.ROLE_GATEWAY, epoch=self.epoch, capacity=0,
+                       endpoint=self.settings.gateway_endpoint)
 
     async def start(self) -> None:
         await self.state.start()
@@ -101,8 +102,9 @@ class Pipeline:
             return
         self.prewarmed[call_id] = (model.endpoint, time.monotonic() + PREWARM_TTL_S)
         known = self.state.get(call_sid)  # a call resuming on a fresh stream carries on its session
-        self.router.send(model.route, m.CallStart(call_id, call_sid, "", {}, model.endpoint, known.handle,
-                                                  False, known.turn))
+        self.router.send(model.route, m.CallStart(call=call_id, call_sid=call_sid, stream_sid="", params={},
+                                                  model=model.endpoint, resume_handle=known.handle,
+                                                  resume=False, turn=known.turn))
 
     def _model_for(self, call_id: str) -> str:
         endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
@@ -125,7 +127,7 @@ class Pipeline:
         """End a pre-warmed session whose stream will not come."""
         endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
         if endpoint:
-            self._tell_model(endpoint, m.CallEnd(call_id, reason))
+            self._tell_model(endpoint, m.CallEnd(call=call_id, reason=reason))
 
     def _tell_model(self, endpoint: str, msg) -> None:
         for peer in self.live(m.ROLE_MODEL_CLIENT):
@@ -142,8 +144,10 @@ class Pipeline:
         self.calls[call.id] = call
         self.state.stream_started(call.call_sid)
         known = self._carry_on(call)
-        self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, params,
-                                                      call.model, call.resume_handle, False, known.turn))
+        self.router.send(call.transcoder, m.CallStart(call=call.id, call_sid=call.call_sid,
+                                                      stream_sid=call.stream_sid, params=params,
+                                                      model=call.model, resume_handle=call.resume_handle,
+                                                      resume=False, turn=known.turn))
         log.info("pinned to transcoder %s and model_client %s", transcoder.route.decode(), call.model)
         return True
 
@@ -166,7 +170,7 @@ class Pipeline:
 
     def caller_audio(self, call: Call, ulaw: bytes, ts: int) -> None:
         call.seq_in += 1
-        msg = m.AudioIn(call.id, call.seq_in, time.monotonic_ns(), ulaw, ts)
+        msg = m.AudioIn(call=call.id, seq=call.seq_in, t_in=time.monotonic_ns(), audio=ulaw, ts=ts)
         call.ring.add(msg)
         if call.model and call.transcoder:  # else kept in the ring until the call has both again
             self.router.send(call.transcoder, msg)
@@ -180,7 +184,7 @@ class Pipeline:
             return
         self._stream_gone(call)
         self._ended(reason)
-        end = m.CallEnd(call.id, reason)
+        end = m.CallEnd(call=call.id, reason=reason)
         if call.transcoder in self.router.peers:
             self.router.send(call.transcoder, end)
         else:  # no transcoder to carry it: tell the model_client over the directory
@@ -317,8 +321,10 @@ class Pipeline:
         """Tell the call's transcoder where the call now lives, then replay the kept caller audio (from
         ``since_ns`` on: the model_client drops what it already has, so more is only wasted work)."""
         turn = max(call.playout.latest, call.playout.cleared_turn)
-        self.router.send(call.transcoder, m.CallStart(call.id, call.call_sid, call.stream_sid, call.params,
-                                                      call.model, call.resume_handle, True, turn))
+        self.router.send(call.transcoder, m.CallStart(call=call.id, call_sid=call.call_sid,
+                                                      stream_sid=call.stream_sid, params=call.params,
+                                                      model=call.model, resume_handle=call.resume_handle,
+                                                      resume=True, turn=turn))
         frames = call.ring.frames(since_ns)
         for msg in frames:
             self.router.send(call.transcoder, msg)

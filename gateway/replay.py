@@ -52,4 +52,5 @@ class CallerRing:
 
     def frames(self, since_ns: int = 0) -> list[m.AudioIn]:
         """What is kept, from ``t_in >= since_ns`` on."""
-        return [m.AudioIn(self._call, *f) for f in self._frames if f[1] >= since_ns]
+        return [m.AudioIn(call=self._call, seq=seq, t_in=t_in, audio=audio, ts=ts)
+                for seq, t_in, audio, ts in self._frames if t_in >= since_ns]

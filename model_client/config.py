@@ -1,21 +1,13 @@
-"""The google-genai client and the Live session config, built with the SDK's real types (pure), and
-the text frame that carries caller audio (``audio_text``).
-
-Caller audio is 25 sends a second per session, and ``send_realtime_input`` spends most of each on
-pydantic and the SDK's converters; a leaner path is worth having, ideally without leaning on the SDK's
-internals. This one writes the same text on the session's socket, which does lean on the session's
-private ``_ws`` (and ``_api_client`` for the check), so ``sends_audio_text`` checks every connection
-first: anything unexpected and audio goes through the SDK's own method, as before.
+"""The google-genai client and the Live session config, built with the SDK's real types (pure).
 
 The config uses the SDK's real field names (a wrong one is a ValidationError): voice under
 ``speech_config``, VAD under ``realtime_input_config.automatic_activity_detection``, resumption as
-``session_resumption``.
+``session_resumption``. What goes on the wire once connected (and the text frame that carries caller
+audio) is in gemini_wire.py.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import ssl
 
@@ -23,8 +15,6 @@ from google import genai
 from google.genai import types
 
 from common.settings import Settings
-
-INPUT_MIME = "audio/pcm;rate=16000"
 
 # Compression keeps a call going past the 15-minute audio-only limit (docs/architecture.md#gemini).
 COMPRESSION = types.ContextWindowCompressionConfig(
@@ -73,40 +63,3 @@ def live_config(settings: Settings, handle: str = "", tools: list[types.Tool] | 
         input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
     )
-
-
-def audio_blob(pcm16k: bytes) -> types.Blob:
-    return types.Blob(data=pcm16k, mime_type=INPUT_MIME)
-
-
-def audio_text(pcm16k: bytes) -> str:
-    """The text frame ``send_realtime_input(audio=audio_blob(pcm16k))`` sends (docs/architecture.md#gemini),
-    built directly, without the SDK's pydantic validation and converters, which cost more than the
-    rest of a send (docs/performance.md#code-choices)."""
-    data = base64.urlsafe_b64encode(pcm16k).decode("ascii")
-    return '{"realtime_input": {"audio": {"data": "%s", "mime_type": "%s"}}}' % (data, INPUT_MIME)
-
-
-class _Capture:
-    """Stands in for the SDK session's WebSocket: keeps what would be sent."""
-    def __init__(self):
-        self.sent: list[str] = []
-
-    async def send(self, text: str) -> None:
-        self.sent.append(text)
-
-
-async def sends_audio_text(session: object) -> bool:
-    """Whether this SDK's ``send_realtime_input`` sends exactly ``audio_text`` (as a JSON value) on
-    ``session._ws``, checked with a probe session on a capturing socket. If not (another SDK
-    version), audio goes through the SDK's own method."""
-    if not hasattr(session, "_ws") or not hasattr(session, "_api_client"):
-        return False
-    pcm = bytes([0xfb, 0xff, 0xbf, 0x00, 0x01, 0x7f]) * 11  # both URL-safe characters, and padding
-    capture = _Capture()
-    try:
-        probe = type(session)(api_client=session._api_client, websocket=capture)
-        await probe.send_realtime_input(audio=audio_blob(pcm))
-        return [json.loads(text) for text in capture.sent] == [json.loads(audio_text(pcm))]
-    except Exception:  # noqa: BLE001 - any surprise means: use the SDK's method
-        return False

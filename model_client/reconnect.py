@@ -1,39 +1,36 @@
-"""The pieces that keep one call's Gemini session alive across connections (docs/architecture.md#gemini).
+"""The pieces that keep one call's Gemini session alive across connections (docs/architecture.md#gemini);
+the connection itself is in gemini_wire.py.
 
-- ``Connection``: one Live WebSocket, opened with a resumption handle (or none), closed by leaving the
-  SDK's context.
 - ``Journal``: what was sent since each handle we may still resume from. A handle is the service's
   state at some point; what we sent after it is not in it, so a new connection opened with that handle
   gets it again. Bounded (``max_bytes`` of audio; the oldest goes, counted).
 - ``RetryBudget``: reconnects in a row, with backoff; a connection that stayed up ``stable_s`` resets
   the count (Pipecat's Gemini service does the same).
-- ``next_step``: what a close code means for the call.
-- ``resumed_instruction``: a fresh session's system instruction when a handle is refused: the
+- ``next_step``: what a close code means for the call; ``time_left_s``: what a goAway leaves.
+- ``Conversation``: a fresh session's system instruction when a handle is refused: the
   conversation so far, from the transcripts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import logging
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from google import genai
-from google.genai import types
+from model_client.send_queue import AUDIO
 
-from model_client.config import audio_blob, audio_text, sends_audio_text
-
-log = logging.getLogger(__name__)
-
-CONNECT_TIMEOUT_S = 10.0
 BACKOFF_S = 0.25  # the first retry is immediate, then 0.25 s doubling ...
 BACKOFF_CAP_S = 4.0  # ... to this
 MAX_CONTEXT_CHARS = 6000  # of transcript handed to a fresh session
 DEFAULT_TIME_LEFT_S = 10.0  # a goAway whose timeLeft we cannot read
+
+
+class Opening(NamedTuple):
+    """How to open the next connection."""
+    handle: str  # the resumption handle to open with ("": a new session)
+    replay_from: str  # the journal mark whose items the connection is sent again
+    fresh: bool = False  # a refused handle: the model is told the conversation so far
 
 
 @dataclass(frozen=True)
@@ -65,85 +62,55 @@ def time_left_s(text: str | None) -> float:
     return float(match.group(1)) if match else DEFAULT_TIME_LEFT_S
 
 
-class Connection:
-    """One Live connection. ``replay_from`` names the journal mark whose items it must be sent again:
-    its own handle, or for a fresh session the refused handle."""
-
-    def __init__(self, handle: str, replay_from: str, number: int):
-        self.handle, self.replay_from, self.number = handle, replay_from, number
-        self.session = None
-        self.direct_audio = False  # audio_text written on the SDK's socket (see send)
-        self._stack = contextlib.AsyncExitStack()
-
-    async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            self.session = await self._stack.enter_async_context(
-                client.aio.live.connect(model=model, config=config))
-        self.direct_audio = await sends_audio_text(self.session)
-        if not self.direct_audio:
-            _warn_sdk_audio()
-
-    async def send(self, kind: str, item: object) -> None:
-        if kind == "audio" and self.direct_audio:
-            await self.session._ws.send(audio_text(item))  # what send_realtime_input would send
-        elif kind == "audio":
-            await self.session.send_realtime_input(audio=audio_blob(item))
-        elif kind == "text":
-            await self.session.send_realtime_input(text=item)
-        else:
-            await self.session.send_tool_response(function_responses=[item])
-
-    async def close(self) -> None:
-        """Leave the SDK's context: a close frame with 1000, if the socket is still open."""
-        try:
-            await self._stack.aclose()
-        except Exception as e:  # the socket may already be gone; nothing is left to do about it
-            log.debug("closing connection %d: %s: %s", self.number, type(e).__name__, e)
+class Sent(NamedTuple):
+    kind: str  # AUDIO, TEXT or TOOL (send_queue.py)
+    payload: object
 
 
-@functools.cache  # once per process
-def _warn_sdk_audio() -> None:
-    log.warning("this google-genai sends audio differently from what model_client/config.py "
-                "expects: caller audio goes through send_realtime_input (~60 µs more a send)")
+class _Entry(NamedTuple):
+    index: int  # in the order sent, from 0
+    kind: str
+    payload: object
 
 
 class Journal:
     """Items sent, in order, with a mark per handle; ``since(handle)`` is what that handle lacks."""
 
     def __init__(self, max_bytes: int):
-        self._items: deque[tuple[int, str, object]] = deque()  # (index, kind, item)
+        self._items: deque[_Entry] = deque()
         self._next = 0
         self._marks: dict[str, int] = {"": 0}  # no handle yet: everything since the session began
         self._bytes = 0
         self._max = max_bytes
         self.shed = 0  # audio bytes forgotten before any handle covered them
 
-    def sent(self, kind: str, item: object) -> None:
-        self._items.append((self._next, kind, item))
+    def sent(self, kind: str, payload: object) -> None:
+        self._items.append(_Entry(index=self._next, kind=kind, payload=payload))
         self._next += 1
-        if kind == "audio":
-            self._bytes += len(item)
+        if kind == AUDIO:
+            self._bytes += len(payload)
             while self._bytes > self._max:
-                self._drop_oldest()
+                self._drop_oldest(counted=True)
 
     def mark(self, handle: str, keep: tuple[str, ...] = ()) -> None:
         """``handle`` covers everything sent so far; only it and ``keep`` will be resumed from."""
         self._marks = {h: i for h, i in self._marks.items() if h in keep}
         self._marks[handle] = self._next
         oldest = min(self._marks.values())
-        while self._items and self._items[0][0] < oldest:
+        while self._items and self._items[0].index < oldest:
             self._drop_oldest(counted=False)
 
-    def since(self, handle: str) -> list[tuple[str, object]]:
+    def since(self, handle: str) -> list[Sent]:
         start = self._marks.get(handle, 0)  # a handle we never saw (the gateway's): all we have
-        return [(kind, item) for index, kind, item in self._items if index >= start]
+        return [Sent(kind=e.kind, payload=e.payload) for e in self._items if e.index >= start]
 
-    def _drop_oldest(self, counted: bool = True) -> None:
-        _, kind, item = self._items.popleft()
-        if kind == "audio":
-            self._bytes -= len(item)
+    def _drop_oldest(self, counted: bool) -> None:
+        """``counted``: the audio is lost to every handle, not merely covered by one."""
+        oldest = self._items.popleft()
+        if oldest.kind == AUDIO:
+            self._bytes -= len(oldest.payload)
             if counted:
-                self.shed += len(item)
+                self.shed += len(oldest.payload)
 
 
 class RetryBudget:
@@ -167,31 +134,37 @@ class RetryBudget:
         return delay
 
 
+@dataclass
+class _Said:
+    role: str  # "caller" or "model"
+    text: str
+
+
 class Conversation:
     """What was said so far, from the transcripts, for a fresh session (bounded)."""
 
     def __init__(self, max_chars: int = MAX_CONTEXT_CHARS):
-        self._lines: deque[list[str]] = deque()
+        self._lines: deque[_Said] = deque()
         self._chars = 0
         self._max = max_chars
 
     def add(self, role: str, text: str) -> None:
         if not text:
             return
-        if self._lines and self._lines[-1][0] == role:
-            self._lines[-1][1] += text
+        if self._lines and self._lines[-1].role == role:
+            self._lines[-1].text += text
         else:
-            self._lines.append([role, text])
+            self._lines.append(_Said(role=role, text=text))
         self._chars += len(text)
         while self._chars > self._max and len(self._lines) > 1:
-            self._chars -= len(self._lines.popleft()[1])
+            self._chars -= len(self._lines.popleft().text)
 
     def __bool__(self) -> bool:
         return bool(self._lines)
 
     def instruction(self, base: str) -> str:
-        said = "\n".join(f"{'Caller' if role == 'caller' else 'You'}: {text.strip()}"
-                         for role, text in self._lines)
+        said = "\n".join(f"{'Caller' if line.role == 'caller' else 'You'}: {line.text.strip()}"
+                         for line in self._lines)
         return (f"{base}\n\nThis phone call is already in progress. The connection to you was lost and "
                 f"could not be resumed, so here is the conversation so far:\n{said}\n"
                 "Carry on from there; do not greet the caller again.")

@@ -1,27 +1,21 @@
 """One call's Gemini Live session: caller audio in, the model's audio and events out, kept alive
 across connections (docs/architecture.md#failure-model).
 
-Sending: everything for Gemini goes through one ordered queue (audio, text such as DTMF or the
-greeting prompt, tool responses), sent one item at a time by one sender task on the current
-connection. Audio arriving while a send is in flight joins the last queued chunk, so a busy loop sends
-fewer, larger chunks; unsent audio is bounded (the oldest is shed). Caller audio carries the gateway's
-``t_in``: a frame seen before (the gateway replays after a fault) is dropped.
+``GeminiSession`` coordinates the pieces, each in its own module:
 
-Connections (model_client/reconnect.py): everything sent is journaled until a resumption handle
-covers it, and a new connection, opened with a handle, first gets again what that handle lacks. So:
-
-- goAway: a second connection is opened at once with the latest handle while the old one still
-  works. We switch at a turn boundary (no model turn streaming, no tool running, and a handle newer
-  than the model's last activity), or when only ``handover_margin_s`` is left. A handle arriving
-  meanwhile makes the standby stale: at the next boundary it is reopened with the newer one.
-- an unexpected close (1000 while live, 1001, 1006, 1011, a transport error): reconnect with the
-  latest handle; bounded retries with backoff, the count reset by a stable connection.
-- a refused handle (1007 on resume): a fresh session whose system instruction tells the
-  conversation so far (from the transcripts), then what was said since the refused handle.
-
-Turn ids are ours: a model turn starts with its first audio and ends at ``turn_complete`` or
-``interrupted``, or when its connection is lost. They continue across connections, and a session that
-takes a call over from another model_client starts after the gateway's newest turn.
+- ``SendQueue`` (send_queue.py): everything for Gemini in one ordered queue, taken by one sender task
+  that writes it on the current ``Connection`` (gemini_wire.py, the last hop; a ``Dialer`` opens
+  them). Caller audio carries the gateway's ``t_in``: a frame seen before (the gateway replays after a
+  fault) is dropped.
+- ``Journal`` (reconnect.py): everything sent is journaled until a resumption handle covers it, and a
+  new connection, opened with a handle, first gets again what that handle lacks. So:
+  - an unexpected close (1000 while live, 1001, 1006, 1011, a transport error): reconnect with the
+    latest handle; bounded retries with backoff (``RetryBudget``), reset by a stable connection;
+  - a refused handle (1007 on resume): a fresh session whose system instruction tells the
+    conversation so far (``Conversation``), then what was said since the refused handle;
+  - goAway: ``Handover`` (handover.py) opens the next connection and picks the moment to switch.
+- ``ModelTurns`` (turns.py): what the model says, as our messages, in turns numbered by us.
+- ``ToolCalls`` (tool_calls.py): the model's tool calls, running while the conversation goes on.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from functools import partial
 from typing import Callable
 
 import websockets
@@ -41,72 +35,54 @@ from common.lifecycle import cancel_all, spawn
 from common.logs import call_context
 from common.settings import Settings
 from model_client.barge import BargeInDetector
-from model_client.config import live_config
-from model_client.reconnect import (Connection, Conversation, Ended, Journal, RetryBudget, next_step,
-                                    time_left_s)
+from model_client.gemini_wire import Connection, Dialer, OnConnect
+from model_client.handover import Handover
+from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
+from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
+from model_client.tool_calls import ToolCalls
 from model_client.tools import ToolContext, Toolbox
+from model_client.turns import ModelTurns
 
 log = logging.getLogger(__name__)
-
-PCM_BYTES_PER_S = 32000  # PCM16 16 kHz
-MAX_PENDING_AUDIO = int(10.0 * PCM_BYTES_PER_S)
-MAX_CHUNK = PCM_BYTES_PER_S  # queued audio is joined into chunks of at most 1 s
-STANDBY_RETRY_S = 0.2
 
 
 class GeminiSession:
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
                  handle: str = "", turn: int = 0, resumed: bool = False, *,
-                 on_connect: Callable[[BaseException | None, bool], str] = lambda error, resuming: ""):
-        self.call, self.client, self.settings, self.toolbox = call, client, settings, toolbox
-        self.context, self.emit, self.on_end = context, emit, on_end
-        # Each connect's outcome (the error or None, and whether it resumed): the backend's health
-        # (model_client/backend_check.py). A reason returned ends the session now, without retries.
-        self.on_connect = on_connect
-        self._give_up = ""
-        self.handle = handle
-        self.turn = turn
-        self.in_turn = False
-        self.seq = 0
-        self.shed_bytes = 0
-        self.last_t_in = 0  # the newest caller frame received
-        self.barge = BargeInDetector()
+                 on_connect: OnConnect = lambda error, resuming: ""):
+        """``handle``, ``turn``, ``resumed``: the call is under way (taken over from another
+        model_client, or a stream that came back): carry on from there, without a greeting.
+        ``on_connect``: told each connect's outcome (gemini_wire.Dialer)."""
+        self.call, self.settings, self.context = call, settings, context
+        self.emit, self.on_end = emit, on_end
+        self.handle = handle  # the latest resumption handle
+        self.connection: Connection | None = None  # the one sent on
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
-        self._queue: deque[tuple[str, object, int, bool]] = deque()  # (kind, item, t_in, resend)
-        self._audio_bytes = 0
-        # Caller audio leaves at most once per ``send_ms``: each send costs a WebSocket frame, a TLS
-        # record and a syscall whatever its size, so 40 ms chunks cost less than 20 ms ones, for at
-        # most 20 ms more on the way to Gemini (the first frame after a pause goes at once).
-        self._send_gap_s = settings.send_ms / 1000
-        self._last_audio_send = 0.0
-        self._wake = asyncio.Event()
-        self._ready = asyncio.Event()  # set while there is a connection to send on
-        self._poke = asyncio.Event()  # for the handover: a turn boundary or a new handle
+        self.barge = BargeInDetector()
+        conversation = Conversation()  # told to a fresh session, should a handle be refused
+        self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)
+        self._dialer = Dialer(client, settings, toolbox, conversation, on_connect=on_connect)
+        self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
         self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
-        self._conversation = Conversation()
-        self._conn: Connection | None = None
-        self._standby: Connection | None = None
-        self._opening = ""  # the handle a standby is being opened with
-        self._deadline = 0.0  # loop time the connection that sent goAway ends
-        self._ended: asyncio.Future | None = None  # the current connection's end
-        self._rx: asyncio.Task | None = None
-        self._handover: asyncio.Task | None = None
+        self._handover = Handover(call, self._dialer, margin_s=settings.handover_margin_s)
+        self._tools = ToolCalls(call, toolbox, context)
+        self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
-        self._opened = 0
+        self._ended: asyncio.Future | None = None  # the current connection's end
+        self._rx: asyncio.Task | None = None  # receives on the current connection
         self._task: asyncio.Task | None = None
-        self._tools: dict[str, asyncio.Task] = {}  # running tool calls by id
         self._closing = False
         if settings.greeting and not resumed and not handle:  # a handle: the call is under way
-            self._put("text", settings.greeting)
+            self._queue.add(TEXT, settings.greeting)
 
     @property
     def pending_audio_bytes(self) -> int:
         """Caller audio queued for Gemini, not sent yet (a queue depth for /metrics)."""
-        return self._audio_bytes
+        return self._queue.audio_bytes
 
     def start(self) -> None:
         self._task = spawn(self._run(), f"session:{self.call}")
@@ -115,27 +91,19 @@ class GeminiSession:
 
     def send_audio(self, pcm: bytes, t_in: int = 0) -> None:
         if t_in:
-            if t_in <= self.last_t_in:
+            if t_in <= self._last_t_in:
                 self.stats["duplicates"] += 1
                 return
-            self.last_t_in = t_in
+            self._last_t_in = t_in
         if self.barge.caller_audio(pcm, time.monotonic()):
-            self.emit(m.CallerSpeech(self.call, "vad"))
-        last = self._queue[-1] if self._queue else None
-        if last and last[0] == "audio" and not last[3] and len(last[1]) < MAX_CHUNK:
-            self._queue[-1] = ("audio", last[1] + pcm, t_in or last[2], False)
-        else:
-            self._queue.append(("audio", pcm, t_in, False))
-        self._audio_bytes += len(pcm)
-        if self._audio_bytes > MAX_PENDING_AUDIO:
-            self._shed_oldest_audio()
-        self._wake.set()
+            self.emit(m.CallerSpeech(call=self.call, source="vad"))
+        self._queue.add_audio(pcm, t_in)
 
     def dtmf(self, digit: str) -> None:
         with call_context(self.call):
             log.info("caller pressed %s", digit)
         self.context.digits.append(digit)
-        self._put("text", self.settings.dtmf_text.format(digit=digit))
+        self._queue.add(TEXT, self.settings.dtmf_text.format(digit=digit))
 
     def played(self, msg: m.Played) -> None:
         self.context.heard_ms[msg.turn] = msg.heard_ms
@@ -143,20 +111,8 @@ class GeminiSession:
     async def close(self) -> None:
         self._closing = True
         if self._task is not None:
-            await cancel_all([self._task, *self._tools.values()])
+            await cancel_all([self._task, *self._tools.tasks()])
             self._task = None  # see common.lifecycle.cancel_all
-
-    def _put(self, kind: str, item: object) -> None:
-        self._queue.append((kind, item, 0, False))
-        self._wake.set()
-
-    def _shed_oldest_audio(self) -> None:
-        for i, (kind, item, _, resend) in enumerate(self._queue):
-            if kind == "audio" and not resend:
-                del self._queue[i]
-                self._audio_bytes -= len(item)
-                self.shed_bytes += len(item)
-                return
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -169,73 +125,59 @@ class GeminiSession:
                 log.exception("session failed")
                 reason = f"session failed: {type(e).__name__}"
             finally:
-                await cancel_all([t for t in (sender, self._rx, self._handover) if t is not None])
-                for conn in (self._conn, self._standby):
+                await cancel_all([t for t in (sender, self._rx, self._handover.task) if t is not None])
+                for conn in (self.connection, self._handover.standby):
                     if conn is not None:
                         await conn.close()
             log.info("session summary: %s, %d bytes of caller audio shed", ", ".join(
-                f"{v} {k}" for k, v in self.stats.items()), self.shed_bytes + self._journal.shed)
+                f"{v} {k}" for k, v in self.stats.items()), self._queue.shed_bytes + self._journal.shed)
             if not self._closing:
                 log.warning("session ended: %s", reason)
-                self.emit(m.CallEnd(self.call, reason))
+                self.emit(m.CallEnd(call=self.call, reason=reason))
             self.on_end(self.call)
 
     async def _keep_connected(self) -> str:
         """Open, serve, and on each end decide: resume, start fresh, or end the call."""
-        handle, replay_from, fresh = self.handle, self.handle, False
-        loop = asyncio.get_running_loop()
+        opening = Opening(handle=self.handle, replay_from=self.handle)
         while True:
-            conn, self._standby = self._standby, None  # opened after a goAway, before the old one ended
-            if conn is not None and conn.replay_from != replay_from:
-                await conn.close()  # the model said more since its handle
-                conn = None
-            conn = conn or await self._open(handle, replay_from, fresh)
+            conn = await self._next_connection(opening)
             opened = isinstance(conn, Connection)
             ended = await self._serve(conn) if opened else conn
-            self._cut_turn()
-            if self._give_up:
-                return self._give_up
-            step = next_step(ended, resuming=not opened and bool(handle))
+            self._turns.cut()
+            if self._dialer.give_up:
+                return self._dialer.give_up
+            step = next_step(ended, resuming=not opened and bool(opening.handle))
             if step == "fatal":
                 return f"model closed the session ({ended})"
-            if step == "fresh":
-                log.warning("resumption handle refused (%s): starting a fresh session told the "
-                            "conversation so far", ended)
-                self.stats["fresh"] += 1
-                handle, replay_from, fresh, self.handle = "", handle, True, ""
-            elif self.handle:
-                handle = replay_from = self.handle
-                fresh = False
-            delay = self._budget.next_delay(loop.time())
+            opening = self._reopening(step, ended, opening)
+            delay = self._budget.next_delay(asyncio.get_running_loop().time())
             if delay is None:
                 return f"gave up after {self._budget.attempts} reconnects (last: {ended})"
             if step == "fresh":
                 delay = 0.0  # the service answered: it only refused the handle
             self.stats["reconnects"] += 1
             log.warning("Gemini connection ended (%s): reconnecting in %.2f s %s", ended, delay,
-                        "with the latest handle" if handle else "without a handle")
+                        "with the latest handle" if opening.handle else "without a handle")
             await asyncio.sleep(delay)
 
-    async def _open(self, handle: str, replay_from: str, fresh: bool) -> Connection | Ended:
-        self._opened += 1
-        conn = Connection(handle, replay_from, self._opened)
-        instruction = self._conversation.instruction(self.settings.system_instruction) \
-            if fresh and self._conversation else ""
-        config = live_config(self.settings, handle, self.toolbox.config(), instruction)
-        started = time.monotonic()
-        try:
-            await conn.open(self.client, self.settings.model, config)
-        except errors.APIError as e:
-            self._give_up = self.on_connect(e, resuming=bool(handle))
-            return Ended(e.code, str(e))
-        except (OSError, websockets.WebSocketException, TimeoutError) as e:
-            self._give_up = self.on_connect(e, resuming=bool(handle))
-            return Ended(None, f"model unreachable: {type(e).__name__}: {e}")
-        self.on_connect(None, resuming=bool(handle))
-        log.info("Gemini connection %d open in %.0f ms (%s)", conn.number,
-                 (time.monotonic() - started) * 1000,
-                 "resumed" if handle else "fresh, with the conversation so far" if instruction else "new")
-        return conn
+    async def _next_connection(self, opening: Opening) -> Connection | Ended:
+        """The standby a goAway opened, if it lacks nothing ``opening`` needs; else a new one."""
+        conn = self._handover.take_standby()  # opened after a goAway, before the old one ended
+        if conn is not None and conn.replay_from != opening.replay_from:
+            await conn.close()  # the model said more since its handle
+            conn = None
+        return conn or await self._dialer.open(opening)
+
+    def _reopening(self, step: str, ended: Ended, last: Opening) -> Opening:
+        if step == "fresh":
+            log.warning("resumption handle refused (%s): starting a fresh session told the "
+                        "conversation so far", ended)
+            self.stats["fresh"] += 1
+            self.handle = ""
+            return Opening(handle="", replay_from=last.handle, fresh=True)
+        if self.handle:
+            return Opening(handle=self.handle, replay_from=self.handle)
+        return last
 
     async def _serve(self, conn: Connection) -> Ended:
         """Until the current connection ends (following any handovers on the way)."""
@@ -244,143 +186,77 @@ class GeminiSession:
         try:
             return await self._ended
         finally:
-            self._ready.clear()
-            await cancel_all([t for t in (self._rx, self._handover) if t is not None])
-            self._rx = self._handover = None  # see common.lifecycle.cancel_all
-            self._opening = ""
-            current, self._conn = self._conn, None
+            self._queue.disconnected()
+            await cancel_all([t for t in (self._rx, self._handover.task) if t is not None])
+            self._rx = None  # see common.lifecycle.cancel_all
+            self._handover.stopped()
+            current, self.connection = self.connection, None
             if current is not None:
                 await current.close()
 
     def _use(self, conn: Connection) -> None:
         """Send on ``conn`` from now on, starting with what its handle lacks."""
-        self._conn = conn
+        self.connection = conn
         self.stats["connections"] += 1
-        # Queued re-sends of an earlier connection are in the journal too: recompute from it.
-        pending = [item for item in self._queue if not item[3]]
-        resend = [(kind, item, 0, True) for kind, item in self._journal.since(conn.replay_from)]
-        self._queue = deque(resend + pending)
+        resend = [Outgoing(kind=sent.kind, payload=sent.payload, resend=True)
+                  for sent in self._journal.since(conn.replay_from)]
+        self._queue.connected(resend)
         if self.stats["connections"] > 1:
             self.stats["resent_items"] += len(resend)
-            audio = sum(len(item) for kind, item, _, _ in resend if kind == "audio")
+            audio = sum(len(item.payload) for item in resend if item.kind == AUDIO)
             log.info("connection %d: re-sending %d items (%.2f s of caller audio) its handle lacks",
                      conn.number, len(resend), audio / PCM_BYTES_PER_S)
         self._active = False
         self._rx = spawn(self._receive(conn), f"session-receive:{self.call}:{conn.number}")
         self._budget.connected(asyncio.get_running_loop().time())
-        self._ready.set()
-        self._wake.set()
-
-    def _cut_turn(self) -> None:
-        """A connection ended mid-turn: what arrived of the turn plays out; a new one comes after."""
-        if self.in_turn:
-            self.emit(m.TurnDone(self.call, self.turn))
-            self.in_turn = False
 
     async def _send_loop(self) -> None:
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if not self._ready.is_set():
-                await self._ready.wait()
-                continue
-            head = self._queue[0]
-            if head[0] == "audio" and not head[3] and self._send_gap_s:
-                wait = self._last_audio_send + self._send_gap_s - time.monotonic()
-                if wait > 0:  # meanwhile the next frames join this chunk (send_audio)
-                    await asyncio.sleep(wait)
-                    continue
-            conn = self._conn
-            kind, item, t_in, resend = self._queue.popleft()
-            if kind == "audio" and not resend:
-                self._audio_bytes -= len(item)
-                self._last_audio_send = time.monotonic()
-            if not resend and kind != "tool":  # a tool response belongs to its connection's call
-                self._journal.sent(kind, item)
+            item = await self._queue.next()
+            conn = self.connection
+            if not item.resend and item.kind != TOOL:  # a tool response belongs to its connection's call
+                self._journal.sent(item.kind, item.payload)
             try:
-                await conn.send(kind, item)
+                await conn.send(item)
             except websockets.ConnectionClosed:
-                if kind == "tool":
+                if item.kind == TOOL:
                     log.warning("a tool response was lost with its connection")
-                if self._conn is conn:
-                    self._ready.clear()  # the receive side learns why, and what comes next
+                if self.connection is conn:
+                    self._queue.disconnected()  # the receive side learns why, and what comes next
                 continue
-            if kind == "audio":
-                self._sent_t_in = max(self._sent_t_in, t_in)
+            if item.kind == AUDIO:
+                self._sent_t_in = max(self._sent_t_in, item.t_in)
 
     async def _receive(self, conn: Connection) -> None:
         try:
             while True:  # receive() ends at every turn_complete
                 async for msg in conn.session.receive():
-                    if conn is not self._conn:
+                    if conn is not self.connection:
                         return  # handed over: the new connection speaks from now on
                     self._handle(msg)
         except errors.APIError as e:
-            ended = Ended(e.code, str(e))
+            ended = Ended(code=e.code, detail=str(e))
         except (OSError, websockets.WebSocketException) as e:
-            ended = Ended(None, f"{type(e).__name__}: {e}")
+            ended = Ended(code=None, detail=f"{type(e).__name__}: {e}")
         except Exception as e:
             log.exception("receiving from Gemini failed")
-            ended = Ended(None, f"bug: {type(e).__name__}: {e}")
-        if conn is self._conn and self._ended is not None and not self._ended.done():
+            ended = Ended(code=None, detail=f"bug: {type(e).__name__}: {e}")
+        if conn is self.connection and self._ended is not None and not self._ended.done():
             self._ended.set_result(ended)
 
-    # --- goAway: hand over to a new connection ---------------------------------------------------
+    # --- for the goAway hand-over (handover.Host) --------------------------------------------------
 
-    def _go_away(self, time_left: str | None) -> None:
-        left = time_left_s(time_left)
-        log.warning("Gemini goAway, %s left: opening the next connection now", time_left)
-        self._deadline = asyncio.get_running_loop().time() + left
-        if self._handover is None or self._handover.done():
-            self._handover = spawn(self._hand_over(self._conn), f"session-handover:{self.call}")
+    def quiet(self) -> bool:
+        return not self._turns.in_turn and not self._tools and not self._active
 
-    def _quiet(self) -> bool:
-        return not self.in_turn and not self._tools and not self._active
-
-    async def _hand_over(self, old: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        while self._conn is old:
-            standby = self._standby
-            if standby is None or (standby.replay_from != self.handle and self._quiet()):
-                self._standby = None
-                if standby is not None:
-                    await standby.close()  # stale: the model has said more since its handle
-                self._opening = self.handle
-                conn = await self._open(self.handle, self.handle, False)
-                if isinstance(conn, Ended) and next_step(conn, resuming=bool(self.handle)) == "fresh":
-                    log.warning("resumption handle refused (%s): the next connection starts fresh, told "
-                                "the conversation so far", conn)
-                    self.stats["fresh"] += 1
-                    conn = await self._open("", self._opening, True)
-                self._opening = ""
-                if isinstance(conn, Ended):
-                    log.warning("standby connection failed (%s)", conn)
-                    await asyncio.sleep(STANDBY_RETRY_S)
-                    continue
-                self._standby = conn  # if the old one ended meanwhile, the reconnect takes this one
-                continue
-            forced = loop.time() >= self._deadline - self.settings.handover_margin_s
-            if forced or (self._quiet() and standby.replay_from == self.handle):
-                self._switch(standby, forced)
-                return
-            self._poke.clear()
-            try:
-                await asyncio.wait_for(self._poke.wait(),
-                                       self._deadline - self.settings.handover_margin_s - loop.time())
-            except TimeoutError:
-                pass
-
-    def _switch(self, new: Connection, forced: bool) -> None:
-        old, old_rx = self._conn, self._rx
-        self._standby = None
+    def switch(self, new: Connection, forced: bool) -> None:
+        """The hand-over's end: send on ``new`` from now on, and let the old connection go."""
+        old, old_rx = self.connection, self._rx
         self.stats["handovers"] += 1
         log.info("handing over to connection %d%s", new.number,
                  " (time ran out: not at a turn boundary)" if forced else " at a turn boundary")
-        self._cut_turn()
+        self._turns.cut()
         self._use(new)
-        self._handover = None
         if old_rx is not None:
             old_rx.cancel()
         spawn(old.close(), f"session-close-old:{self.call}")
@@ -390,75 +266,26 @@ class GeminiSession:
     def _handle(self, msg: types.LiveServerMessage) -> None:
         if msg.voice_activity and msg.voice_activity.voice_activity_type == \
                 types.VoiceActivityType.ACTIVITY_START:
-            self.emit(m.CallerSpeech(self.call, "gemini"))
+            self.emit(m.CallerSpeech(call=self.call, source="gemini"))
         if msg.tool_call:
             self._active = True
             for fc in msg.tool_call.function_calls or []:
-                self._start_tool(fc)
+                self._tools.start(fc, respond=partial(self._queue.add, TOOL), finished=self._handover.poke)
         if msg.tool_call_cancellation:
-            self._cancel_tools(msg.tool_call_cancellation.ids or [])
+            self._tools.cancel(msg.tool_call_cancellation.ids or [])
         if msg.server_content is not None:
             self._active = True
-            self._handle_content(msg.server_content, msg.data)
+            self._turns.content(msg.server_content, msg.data)
         # The handle last: in a frame that carries both, it describes the state after the content.
         update = msg.session_resumption_update
         if update and update.resumable and update.new_handle:
             self._new_handle(update.new_handle)
         if msg.go_away:
-            self._go_away(msg.go_away.time_left)
-        self._poke.set()
+            self._handover.go_away(msg.go_away.time_left, host=self)
+        self._handover.poke()
 
     def _new_handle(self, handle: str) -> None:
         self.handle = handle
-        keep = tuple(h for h in (self._opening, self._standby.replay_from if self._standby else "") if h)
-        self._journal.mark(handle, keep)
+        self._journal.mark(handle, keep=self._handover.keep())
         self._active = False
-        self.emit(m.Resumption(self.call, handle, self._sent_t_in))
-
-    def _handle_content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
-        if audio:
-            if not self.in_turn:
-                self.turn += 1
-                self.in_turn = True
-            self.seq += 1
-            self.barge.model_audio(audio, time.monotonic())
-            self.emit(m.AudioDown(self.call, self.seq, time.monotonic_ns(), audio, self.turn))
-        heard, said = content.input_transcription, content.output_transcription
-        if heard and heard.text:
-            self._conversation.add("caller", heard.text)
-            self.emit(m.Transcript(self.call, "caller", heard.text, bool(heard.finished)))
-        if said and said.text:
-            self._conversation.add("model", said.text)
-            turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio
-            self.emit(m.Transcript(self.call, "model", said.text, bool(said.finished), turn))
-        if content.interrupted:
-            self.emit(m.Interrupt(self.call, self.turn))
-            self.in_turn = False
-        elif content.turn_complete and self.in_turn:
-            self.emit(m.TurnDone(self.call, self.turn))
-            self.in_turn = False
-
-    # --- tools ----------------------------------------------------------------------------------
-
-    def _start_tool(self, fc: types.FunctionCall) -> None:
-        log.info("tool call %s(%s)", fc.name, fc.args or {})
-        self._tools[fc.id or fc.name] = spawn(self._run_tool(fc), f"tool:{self.call}:{fc.name}")
-
-    async def _run_tool(self, fc: types.FunctionCall) -> None:
-        try:
-            result = await self.toolbox.run(fc.name, fc.args or {}, self.context)
-        except Exception as e:  # a user tool's bug must not end the call
-            log.exception("tool %s failed", fc.name)
-            result = {"error": f"{type(e).__name__}: {e}"}
-        finally:
-            self._tools.pop(fc.id or fc.name, None)
-            self._poke.set()
-        log.info("tool %s → %s", fc.name, result)
-        self._put("tool", types.FunctionResponse(id=fc.id, name=fc.name, response=result))
-
-    def _cancel_tools(self, ids: list[str]) -> None:
-        for tool_id in ids:
-            task = self._tools.pop(tool_id, None)
-            if task is not None:
-                log.info("tool call %s cancelled by the model", tool_id)
-                task.cancel()
+        self.emit(m.Resumption(call=self.call, handle=handle, upto=self._sent_t_in))

@@ -60,7 +60,8 @@ class ModelClientStage:
 
     def hello(self) -> m.Hello:
         capacity = ECHO_CAPACITY if self.settings.backend == "echo" else CAPACITY
-        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, capacity, self.endpoint)
+        return m.Hello(role=m.ROLE_MODEL_CLIENT, epoch=self.epoch, capacity=capacity,
+                       endpoint=self.endpoint)
 
     async def start(self) -> None:
         self.toolbox = Toolbox(transfer=bool(self.settings.transfer_targets),
@@ -208,14 +209,15 @@ class ModelClientStage:
                 client = self._client or make_client(self.settings)
             except Exception as e:
                 log.error("cannot create the Gemini client: %s", e)
-                self._emit(m.CallEnd(msg.call, "model unavailable"))
+                self._emit(m.CallEnd(call=msg.call, reason="model unavailable"))
                 return
             self._client = client
-            context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
-                                  transfer_allowed=self.settings.transfer_allowed)
+            context = ToolContext(call=msg.call, call_sid=msg.call_sid, params=dict(msg.params),
+                                  emit=self._emit, transfer_allowed=self.settings.transfer_allowed)
             self._start_session(route, msg, GeminiSession(
-                msg.call, client, self.settings, self.toolbox, context, self._emit, self._session_ended,
-                msg.resume_handle, msg.turn, msg.resume,
+                call=msg.call, client=client, settings=self.settings, toolbox=self.toolbox, context=context,
+                emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle, turn=msg.turn,
+                resumed=msg.resume,
                 on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming)))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:

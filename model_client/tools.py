@@ -86,7 +86,7 @@ def load_module(path: str) -> dict[str, Callable[..., Awaitable]]:
 
 async def end_call(call: ToolContext) -> dict:
     """End the phone call. Say goodbye first; the line is hung up once your goodbye has played."""
-    call.emit(m.Action(call.call, "hangup"))
+    call.emit(m.Action(call=call.call, kind="hangup"))
     return {"result": "The call will end after your goodbye has played."}
 
 
@@ -95,7 +95,7 @@ async def transfer_call(target: str, call: ToolContext) -> dict:
     caller first; the transfer happens once you have finished speaking."""
     if not call.transfer_allowed(target):
         return {"error": f"transfers to {target!r} are not allowed"}
-    call.emit(m.Action(call.call, "transfer", target))
+    call.emit(m.Action(call=call.call, kind="transfer", target=target))
     return {"result": f"The call will be transferred to {target} after you finish speaking."}
 
 

@@ -137,11 +137,11 @@ async def test_a_closed_session_is_freed_without_the_garbage_collector(emulator)
 
 @pytest.mark.parametrize("direct", [True, False], ids=["audio_text on the socket", "the SDK's method"])
 async def test_caller_audio_is_answered_either_way_it_is_sent(emulator, monkeypatch, direct):
-    """model_client/config.py: an SDK that fails the per-connection check gets audio through its own
+    """model_client/gemini_wire.py: an SDK that fails the per-connection check gets audio through its own
     send_realtime_input; the emulator hears the same either way."""
     async def check(session) -> bool:
         return direct
-    monkeypatch.setattr("model_client.reconnect.sends_audio_text", check)
+    monkeypatch.setattr("model_client.gemini_wire.sends_audio_text", check)
     stage = await emulator()
 
     async def script(session):

@@ -1,12 +1,12 @@
 """Caller audio is written on the SDK's socket as exactly the text ``send_realtime_input`` would send
-(model_client/config.py): checked here against the installed SDK, and again at every connection."""
+(model_client/gemini_wire.py): checked here against the installed SDK, and again at every connection."""
 
 import numpy as np
 import pytest
 from google import genai
 from google.genai.live import AsyncSession
 
-from model_client.config import _Capture, audio_blob, audio_text, sends_audio_text
+from model_client.gemini_wire import _Capture, audio_blob, audio_text, sends_audio_text
 
 PAYLOADS = {
     "one byte": b"\x01",

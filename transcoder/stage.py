@@ -43,7 +43,7 @@ class TranscoderStage:
         self._stopped = asyncio.Event()
 
     def hello(self) -> m.Hello:
-        return m.Hello(m.ROLE_TRANSCODER, self.epoch, CAPACITY, "")
+        return m.Hello(role=m.ROLE_TRANSCODER, epoch=self.epoch, capacity=CAPACITY, endpoint="")
 
     async def start(self) -> None:
         self._ctx = zmq.asyncio.Context()
@@ -116,7 +116,8 @@ class TranscoderStage:
         started = time.perf_counter()
         pcm, sizes = caller_audio_many(audios, run.audio, run.sizes)
         self._timed("up", started, len(audios))
-        up = m.AudioRun(m.AudioUp.TAG, run.calls, [a.seq_up for a in audios], run.t_ins, sizes, pcm, [])
+        up = m.AudioRun(kind=m.AudioUp.TAG, calls=run.calls, seqs=[a.seq_up for a in audios], t_ins=run.t_ins,
+                        sizes=sizes, audio=pcm, extra=[])
         models = {a.model for a in audios}
         if len(models) == 1:
             self.models[audios[0].model].send(up)
@@ -178,7 +179,7 @@ class TranscoderStage:
         keeps its state, the caller's audio goes to the new endpoint from now on. If the old one was
         only slow, not dead, it must let the call go, or the caller would hear two sessions."""
         if audio.model != msg.model:
-            self.models[audio.model].send(m.CallEnd(msg.call, "moved to another model_client"))
+            self.models[audio.model].send(m.CallEnd(call=msg.call, reason="moved to another model_client"))
             log.warning("call moved from model_client %s to %s", audio.model, msg.model)
         audio.model = msg.model
         audio.up.reset()  # the gateway replays earlier audio next: no filter state may bridge the jump
@@ -200,7 +201,7 @@ class TranscoderStage:
     def _gateway_restarted(self, old_epoch: str) -> None:
         # Every call we hold belonged to the old gateway's WebSockets, which are gone.
         for call, audio in list(self.calls.items()):
-            self.models[audio.model].send(m.CallEnd(call, "gateway restarted"))
+            self.models[audio.model].send(m.CallEnd(call=call, reason="gateway restarted"))
             self._free(call, "gateway restarted")
 
     # --- model_client → gateway ---------------------------------------------------------------
@@ -215,8 +216,8 @@ class TranscoderStage:
         started = time.perf_counter()
         ulaw, sizes = model_audio_many(audios, run.audio, run.sizes, run.extra)
         self._timed("down", started, len(audios))
-        out = m.AudioRun(m.AudioOut.TAG, run.calls, [a.seq_down for a in audios], run.t_ins, sizes, ulaw,
-                         run.extra)
+        out = m.AudioRun(kind=m.AudioOut.TAG, calls=run.calls, seqs=[a.seq_down for a in audios],
+                         t_ins=run.t_ins, sizes=sizes, audio=ulaw, extra=run.extra)
         if 0 in sizes:  # an interrupted turn's chunk, or one too short to give a sample yet
             out = out.take([i for i, size in enumerate(sizes) if size])
         if out.calls:
@@ -231,7 +232,8 @@ class TranscoderStage:
         if isinstance(msg, m.TurnDone):
             tail = audio.turn_done(msg.turn)
             if tail:
-                gateway.send(m.AudioOut(msg.call, audio.seq_down, time.monotonic_ns(), tail, msg.turn))
+                gateway.send(m.AudioOut(call=msg.call, seq=audio.seq_down, t_in=time.monotonic_ns(),
+                                        audio=tail, turn=msg.turn))
             gateway.send(msg)
         elif isinstance(msg, m.Interrupt):
             audio.interrupt(msg.turn)

@@ -1,0 +1,63 @@
+"""What the model says, as our messages: its audio numbered into turns, its transcripts and its
+interruptions.
+
+Turn ids are ours: a model turn starts with its first audio and ends at ``turn_complete`` or
+``interrupted``, or when its connection is lost (``cut``). They continue across connections, and a
+session that takes a call over from another model_client starts after the gateway's newest turn.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from google.genai import types
+
+from common import messages as m
+from model_client.barge import BargeInDetector
+from model_client.reconnect import Conversation
+
+
+class ModelTurns:
+    def __init__(self, call: str, emit: Callable[[object], None], barge: BargeInDetector,
+                 conversation: Conversation, turn: int = 0):
+        self.call, self.emit = call, emit
+        self.barge = barge  # hears the model's level, to tell its echo from the caller
+        self.conversation = conversation  # for a fresh session, should a handle be refused
+        self.turn = turn  # the latest model turn
+        self.in_turn = False
+        self.seq = 0  # of the model's audio messages, for the whole call
+
+    def content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
+        if audio:
+            self._audio(audio)
+        heard, said = content.input_transcription, content.output_transcription
+        if heard and heard.text:
+            self.conversation.add("caller", heard.text)
+            self.emit(m.Transcript(call=self.call, role="caller", text=heard.text,
+                                   final=bool(heard.finished)))
+        if said and said.text:
+            self.conversation.add("model", said.text)
+            turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio
+            self.emit(m.Transcript(call=self.call, role="model", text=said.text,
+                                   final=bool(said.finished), turn=turn))
+        if content.interrupted:
+            self.emit(m.Interrupt(call=self.call, turn=self.turn))
+            self.in_turn = False
+        elif content.turn_complete:
+            self.cut()
+
+    def cut(self) -> None:
+        """The turn ends here (complete, or its connection lost): what arrived of it plays out."""
+        if self.in_turn:
+            self.emit(m.TurnDone(call=self.call, turn=self.turn))
+            self.in_turn = False
+
+    def _audio(self, audio: bytes) -> None:
+        if not self.in_turn:
+            self.turn += 1
+            self.in_turn = True
+        self.seq += 1
+        self.barge.model_audio(audio, time.monotonic())
+        self.emit(m.AudioDown(call=self.call, seq=self.seq, t_in=time.monotonic_ns(), audio=audio,
+                              turn=self.turn))
