@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Variables that would point a test at real Gemini or at another stack.
@@ -94,8 +96,11 @@ class Stack:
         return self
 
     def _started(self) -> bool:
+        """Every model_client is live and has done its Gemini check (so its check session is over)."""
         health = self.health()
-        return health["status"] == "ok" and health["backend"] != "checking"
+        expected = int(self.env.get("BRIDGE_MODEL_CLIENTS") or Settings.model_clients)
+        settled = [p for p in health["peers"] if p.get("backend") not in (None, "checking", "unknown")]
+        return health["status"] == "ok" and len(settled) >= expected
 
     def health(self) -> dict:
         if self.proc.poll() is not None:

@@ -135,8 +135,9 @@ async def test_only_model_client_killed_the_call_waits_for_its_restart(tmp_path)
 async def test_go_away_every_few_seconds(tmp_path):
     stack = start(tmp_path, EMULATOR_GOAWAY_AFTER_S="2")
     try:
+        before = last_session(stack)  # the model_client's backend check at start
         await call_with_fault(stack, 3)
-        sessions = sessions_of(stack)
+        sessions = sessions_of(stack, before)
         assert len(sessions) >= 3, sessions
         assert all(s["resumed_from"] is not None for s in sessions[1:]), sessions
         assert max(s["turns"] for s in sessions) == 3, sessions  # each turn once, counted on
@@ -149,8 +150,9 @@ async def test_go_away_every_few_seconds(tmp_path):
 async def test_gemini_drops_the_socket(tmp_path):
     stack = start(tmp_path, EMULATOR_DROP_AFTER_S="2.5", GEMINI_RECONNECT_STABLE_S="1")
     try:
+        before = last_session(stack)  # the model_client's backend check at start
         await call_with_fault(stack, 4)
-        sessions = sessions_of(stack)
+        sessions = sessions_of(stack, before)
         assert len(sessions) >= 3 and any(s["ended_by"] == "dropped" for s in sessions), sessions
         assert all(s["resumed_from"] is not None for s in sessions[1:]), sessions
         assert max(s["turns"] for s in sessions) == 3, sessions
@@ -163,8 +165,9 @@ async def test_refused_handle_starts_fresh_with_the_conversation(tmp_path):
     stack = start(tmp_path, EMULATOR_DROP_AFTER_S="3.5", EMULATOR_REFUSE_HANDLES="true",
                   GEMINI_RECONNECT_STABLE_S="1")
     try:
+        before = last_session(stack)  # the model_client's backend check at start
         await call_with_fault(stack, 5)
-        sessions = sessions_of(stack)
+        sessions = sessions_of(stack, before)
         assert any(s["refused_handle"] for s in sessions), sessions
         fresh = [s for s in sessions[1:] if not s["refused_handle"]]
         assert fresh and all("conversation so far" in s["instruction"] for s in fresh), sessions
