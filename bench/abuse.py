@@ -36,12 +36,12 @@ import zmq
 import zmq.asyncio
 
 from bench.stack import Stack, get_json
+from common.g711 import decode_ulaw
 from gateway.security import signature
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, voice_params
-from transcoder.g711 import decode_ulaw
 
 FRAME = 160  # 20 ms of µ-law
 REJECTIONS = ("twilio_rejected", "stream_refused", "ws_error")

@@ -41,9 +41,9 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from bench.failover import Failover
 from bench.stack import RedisServer, Stack, wait_for
+from common.g711 import decode_ulaw
 from softphone.caller import CallError, place_call
 from softphone.speech import silence, speech_like
-from transcoder.g711 import decode_ulaw
 
 RATE = 8000
 PIECE_S = 0.2  # the echo is aligned in pieces this long
@@ -151,7 +151,7 @@ def echo_of(utterance: np.ndarray, start: int, heard: np.ndarray, search_s: floa
 
 
 def _ulaw(x: np.ndarray) -> bytes:
-    from transcoder.g711 import encode_ulaw
+    from common.g711 import encode_ulaw
     return encode_ulaw(x)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transcoder import resample
-from transcoder.g711 import float_to_pcm16
+from common import resample
+from common.g711 import float_to_pcm16
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000

@@ -17,9 +17,9 @@ from typing import Callable
 from common import messages as m
 from common.lifecycle import cancel_all, spawn
 from common.settings import Settings
+from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from emulator.persona import echo
 from emulator.turns import CHUNK_BYTES, CHUNK_MS, PACE
-from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 
 
 class EchoSession:

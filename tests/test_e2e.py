@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from common.g711 import decode_ulaw
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from tests.conftest import Stack, wait_for
-from transcoder.g711 import decode_ulaw
 
 pytestmark = pytest.mark.e2e
 

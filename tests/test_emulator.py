@@ -15,14 +15,14 @@ import samplerate
 from google import genai
 from google.genai import errors, types
 
+from common import resample
 from common.settings import load
+from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from emulator import persona
 from emulator.server import EmulatorStage
 from emulator.turns import CHUNK_BYTES
-from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from softphone.speech import speech_like
 from tests.conftest import free_port
-from transcoder import resample
 
 MODEL = "gemini-3.8-live"
 MIME = "audio/pcm;rate=16000"

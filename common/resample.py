@@ -22,8 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from transcoder import fir
-from transcoder.g711 import float_to_int16
+from common import fir
+from common.g711 import float_to_int16
 
 ENGINES = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")
 DEFAULT_ENGINE = "fir"
