@@ -21,7 +21,7 @@ stack's. CPU and latency are read over the middle of each step, when every call 
 The box's capacity is the largest N whose p99 stays ≤ 20 ms both ways with nothing lost.
 
 ``--bridge-only`` measures the bridge alone: the model_clients answer with a lean echo themselves
-(``BRIDGE_ECHO_MODEL``, model_client/echo.py: the same ZeroMQ messages, no SDK, no emulator), so the
+(``BRIDGE_ECHO_MODEL``, bench/echo_model.py: the same ZeroMQ messages, no SDK, no emulator), so the
 gateway, the transcoders and the ZeroMQ hops carry the load.
 """
 

@@ -22,7 +22,6 @@ from common.logs import call_context, forget_call, register_call
 from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats, watch_loop_lag
 from model_client.config import make_client
-from model_client.echo import EchoSession
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
 
@@ -31,12 +30,13 @@ log = logging.getLogger(__name__)
 # Sessions per process: ~0.4-0.5% of a core each (README Performance: 73-78% of a core at 160-200
 # sessions); past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 150
-ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
 CLIENT_WAIT_S = 20
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
 
 class ModelClientStage:
+    capacity = CAPACITY  # sessions the gateway may give this process (Hello)
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.epoch = new_epoch()
@@ -55,8 +55,7 @@ class ModelClientStage:
         self._ended_sessions: dict[str, int] = {}  # session stats of ended sessions, summed
 
     def hello(self) -> m.Hello:
-        capacity = ECHO_CAPACITY if self.settings.backend == "echo" else CAPACITY
-        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, capacity, self.endpoint)
+        return m.Hello(m.ROLE_MODEL_CLIENT, self.epoch, self.capacity, self.endpoint)
 
     async def start(self) -> None:
         self.toolbox = Toolbox(transfer=bool(self.settings.transfer_targets),
@@ -75,14 +74,13 @@ class ModelClientStage:
                                    curve=curve)
         await self._router.start()
         await self._gateway.start()
-        if self.settings.backend != "echo":
-            spawn(self._prepare_client(), "prepare-client", self._tasks)
+        spawn(self.prepare_client(), "prepare-client", self._tasks)
         spawn(self._report_loop(), "stats-report", self._tasks)
         spawn(watch_loop_lag(self.stats.histograms["loop_lag_ms"]), "loop-lag", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
 
-    async def _prepare_client(self) -> None:
+    async def prepare_client(self) -> None:
         """Build the Gemini client now, off the loop: loading certificates and the SDK's lazy imports
         would otherwise stall the loop (and its heartbeats) when the first call arrives. Under
         supervisord the emulator may still be writing its certificate: wait a little for it."""
@@ -169,21 +167,23 @@ class ModelClientStage:
                 log.info("%s joined its %s session", "transcoder" if msg.resume else "stream",
                          "existing" if msg.resume else "pre-warmed" if route else "existing")
                 return
-            if self.settings.backend == "echo":
-                self._start_session(route, msg, EchoSession(msg.call, self.settings, self._emit))
-                return
-            try:
-                client = self._client or make_client(self.settings)
-            except Exception as e:
-                log.error("cannot create the Gemini client: %s", e)
-                self._emit(m.CallEnd(msg.call, "model unavailable"))
-                return
-            self._client = client
-            context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
-                                  transfer_allowed=self.settings.transfer_allowed)
-            self._start_session(route, msg, GeminiSession(
-                msg.call, client, self.settings, self.toolbox, context, self._emit, self._session_ended,
-                msg.resume_handle, msg.turn, msg.resume))
+            session = self.new_session(msg)
+            if session is not None:
+                self._start_session(route, msg, session)
+
+    def new_session(self, msg: m.CallStart) -> GeminiSession | None:
+        """The call's Gemini session; None, and the call ended, when there is no client."""
+        try:
+            client = self._client or make_client(self.settings)
+        except Exception as e:
+            log.error("cannot create the Gemini client: %s", e)
+            self._emit(m.CallEnd(msg.call, "model unavailable"))
+            return None
+        self._client = client
+        context = ToolContext(msg.call, msg.call_sid, dict(msg.params), emit=self._emit,
+                              transfer_allowed=self.settings.transfer_allowed)
+        return GeminiSession(msg.call, client, self.settings, self.toolbox, context, self._emit,
+                             self._session_ended, msg.resume_handle, msg.turn, msg.resume)
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
         self.sessions[msg.call] = session
