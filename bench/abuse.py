@@ -2,7 +2,7 @@
 
     python -m bench.abuse [--bad 3000] [--lanes 2] [--seed 1] [--json out.json]
 
-The stack runs under supervisord as the tests start it (bench/stack.py), with TWILIO_AUTH_TOKEN set.
+The stack runs under supervisord as the tests start it (harness/stack.py), with TWILIO_AUTH_TOKEN set.
 Healthy calls from the softphone (real time, signed, the emulator echoing) run back to back in
 ``--lanes`` parallel lanes for the whole run. Meanwhile: unsigned and forged webhooks, streams with
 forged tokens, garbage frames before and after a valid ``start`` (bad JSON, wrong types, bad base64,
@@ -35,9 +35,9 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from bench.stack import Stack, get_json
 from common.g711 import decode_ulaw
 from gateway.security import signature
+from harness.stack import Stack, get_json
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
@@ -396,7 +396,7 @@ def main() -> None:
     args = parser.parse_args()
     auth = secrets.token_hex(16)
     run_dir = Path(tempfile.mkdtemp(prefix="abuse")) / "run"
-    # Production heartbeats (bench/stack.py's default is the tests' fast 0.25 s, whose 0.75 s liveness
+    # Production heartbeats (harness/stack.py's default is the tests' fast 0.25 s, whose 0.75 s liveness
     # window a busy 2-core box can miss); short start and flood deadlines keep the run quick.
     stack = Stack(run_dir, TWILIO_AUTH_TOKEN=auth, GEMINI_SILENCE_MS="300", BRIDGE_HEARTBEAT_S="1.0",
                   BRIDGE_START_TIMEOUT_S="2", BRIDGE_FLOOD_CLOSE_S="1")

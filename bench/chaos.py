@@ -40,8 +40,8 @@ import numpy as np
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.failover import Failover
-from bench.stack import RedisServer, Stack, wait_for
 from common.g711 import decode_ulaw
+from harness.stack import RedisServer, Stack, wait_for
 from softphone.caller import CallError, place_call
 from softphone.speech import silence, speech_like
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.stack import Stack
+from harness.stack import Stack
 from softphone.caller import place_call
 from softphone.speech import silence, speech_like
 

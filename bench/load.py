@@ -40,8 +40,8 @@ from pathlib import Path
 
 from bench.chaos import Supervisor
 from bench.lean_caller import HANG_S, start_workers, worker_results
-from bench.stack import Stack
 from common.stats import LATENCY_BUCKETS_MS
+from harness.stack import Stack
 
 P99_LIMIT_MS = 20.0
 SPREAD_S = 2.0  # calls of a step start over this long

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.load import program_pids, rss_mb, save_report
-from bench.stack import ROOT, Stack, wait_for
+from harness.stack import ROOT, Stack, wait_for
 
 
 def fds(pid: int) -> int:

@@ -30,8 +30,8 @@ from common.settings import SettingsError, load
 from gateway import phone
 from gateway import twilio_codec as tw
 from gateway.app import PIPELINE, make_app
+from harness.stack import Stack, wait_for
 from softphone.speech import silence, speech_like
-from tests.conftest import Stack, wait_for
 
 # Debian's Chromium, headless, with a fake microphone that plays a file and no permission prompt.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from common.settings import SettingsError, load
 from gateway.call_state import (AFTER_S, KEY_PREFIX, MAX_RESUMES, TTL_S, CallRecord, CallState,
                                 RedisCallState, next_after)
-from tests.conftest import free_port
+from harness.stack import free_port
 
 
 @pytest.mark.parametrize("kept, now, then", [

@@ -16,36 +16,16 @@ from google import genai
 from google.genai import errors, types
 
 from common import resample
-from common.settings import load
 from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from emulator import persona
 from emulator.server import EmulatorStage
 from emulator.turns import CHUNK_BYTES
 from softphone.speech import speech_like
-from tests.conftest import free_port
 
 MODEL = "gemini-3.8-live"
 MIME = "audio/pcm;rate=16000"
 FRAME = 640  # 20 ms at 16 kHz
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
-
-
-@pytest.fixture
-async def start_emulator(tmp_path_factory):
-    """Start an in-process emulator on a free port with the given EMULATOR_* knobs."""
-    stages = []
-
-    async def start(**env: str) -> EmulatorStage:
-        run_dir = tmp_path_factory.mktemp("emu")  # short: BRIDGE_RUN_DIR is capped at 80 characters
-        stage = EmulatorStage(load({"BRIDGE_RUN_DIR": str(run_dir), "EMULATOR_PORT": str(free_port()),
-                                    **env}))
-        await stage.start()
-        stages.append(stage)
-        return stage
-
-    yield start
-    for stage in stages:
-        await stage.stop()
 
 
 def sdk_client(stage: EmulatorStage, base_suffix: str = "", api_version: str = "v1beta") -> genai.Client:

@@ -13,8 +13,8 @@ import zmq.asyncio
 
 from common import messages as m
 from common.link import RouterLink, new_epoch
-from tests.conftest import ROOT
 from gateway.replay import CallerRing
+from harness.stack import ROOT
 from model_client.reconnect import Conversation, Ended, Journal, RetryBudget, next_step, time_left_s
 
 HB = 1.0  # slow heartbeats: only the monitor can notice a death within the test's deadline

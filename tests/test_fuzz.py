@@ -36,11 +36,11 @@ from bench.abuse import echo_loss
 from common import messages as m
 from gateway import twilio_codec as tw
 from gateway.security import signature
+from harness.stack import ROOT, Stack, clean_env, get_json, wait_for
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, voice_params
-from tests.conftest import ROOT, Stack, clean_env, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -32,11 +32,11 @@ from common.settings import SettingsError, load
 from gateway import security
 from gateway.admission import Admissions
 from gateway.app import make_app
+from harness.stack import Stack, free_port
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, parse_twiml, voice_params
-from tests.conftest import Stack, free_port
 
 TOKEN = "12345"
 VECTOR_PARAMS = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "To": "+18005551212"}
