@@ -7,11 +7,12 @@ Which package may import which:
 - The stages, ``gateway``, ``transcoder`` and ``model_client``: ``common`` and their own package, never
   each other and never a tool.
 - The tools ``softphone`` (a caller playing Twilio) and ``emulator`` (Gemini Live on this box):
-  ``common``, their own package and the stages' public names.
+  ``common``, their own package and a stage's public modules (``PUBLIC``), whose public names only.
 - ``harness``: the whole stack as tests and benches start it. It runs the stack as processes and
   imports nothing of the project.
-- ``bench``: every package but ``tests``: it drives calls with the softphone, and its echo model
-  (bench/echo_model.py) is the model_client stage with the emulator's echo persona.
+- ``bench``: every package but ``tests``, of a stage its public modules only: it drives calls with the
+  softphone, and its echo model (bench/echo_model.py) is the model_client stage with the emulator's
+  echo persona.
 - ``tests``: every package, a stage's private names included (a unit test reaches into what it
   tests). Test files never import each other: they share helpers through conftest's fixtures, and
   what they share with the benches through ``harness``.
@@ -40,6 +41,12 @@ ALLOWED = {
     "harness": {"harness"},
     "bench": PACKAGES - {"tests"},
     "tests": PACKAGES,
+}
+# What of a stage another package may import, and why.
+PUBLIC = {
+    "gateway.security": "Twilio's request signature, which the abuse bench forges wrong on purpose",
+    "transcoder.call_audio": "a call's DSP state, which the dsp bench times",
+    "model_client.stage": "the stage, which the bench's echo model runs with echo sessions",
 }
 
 
@@ -92,6 +99,18 @@ def test_the_graph_is_read():
 def test_packages_import_only_what_their_layer_allows(importer):
     wrong = [a for a in arrows() if a.importer == importer and a.package not in ALLOWED[importer]]
     assert not wrong, f"{importer} may import only {sorted(ALLOWED[importer])}:\n" + "\n".join(map(repr, wrong))
+
+
+def test_other_packages_import_only_a_stages_public_modules():
+    wrong = []
+    for a in arrows():
+        if a.importer == "tests" or a.package not in STAGES or a.package == a.importer:
+            continue
+        modules = [f"{a.target}.{name}" for name in a.names] if a.target == a.package else [a.target]
+        if any(module not in PUBLIC for module in modules):
+            wrong.append(a)
+    assert not wrong, "move what several packages use to common/, or add the module to PUBLIC:\n" + \
+        "\n".join(map(repr, wrong))
 
 
 def test_test_files_share_helpers_through_fixtures_not_imports():
