@@ -20,6 +20,7 @@ from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConf
 from emulator import persona
 from emulator.server import EmulatorStage
 from emulator.turns import CHUNK_BYTES
+from softphone.measure import best_lag_correlation
 from softphone.speech import speech_like
 
 MODEL = "gemini-3.8-live"
@@ -68,17 +69,6 @@ async def one_turn_or_first(session, timeout: float = 5.0) -> types.LiveServerMe
     async with asyncio.timeout(timeout):
         async for msg in session.receive():
             return msg
-
-
-def best_lag_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[int, float]:
-    n = len(sent)
-    size = len(heard) + n
-    xcorr = np.fft.irfft(np.fft.rfft(heard, size) * np.conj(np.fft.rfft(sent, size)), size)
-    lag = int(np.argmax(xcorr[: max(1, len(heard) - n + 1)]))
-    window = heard[lag:lag + n]
-    if len(window) < n:
-        window = np.pad(window, (0, n - len(window)))
-    return lag, float(np.dot(window, sent) / (np.linalg.norm(window) * np.linalg.norm(sent) + 1e-9))
 
 
 def server_content(messages) -> list[types.LiveServerContent]:

@@ -32,13 +32,13 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from bench.abuse import echo_loss
 from common import messages as m
 from gateway import twilio_codec as tw
 from gateway.security import signature
 from harness.stack import ROOT, Stack, clean_env, get_json, wait_for
 from softphone import wire
 from softphone.caller import place_call
+from softphone.measure import echo_loss
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, voice_params
 
