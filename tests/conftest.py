@@ -1,5 +1,6 @@
 """Fixtures any test file may ask for: the whole stack under supervisord (``stack``), a real
-redis-server (``redis_server``) and emulator stages in the test's own process (``start_emulator``).
+redis-server (``redis_server``), emulator stages in the test's own process (``start_emulator``), a
+ZeroMQ context (``ctx``) and ``until``, which awaits a condition.
 
 Test files share helpers through these fixtures and never import this file. What they share with the
 benches (the stack harness: free ports, a clean environment, ``Stack``, ``wait_for``) lives in
@@ -7,7 +8,10 @@ harness/stack.py, which both import."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import zmq.asyncio
 
 from common.settings import load
 from emulator.server import EmulatorStage
@@ -52,3 +56,24 @@ async def start_emulator(tmp_path_factory):
     yield start
     for stage in stages:
         await stage.stop()
+
+
+@pytest.fixture
+async def ctx():
+    """A ZeroMQ asyncio context for the test's links, destroyed after it."""
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def until():
+    """``await until(predicate, timeout=5.0)``: poll ``predicate`` on the test's loop until it is true;
+    past ``timeout`` seconds the test fails with TimeoutError."""
+
+    async def until(predicate, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.005)
+
+    return until

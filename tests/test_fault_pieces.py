@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import zmq.asyncio
 
 from common import messages as m
 from common.link import RouterLink, new_epoch
@@ -31,21 +30,8 @@ sys.stdin.read()  # until killed
 """
 
 
-@pytest.fixture
-async def ctx():
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 @pytest.mark.parametrize("monitor", [True, False])
-async def test_monitor_reports_a_killed_peer_at_once(ctx, tmp_path, monitor):
+async def test_monitor_reports_a_killed_peer_at_once(ctx, tmp_path, monitor, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     lost = []
     epoch = new_epoch()

@@ -500,13 +500,7 @@ def curve_keys() -> CurveKeys:
                      client_secret.decode())
 
 
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(caplog):
+async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(caplog, until):
     keys, other = curve_keys(), curve_keys()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.asyncio.Context()
