@@ -40,6 +40,7 @@ import numpy as np
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.failover import Failover
+from bench.report import save_report
 from common.g711 import decode_ulaw
 from harness.stack import RedisServer, Stack, wait_for
 from softphone.caller import CallError, place_call
@@ -401,9 +402,7 @@ async def main() -> None:
             rows.append(await run_fault(fault, args.calls, Path(tmp) / fault, heartbeat_s=args.heartbeat))
             print(json.dumps(rows[-1]), flush=True)
     print("\n" + table(rows))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nsaved {args.json}")
+    save_report(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.load import save_report
+from bench.report import save_report
 from common import g711, resample
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from bench.chaos import Supervisor
 from bench.lean_caller import HANG_S, start_workers, worker_results
+from bench.report import save_report
 from common.stats import LATENCY_BUCKETS_MS
 from harness.stack import Stack
 
@@ -141,15 +141,6 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
         "cpu_pct": cpu, "stack_cpu_pct": round(sum(cpu.values()), 1),
         "callers_cpu_pct": round(100 * callers / TICKS / window, 1), "rss_mb": rss, "steal_pct": steal,
     }
-
-
-def save_report(path: str, report: dict) -> None:
-    """Write the bench's JSON (``--json ""``: none)."""
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False) + "\n")
-    print(f"saved {path}")
 
 
 def _alive(pid: int) -> bool:

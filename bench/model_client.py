@@ -34,7 +34,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from bench.load import TICKS, cpu_ticks, save_report
+from bench.load import TICKS, cpu_ticks
+from bench.report import save_report
 from common import messages as m
 from common import settings as settings_module
 from common.link import new_epoch

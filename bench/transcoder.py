@@ -45,7 +45,8 @@ import numpy as np
 import zmq
 
 from bench.dsp import ANCHOR_LUT_US, reference_us
-from bench.load import box_ticks, save_report, steal_pct
+from bench.load import box_ticks, steal_pct
+from bench.report import save_report
 from common import messages as m
 from common.link import new_epoch
 

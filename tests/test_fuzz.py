@@ -131,13 +131,7 @@ def rejections(stack: Stack) -> int:
 
 
 def until(predicate, timeout: float = 5.0, what: str = "the counters"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what)
 
 
 def stream_token(stack: Stack, call_sid: str) -> str:
