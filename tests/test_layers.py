@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -50,13 +51,20 @@ PUBLIC = {
 }
 
 
-class Arrow:
+class Arrow(NamedTuple):
     """One import of a project module: ``source`` (a file) imports ``names`` from ``target``."""
+    source: Path
+    line: int
+    target: str
+    names: tuple[str, ...]
 
-    def __init__(self, source: Path, target: str, names: list[str], line: int):
-        self.source, self.target, self.names, self.line = source, target, names, line
-        self.importer = source.relative_to(ROOT).parts[0]
-        self.package = target.split(".")[0]
+    @property
+    def importer(self) -> str:
+        return self.source.relative_to(ROOT).parts[0]
+
+    @property
+    def package(self) -> str:
+        return self.target.split(".")[0]
 
     def __repr__(self) -> str:
         names = f" ({', '.join(self.names)})" if self.names else ""
@@ -74,12 +82,14 @@ def arrows() -> list[Arrow]:
             tree = ast.parse(source.read_text(), str(source))
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
-                    found += [Arrow(source, a.name, [], node.lineno) for a in node.names]
+                    found += [Arrow(source=source, line=node.lineno, target=a.name, names=())
+                              for a in node.names]
                 elif isinstance(node, ast.ImportFrom):
                     target = node.module or ""
                     if node.level:  # relative: within the importer's own package
                         target = ".".join(source.relative_to(ROOT).parts[:1] + (target,)).rstrip(".")
-                    found.append(Arrow(source, target, [a.name for a in node.names], node.lineno))
+                    found.append(Arrow(source=source, line=node.lineno, target=target,
+                                       names=tuple(a.name for a in node.names)))
     return [a for a in found if a.package in PACKAGES]
 
 
@@ -98,7 +108,8 @@ def test_the_graph_is_read():
 @pytest.mark.parametrize("importer", sorted(ALLOWED))
 def test_packages_import_only_what_their_layer_allows(importer):
     wrong = [a for a in arrows() if a.importer == importer and a.package not in ALLOWED[importer]]
-    assert not wrong, f"{importer} may import only {sorted(ALLOWED[importer])}:\n" + "\n".join(map(repr, wrong))
+    assert not wrong, f"{importer} may import only {sorted(ALLOWED[importer])}:\n" + \
+        "\n".join(map(repr, wrong))
 
 
 def test_other_packages_import_only_a_stages_public_modules():
@@ -121,7 +132,7 @@ def test_test_files_share_helpers_through_fixtures_not_imports():
 
 def test_only_tests_import_private_names_from_another_package():
     wrong = [a for a in arrows() if a.importer != "tests" and a.package != a.importer
-             and any(part.startswith("_") for part in a.target.split(".") + a.names)]
+             and any(part.startswith("_") for part in (*a.target.split("."), *a.names))]
     assert not wrong, "\n".join(map(repr, wrong))
 
 
