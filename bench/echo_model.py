@@ -78,9 +78,6 @@ class EchoModelClientStage(ModelClientStage):
 
     capacity = ECHO_CAPACITY
 
-    async def prepare_client(self) -> None:
-        pass  # no model to reach
-
     def new_session(self, msg: m.CallStart) -> EchoSession:
         return EchoSession(msg.call, self.settings, self._emit)
 

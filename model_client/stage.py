@@ -74,13 +74,14 @@ class ModelClientStage:
                                    curve=curve)
         await self._router.start()
         await self._gateway.start()
-        spawn(self.prepare_client(), "prepare-client", self._tasks)
+        if self.settings.backend != "echo":
+            spawn(self._prepare_client(), "prepare-client", self._tasks)
         spawn(self._report_loop(), "stats-report", self._tasks)
         spawn(watch_loop_lag(self.stats.histograms["loop_lag_ms"]), "loop-lag", self._tasks)
         log.info("serving at %s, backend %s, model %s", self.endpoint, self.settings.backend,
                  self.settings.model)
 
-    async def prepare_client(self) -> None:
+    async def _prepare_client(self) -> None:
         """Build the Gemini client now, off the loop: loading certificates and the SDK's lazy imports
         would otherwise stall the loop (and its heartbeats) when the first call arrives. Under
         supervisord the emulator may still be writing its certificate: wait a little for it."""

@@ -8,8 +8,8 @@ Which package may import which:
   each other and never a tool.
 - The tools ``softphone`` (a caller playing Twilio) and ``emulator`` (Gemini Live on this box):
   ``common``, their own package and a stage's public modules (``PUBLIC``), whose public names only.
-- ``harness``: the whole stack as tests and benches start it. It runs the stack as processes and
-  imports nothing of the project.
+- ``harness``: the whole stack as tests and benches start it. It runs the stack as processes, so of
+  the project it imports only ``common`` (the launcher's pieces).
 - ``bench``: every package but ``tests``, of a stage its public modules only: it drives calls with the
   softphone, and its echo model (bench/echo_model.py) is the model_client stage with the emulator's
   echo persona.
@@ -39,7 +39,7 @@ ALLOWED = {
     **{stage: {"common", stage} for stage in STAGES},
     "softphone": {"common", "softphone", *STAGES},
     "emulator": {"common", "emulator", *STAGES},
-    "harness": {"harness"},
+    "harness": {"common", "harness"},
     "bench": PACKAGES - {"tests"},
     "tests": PACKAGES,
 }
