@@ -10,6 +10,7 @@ COPY model_client model_client
 COPY emulator emulator
 COPY softphone softphone
 COPY bench bench
+COPY harness harness
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.12-slim

@@ -2,7 +2,7 @@
 
     python -m bench.abuse [--bad 3000] [--lanes 2] [--seed 1] [--json out.json]
 
-The stack runs under supervisord as the tests start it (bench/stack.py), with TWILIO_AUTH_TOKEN set.
+The stack runs under supervisord as the tests start it (harness/stack.py), with TWILIO_AUTH_TOKEN set.
 Healthy calls from the softphone (real time, signed, the emulator echoing) run back to back in
 ``--lanes`` parallel lanes for the whole run. Meanwhile: unsigned and forged webhooks, streams with
 forged tokens, garbage frames before and after a valid ``start`` (bad JSON, wrong types, bad base64,
@@ -31,50 +31,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import zmq
 import zmq.asyncio
 
-from bench.stack import Stack, get_json
 from gateway.security import signature
+from harness.stack import Stack, get_json
 from softphone import wire
 from softphone.caller import place_call
+from softphone.measure import echo_loss
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, upgrade_headers, voice_params
-from transcoder.g711 import decode_ulaw
 
 FRAME = 160  # 20 ms of µ-law
 REJECTIONS = ("twilio_rejected", "stream_refused", "ws_error")
 
 
 # --- healthy calls and what "lost" means -------------------------------------------------------
-
-def best_lag_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[int, float]:
-    """The lag at which ``sent`` appears in ``heard``, and the normalised correlation there."""
-    n = len(sent)
-    if len(heard) < n:
-        return 0, 0.0
-    spectrum = np.fft.rfft(heard, len(heard) + n) * np.conj(np.fft.rfft(sent, len(heard) + n))
-    lag = int(np.argmax(np.fft.irfft(spectrum)[: len(heard) - n + 1]))
-    window = heard[lag:lag + n]
-    return lag, float(np.dot(window, sent) / (np.linalg.norm(window) * np.linalg.norm(sent) + 1e-9))
-
-
-def echo_loss(speech: np.ndarray, result) -> tuple[float, list[int], int]:
-    """(echo correlation, the speech frames lost, speech frames) for one echo-persona call: a frame
-    is lost when its echo is near silence (below a tenth of its level) where the caller spoke."""
-    sent = decode_ulaw(result.sent[:len(speech)]).astype(np.float64)
-    heard = decode_ulaw(result.heard).astype(np.float64)
-    lag, corr = best_lag_correlation(sent, heard)
-    frames, lost = len(sent) // FRAME, []
-    for k in range(frames):
-        said = sent[FRAME * k:FRAME * (k + 1)]
-        got = heard[lag + FRAME * k:lag + FRAME * (k + 1)]
-        level = float(np.sqrt(np.mean(said ** 2)))
-        if level > 300 and (len(got) < FRAME or float(np.sqrt(np.mean(got ** 2))) < 0.1 * level):
-            lost.append(k)
-    return corr, lost, frames
-
 
 @dataclass
 class Healthy:
@@ -397,7 +369,7 @@ def main() -> None:
     args = parser.parse_args()
     auth = secrets.token_hex(16)
     run_dir = Path(tempfile.mkdtemp(prefix="abuse")) / "run"
-    # Production heartbeats (bench/stack.py's default is the tests' fast 0.25 s, whose 0.75 s liveness
+    # Production heartbeats (harness/stack.py's default is the tests' fast 0.25 s, whose 0.75 s liveness
     # window a busy 2-core box can miss); short start and flood deadlines keep the run quick.
     stack = Stack(run_dir, TWILIO_AUTH_TOKEN=auth, GEMINI_SILENCE_MS="300", BRIDGE_HEARTBEAT_S="1.0",
                   BRIDGE_START_TIMEOUT_S="2", BRIDGE_FLOOD_CLOSE_S="1")

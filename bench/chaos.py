@@ -40,10 +40,11 @@ import numpy as np
 from supervisor.xmlrpc import SupervisorTransport
 
 from bench.failover import Failover
-from bench.stack import RedisServer, Stack, wait_for
+from bench.report import save_report
+from common.g711 import decode_ulaw
+from harness.stack import RedisServer, Stack, wait_for
 from softphone.caller import CallError, place_call
 from softphone.speech import silence, speech_like
-from transcoder.g711 import decode_ulaw
 
 RATE = 8000
 PIECE_S = 0.2  # the echo is aligned in pieces this long
@@ -151,7 +152,7 @@ def echo_of(utterance: np.ndarray, start: int, heard: np.ndarray, search_s: floa
 
 
 def _ulaw(x: np.ndarray) -> bytes:
-    from transcoder.g711 import encode_ulaw
+    from common.g711 import encode_ulaw
     return encode_ulaw(x)
 
 
@@ -401,9 +402,7 @@ async def main() -> None:
             rows.append(await run_fault(fault, args.calls, Path(tmp) / fault, heartbeat_s=args.heartbeat))
             print(json.dumps(rows[-1]), flush=True)
     print("\n" + table(rows))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nsaved {args.json}")
+    save_report(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.stack import Stack
+from bench.report import save_report
+from harness.stack import Stack
 from softphone.caller import place_call
 from softphone.speech import silence, speech_like
 
@@ -110,9 +111,7 @@ async def main() -> None:
     for name, row in rows.items():
         print(f"{name:34} {row['n']:>5} {row.get('p50_ms', '-'):>8} {row.get('p99_ms', '-'):>8} "
               f"{row.get('max_ms', '-'):>8}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nsaved {args.json}")
+    save_report(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.load import save_report
-from transcoder import g711, resample
+from bench.report import save_report
+from common import g711, resample
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
 AMPLITUDE = 10000.0

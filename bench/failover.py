@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from bench.stack import free_port
+from harness.stack import free_port
 
 CHUNK = 65536
 

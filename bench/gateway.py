@@ -31,10 +31,11 @@ import msgpack
 import zmq
 
 from bench.lean_caller import HANG_S, start_workers, worker_results
-from bench.load import SPREAD_S, TICKS, cpu_ticks, hop_counts, percentile_ms, save_report
-from bench.stack import ROOT, clean_env, get_json, wait_for
+from bench.load import SPREAD_S, TICKS, cpu_ticks, hop_counts, percentile_ms
+from bench.report import save_report
 from common import messages as m
 from common.link import new_epoch
+from harness.stack import ROOT, clean_env, get_json, wait_for
 
 AUDIO_IN = m.AudioIn.TAG
 

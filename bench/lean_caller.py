@@ -25,11 +25,11 @@ import aiohttp
 import numpy as np
 
 from bench.chaos import Script, echo_of, script
-from bench.stack import ROOT
 from bench.ws_client import WsClient
+from common.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
+from harness.stack import ROOT
 from softphone import wire
 from softphone.webhook import fetch_twiml, new_sid, voice_params
-from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw
 
 RATE, FRAME = 8000, 160
 TICK_S = FRAME / RATE

@@ -21,7 +21,7 @@ stack's. CPU and latency are read over the middle of each step, when every call 
 The box's capacity is the largest N whose p99 stays ≤ 20 ms both ways with nothing lost.
 
 ``--bridge-only`` measures the bridge alone: the model_clients answer with a lean echo themselves
-(``BRIDGE_ECHO_MODEL``, model_client/echo.py: the same ZeroMQ messages, no SDK, no emulator), so the
+(``BRIDGE_ECHO_MODEL``, bench/echo_model.py: the same ZeroMQ messages, no SDK, no emulator), so the
 gateway, the transcoders and the ZeroMQ hops carry the load.
 """
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
@@ -40,8 +39,9 @@ from pathlib import Path
 
 from bench.chaos import Supervisor
 from bench.lean_caller import HANG_S, start_workers, worker_results
-from bench.stack import Stack
+from bench.report import save_report
 from common.stats import LATENCY_BUCKETS_MS
+from harness.stack import Stack
 
 P99_LIMIT_MS = 20.0
 SPREAD_S = 2.0  # calls of a step start over this long
@@ -141,15 +141,6 @@ def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: in
         "cpu_pct": cpu, "stack_cpu_pct": round(sum(cpu.values()), 1),
         "callers_cpu_pct": round(100 * callers / TICKS / window, 1), "rss_mb": rss, "steal_pct": steal,
     }
-
-
-def save_report(path: str, report: dict) -> None:
-    """Write the bench's JSON (``--json ""``: none)."""
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False) + "\n")
-    print(f"saved {path}")
 
 
 def _alive(pid: int) -> bool:

@@ -34,11 +34,12 @@ import msgpack
 import numpy as np
 import zmq
 
-from bench.load import TICKS, cpu_ticks, save_report
-from bench.stack import ROOT, clean_env, wait_for
+from bench.load import TICKS, cpu_ticks
+from bench.report import save_report
 from common import messages as m
 from common import settings as settings_module
 from common.link import new_epoch
+from harness.stack import ROOT, clean_env, wait_for
 
 RATE, FRAME = 16000, 320  # PCM16 16 kHz, 20 ms
 PERIOD_NS = 20_000_000

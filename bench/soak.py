@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.load import program_pids, rss_mb, save_report
-from bench.stack import ROOT, Stack, wait_for
+from bench.load import program_pids, rss_mb
+from bench.report import save_report
+from harness.stack import ROOT, Stack, wait_for
 
 
 def fds(pid: int) -> int:

@@ -44,9 +44,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from common import messages as m
 from bench.dsp import ANCHOR_LUT_US, reference_us
-from bench.load import box_ticks, save_report, steal_pct
+from bench.load import box_ticks, steal_pct
+from bench.report import save_report
+from common import messages as m
 from common.link import new_epoch
 
 P99_LIMIT_MS = 5.0
@@ -72,7 +73,7 @@ def worst_p99(window: dict) -> float:
 
 def caller_frames(count: int = 50) -> list[bytes]:
     """A second of speech-like µ-law to cycle through (not silence: every path does real work)."""
-    from transcoder.g711 import encode_ulaw
+    from common.g711 import encode_ulaw
     rng = np.random.default_rng(3)
     t = np.arange(160 * count) / 8000
     pcm = 6000 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + rng.normal(0, 800, len(t))

@@ -23,7 +23,7 @@ import time
 
 import zmq
 
-from bench.load import save_report
+from bench.report import save_report
 from common import messages as m
 from common.link import RouterLink, new_epoch
 

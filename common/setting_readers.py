@@ -55,7 +55,7 @@ def endpoint(env: Env, spec: Spec, values: dict) -> str:
 
 def backend(env: Env, spec: Spec, values: dict, *, echo: Spec, vertex: Spec) -> str:
     """An API key → "gemini"; the ``vertex`` flag → "vertex"; neither → the local emulator. The ``echo``
-    flag, for the bridge-only bench (model_client/echo.py) → "echo", whatever else is set."""
+    flag, for the bridge-only bench (bench/echo_model.py) → "echo", whatever else is set."""
     if read(env, echo):
         return "echo"
     if read(env, vertex):

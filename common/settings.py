@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 from common import setting_readers as readers
 from common.messages import LIVENESS
 from common.setting_readers import MAX_RUN_DIR
-from common.setting_types import SPEC, SettingsError, Spec, declare, derived, read, setting
+from common.setting_types import SPEC, SettingsError, Spec, declare, derived, read, setting  # noqa: F401
 
-RESAMPLERS = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")  # transcoder/resample.py's engines
+RESAMPLERS = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")  # common/resample.py's engines
 PERSONAS = ("echo", "tone", "silent")  # emulator/persona.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SENSITIVITY = ("HIGH", "LOW")
@@ -133,8 +133,8 @@ class Settings:
     gcp_location: str = setting("GOOGLE_CLOUD_LOCATION", "us-central1", group=MODEL, doc="Vertex AI location")
     ECHO_MODEL = declare(
         "BRIDGE_ECHO_MODEL", False, group=MODEL,
-        doc="bench only (`python -m bench.load --bridge-only`): the model_clients answer each caller utterance "
-            "with its echo themselves (model_client/echo.py), no Gemini, no emulator; never for real calls")
+        doc="bench only (`python -m bench.load --bridge-only`): `bench/echo_model.py` runs in place of the "
+            "model_client and echoes each caller utterance itself, no Gemini, no emulator; never for real calls")
     # "gemini", "vertex" or "emulator" (no credentials); "echo" for the bench: no model at all.
     backend: str = derived("emulator", read=partial(readers.backend, echo=ECHO_MODEL, vertex=USE_VERTEXAI))
     model: str = setting("GEMINI_MODEL", "gemini-3.8-live", group=MODEL, doc="Live model id")

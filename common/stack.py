@@ -40,6 +40,8 @@ def supervisord_env(config: settings_module.Settings, environ: dict[str, str]) -
         "BRIDGE_EMULATOR": "true" if config.backend == "emulator" else "false",
         "BRIDGE_TRANSCODERS": str(config.transcoders),
         "BRIDGE_MODEL_CLIENTS": str(config.model_clients),
+        # The bench's echo model is the model_client stage with echo sessions (bench/echo_model.py).
+        "BRIDGE_MODEL_CLIENT_MODULE": "bench.echo_model" if config.backend == "echo" else "model_client",
         # supervisord must wait out the gateway's drain before it kills it.
         "BRIDGE_GATEWAY_STOPWAIT": str(int(config.drain_s) + 7),
     }

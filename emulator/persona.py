@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import resample
+from common.g711 import float_to_pcm16
 from common.settings import PERSONAS  # the names EMULATOR_PERSONA accepts
-from transcoder import resample
-from transcoder.g711 import float_to_pcm16
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000

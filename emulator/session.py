@@ -20,10 +20,10 @@ from aiohttp import WSMsgType, web
 
 from common.lifecycle import cancel_all, spawn
 from common.settings import Settings
+from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted
 from emulator import persona, wire
 from emulator.resumption import HandleStore
 from emulator.turns import TOKENS_PER_S, Gone, Options, TurnPlayer
-from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted
 
 log = logging.getLogger(__name__)
 

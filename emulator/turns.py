@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from common.lifecycle import spawn
+from common.voice_activity import DEFAULT_PREFIX_MS, DEFAULT_SILENCE_MS, VadConfig
 from emulator import persona, wire
 from emulator.resumption import HandleStore
-from emulator.vad import VadConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,18 @@ class Options:
     def from_setup(cls, setup: dict) -> "Options":
         """From a setup whose keys are normalised to snake_case."""
         handling = (setup.get("realtime_input_config") or {}).get("activity_handling")
-        return cls(vad=VadConfig.from_setup(setup), resumable="session_resumption" in setup,
+        return cls(vad=vad_config(setup), resumable="session_resumption" in setup,
                    interrupts=handling != "NO_INTERRUPTION",
                    input_transcripts="input_audio_transcription" in setup,
                    output_transcripts="output_audio_transcription" in setup)
+
+
+def vad_config(setup: dict) -> VadConfig:
+    """The setup's ``automatic_activity_detection``, keys normalised to snake_case."""
+    aad = (setup.get("realtime_input_config") or {}).get("automatic_activity_detection") or {}
+    return VadConfig(silence_ms=int(aad.get("silence_duration_ms") or DEFAULT_SILENCE_MS),
+                     prefix_ms=int(aad.get("prefix_padding_ms") or DEFAULT_PREFIX_MS),
+                     disabled=bool(aad.get("disabled", False)))
 
 
 @dataclass

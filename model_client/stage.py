@@ -25,7 +25,6 @@ from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, STATS_INTERVAL_S, StageStats, watch_loop_lag
 from model_client.backend_check import BackendHealth, open_and_close
 from model_client.config import live_config, make_client
-from model_client.echo import EchoSession
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
 
@@ -34,12 +33,13 @@ log = logging.getLogger(__name__)
 # Sessions per process, with headroom under what one core carries (docs/performance.md#code-choices):
 # past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
 CAPACITY = 150
-ECHO_CAPACITY = 1000  # the bridge-only bench's lean echo (model_client/echo.py) costs next to nothing
 CLIENT_WAIT_S = 20  # the emulator, started alongside, may take this long to write its certificate and listen
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 
 
 class ModelClientStage:
+    capacity = CAPACITY  # sessions the gateway may give this process (Hello)
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.epoch = new_epoch()
@@ -59,8 +59,7 @@ class ModelClientStage:
         self.backend = BackendHealth(settings.model, on_change=self._report)
 
     def hello(self) -> m.Hello:
-        capacity = ECHO_CAPACITY if self.settings.backend == "echo" else CAPACITY
-        return m.Hello(role=m.ROLE_MODEL_CLIENT, epoch=self.epoch, capacity=capacity,
+        return m.Hello(role=m.ROLE_MODEL_CLIENT, epoch=self.epoch, capacity=self.capacity,
                        endpoint=self.endpoint)
 
     async def start(self) -> None:
@@ -197,28 +196,31 @@ class ModelClientStage:
                 log.info("%s joined its %s session", "transcoder" if msg.resume else "stream",
                          "existing" if msg.resume else "pre-warmed" if route else "existing")
                 return
-            if self.settings.backend == "echo":
-                self._start_session(route, msg, EchoSession(msg.call, self.settings, self._emit))
-                return
             if self.backend.down:  # the gateway stops sending calls; these were on their way
                 log.warning("call refused at once: %s", self.backend.summary)
-                self._emit(m.CallEnd(msg.call, f"model unavailable ({self.backend.summary})"))
+                self._emit(m.CallEnd(call=msg.call, reason=f"model unavailable ({self.backend.summary})"))
                 self._forget(msg.call)
                 return
-            try:
-                client = self._client or make_client(self.settings)
-            except Exception as e:
-                log.error("cannot create the Gemini client: %s", e)
-                self._emit(m.CallEnd(call=msg.call, reason="model unavailable"))
-                return
-            self._client = client
-            context = ToolContext(call=msg.call, call_sid=msg.call_sid, params=dict(msg.params),
-                                  emit=self._emit, transfer_allowed=self.settings.transfer_allowed)
-            self._start_session(route, msg, GeminiSession(
-                call=msg.call, client=client, settings=self.settings, toolbox=self.toolbox, context=context,
-                emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle, turn=msg.turn,
-                resumed=msg.resume,
-                on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming)))
+            session = self.new_session(msg)
+            if session is not None:
+                self._start_session(route, msg, session)
+
+    def new_session(self, msg: m.CallStart) -> GeminiSession | None:
+        """The call's Gemini session; None, and the call ended, when there is no client."""
+        try:
+            client = self._client or make_client(self.settings)
+        except Exception as e:
+            log.error("cannot create the Gemini client: %s", e)
+            self._emit(m.CallEnd(call=msg.call, reason="model unavailable"))
+            return None
+        self._client = client
+        context = ToolContext(call=msg.call, call_sid=msg.call_sid, params=dict(msg.params),
+                              emit=self._emit, transfer_allowed=self.settings.transfer_allowed)
+        return GeminiSession(
+            call=msg.call, client=client, settings=self.settings, toolbox=self.toolbox, context=context,
+            emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle, turn=msg.turn,
+            resumed=msg.resume,
+            on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
         self.sessions[msg.call] = session

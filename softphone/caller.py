@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import aiohttp
 import numpy as np
 
+from common.g711 import ULAW_SILENCE, encode_ulaw
 from softphone.playback import RATE
 from softphone.result import CallResult, EchoedMark
 from softphone.stream import FRAME, FRAME_S, SILENT_FRAME, MediaStream
 from softphone.webhook import CallError, fetch_twiml, new_sid, voice_params
-from transcoder.g711 import ULAW_SILENCE, encode_ulaw
 
 __all__ = ["CallError", "CallResult", "EchoedMark", "place_call"]
 

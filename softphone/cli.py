@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from common.g711 import decode_ulaw
 from softphone.caller import CallError, CallResult, place_call
 from softphone.speech import speech_like
-from transcoder.g711 import decode_ulaw
 
 RATE = 8000
 

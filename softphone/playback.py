@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from transcoder.g711 import ULAW_SILENCE
+from common.g711 import ULAW_SILENCE
 
 RATE = 8000
 MAX_QUEUED = 10 * 60 * RATE  # 31931: more than 10 minutes queued and Twilio drops what follows

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import aiohttp
 
+from common.g711 import ULAW_SILENCE
 from softphone import wire
 from softphone.playback import RATE, Echo, Playback
 from softphone.result import CallResult, EchoedMark
 from softphone.webhook import CallError, Twiml, new_sid, upgrade_headers
-from transcoder.g711 import ULAW_SILENCE
 
 FRAME = 160  # 20 ms of µ-law: the common inbound frame
 FRAME_S = FRAME / RATE

@@ -27,7 +27,7 @@ from gateway.admission import Admissions
 from model_client.backend_check import describe, down_kind
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from tests.conftest import Stack, free_port, get_json, wait_for
+from harness.stack import Stack, free_port, wait_for
 
 KEY = "bogus-key-d41d8cd98f00"
 SORRY = "<Say>Sorry, we are having technical difficulties."

@@ -25,13 +25,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from common import messages as m
+from common.g711 import decode_ulaw, encode_ulaw
 from common.settings import SettingsError, load
 from gateway import phone
 from gateway import twilio_codec as tw
 from gateway.app import PIPELINE, make_app
+from harness.stack import Stack, wait_for
 from softphone.speech import silence, speech_like
-from tests.conftest import Stack, wait_for
-from transcoder.g711 import decode_ulaw, encode_ulaw
 
 # Debian's Chromium, headless, with a fake microphone that plays a file and no permission prompt.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

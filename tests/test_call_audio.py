@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transcoder import g711
+from common import g711
 from transcoder.call_audio import CallAudio, caller_audio_many, model_audio_many
 
 

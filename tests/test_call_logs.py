@@ -13,7 +13,7 @@ import pytest
 from common import logs
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from tests.conftest import Stack
+from harness.stack import Stack
 
 TEXT = re.compile(r"\S+ \S+ (?P<level>[A-Z]+) (?P<process>\S+) call=(?P<call>\S+) call_sid=(?P<call_sid>\S+) "
                   r"stream_sid=(?P<stream_sid>\S+) (?P<logger>\S+): (?P<message>.*)")

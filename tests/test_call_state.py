@@ -3,7 +3,6 @@ Redis store against a real redis-server."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -13,7 +12,7 @@ import redis.asyncio as redis
 from common.settings import SettingsError, load
 from gateway.call_state import (AFTER_S, KEY_PREFIX, MAX_RESUMES, TTL_S, CallRecord, CallState,
                                 RedisCallState, next_after)
-from tests.conftest import free_port
+from harness.stack import free_port
 
 
 @pytest.mark.parametrize("kept, now, then", [
@@ -70,18 +69,18 @@ async def test_twiml_after_for_a_stream_that_was_elsewhere_is_forgotten_too():
     assert len(state) == 0
 
 
-async def test_two_gateways_share_a_call_through_redis(redis_server):
+async def test_two_gateways_share_a_call_through_redis(redis_server, until):
     one, two = RedisCallState(redis_server.url), RedisCallState(redis_server.url)
     await one.start()
     await two.start()
     try:
         one.update("CA10", handle="emu-h", turn=4, transcript="gw1:/t/CA10.jsonl")
         one.update("CA10", disposition="transfer", target="+15550100003")
-        await _until(lambda: not one._dirty)
+        await until(lambda: not one._dirty)
         done = await two.after("CA10")  # the other instance gets Twilio's <Redirect>
         assert (done.disposition, done.target, done.handle, done.turn) == ("transfer", "+15550100003", "emu-h", 4)
         assert two.get("CA10").handle == "emu-h"  # now local to it: the stream start reads it there
-        await _until(lambda: not two._dirty)
+        await until(lambda: not two._dirty)
         assert (await one.load("CA10")).disposition == "resume"  # the transfer happened once
         client = redis.from_url(redis_server.url)
         assert 0 < await client.ttl(KEY_PREFIX + "CA10") <= TTL_S
@@ -91,7 +90,7 @@ async def test_two_gateways_share_a_call_through_redis(redis_server):
         await two.stop()
 
 
-async def test_redis_down_never_fails_a_call_and_is_logged_without_its_password(caplog):
+async def test_redis_down_never_fails_a_call_and_is_logged_without_its_password(caplog, until):
     caplog.set_level(logging.ERROR)
     state = RedisCallState(f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
     await state.start()
@@ -99,7 +98,7 @@ async def test_redis_down_never_fails_a_call_and_is_logged_without_its_password(
         state.update("CA20", handle="emu-h", turn=2)
         assert (await state.after("CA20")).disposition == "resume"
         assert state.get("CA20").handle == "emu-h"  # memory still serves the call
-        await _until(lambda: state.errors >= 2)
+        await until(lambda: state.errors >= 2)
     finally:
         await state.stop()
     assert "cannot reach Redis at 127.0.0.1" in caplog.text and "hunter2" not in caplog.text
@@ -111,9 +110,3 @@ def test_redis_url_is_checked_and_its_password_is_a_secret(tmp_path):
     assert load(env).redis_url == ""
     with pytest.raises(SettingsError, match="REDIS_URL"):
         load({**env, "REDIS_URL": "http://redis:6379"})
-
-
-async def _until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)

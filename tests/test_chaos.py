@@ -13,9 +13,9 @@ import pytest
 
 from bench.chaos import BASE_ENV, Supervisor, echo_of, emulator_log, heard_of, holder, script
 from bench.failover import Failover
+from harness.stack import Stack, wait_for
 from softphone.caller import place_call
 from softphone.webhook import new_sid
-from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)

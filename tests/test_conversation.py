@@ -8,10 +8,10 @@ import urllib.request
 import numpy as np
 import pytest
 
+from common.g711 import decode_ulaw
+from harness.stack import Stack, wait_for
 from softphone.caller import place_call
 from softphone.speech import silence, speech_like
-from tests.conftest import Stack, wait_for
-from transcoder.g711 import decode_ulaw
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from supervisor.options import ServerOptions
 from common.settings import load
 from common.stack import supervisord_env
 from gateway.app import make_app
-from tests.conftest import ROOT, clean_env, free_port
+from harness.stack import ROOT, clean_env, free_port
 
 BASE_IMAGE = "python:3.12-slim"
 

@@ -6,23 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from common.g711 import decode_ulaw
+from harness.stack import Stack, wait_for
 from softphone.caller import place_call
+from softphone.measure import best_lag_correlation
 from softphone.speech import speech_like
-from tests.conftest import Stack, wait_for
-from transcoder.g711 import decode_ulaw
 
 pytestmark = pytest.mark.e2e
-
-
-def best_lag_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[int, float]:
-    """The lag at which ``sent`` appears in ``heard``, and the normalised correlation there."""
-    n = len(sent)
-    spectrum = np.fft.rfft(heard, len(heard) + n) * np.conj(np.fft.rfft(sent, len(heard) + n))
-    xcorr = np.fft.irfft(spectrum)[: len(heard) - n + 1]
-    lag = int(np.argmax(xcorr))
-    window = heard[lag:lag + n]
-    corr = float(np.dot(window, sent) / (np.linalg.norm(window) * np.linalg.norm(sent) + 1e-9))
-    return lag, corr
 
 
 async def test_echo_call_round_trip(stack):

@@ -15,37 +15,18 @@ import samplerate
 from google import genai
 from google.genai import errors, types
 
-from common.settings import load
+from common import resample
+from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from emulator import persona
 from emulator.server import EmulatorStage
 from emulator.turns import CHUNK_BYTES
-from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
+from softphone.measure import best_lag_correlation
 from softphone.speech import speech_like
-from tests.conftest import free_port
-from transcoder import resample
 
 MODEL = "gemini-3.8-live"
 MIME = "audio/pcm;rate=16000"
 FRAME = 640  # 20 ms at 16 kHz
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
-
-
-@pytest.fixture
-async def start_emulator(tmp_path_factory):
-    """Start an in-process emulator on a free port with the given EMULATOR_* knobs."""
-    stages = []
-
-    async def start(**env: str) -> EmulatorStage:
-        run_dir = tmp_path_factory.mktemp("emu")  # short: BRIDGE_RUN_DIR is capped at 80 characters
-        stage = EmulatorStage(load({"BRIDGE_RUN_DIR": str(run_dir), "EMULATOR_PORT": str(free_port()),
-                                    **env}))
-        await stage.start()
-        stages.append(stage)
-        return stage
-
-    yield start
-    for stage in stages:
-        await stage.stop()
 
 
 def sdk_client(stage: EmulatorStage, base_suffix: str = "", api_version: str = "v1beta") -> genai.Client:
@@ -88,17 +69,6 @@ async def one_turn_or_first(session, timeout: float = 5.0) -> types.LiveServerMe
     async with asyncio.timeout(timeout):
         async for msg in session.receive():
             return msg
-
-
-def best_lag_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[int, float]:
-    n = len(sent)
-    size = len(heard) + n
-    xcorr = np.fft.irfft(np.fft.rfft(heard, size) * np.conj(np.fft.rfft(sent, size)), size)
-    lag = int(np.argmax(xcorr[: max(1, len(heard) - n + 1)]))
-    window = heard[lag:lag + n]
-    if len(window) < n:
-        window = np.pad(window, (0, n - len(window)))
-    return lag, float(np.dot(window, sent) / (np.linalg.norm(window) * np.linalg.norm(sent) + 1e-9))
 
 
 def server_content(messages) -> list[types.LiveServerContent]:

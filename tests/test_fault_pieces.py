@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
-import zmq.asyncio
 
 from common import messages as m
 from common.link import RouterLink, new_epoch
-from tests.conftest import ROOT
 from gateway.replay import CallerRing
+from harness.stack import ROOT
 from model_client.reconnect import Conversation, Ended, Journal, RetryBudget, next_step, time_left_s
 
 HB = 1.0  # slow heartbeats: only the monitor can notice a death within the test's deadline
@@ -31,21 +30,8 @@ sys.stdin.read()  # until killed
 """
 
 
-@pytest.fixture
-async def ctx():
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 @pytest.mark.parametrize("monitor", [True, False])
-async def test_monitor_reports_a_killed_peer_at_once(ctx, tmp_path, monitor):
+async def test_monitor_reports_a_killed_peer_at_once(ctx, tmp_path, monitor, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     lost = []
     epoch = new_epoch()

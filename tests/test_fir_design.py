@@ -1,6 +1,6 @@
 """The committed FIR taps are exactly what the design script makes (scipy is a test extra only)."""
 
-from transcoder import fir_design
+from common import fir_design
 
 
 def test_committed_taps_are_reproduced_by_the_design():

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -32,15 +31,15 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from bench.abuse import echo_loss
 from common import messages as m
 from gateway import twilio_codec as tw
 from gateway.security import signature
+from harness.stack import ROOT, Stack, clean_env, get_json, wait_for
 from softphone import wire
 from softphone.caller import place_call
+from softphone.measure import echo_loss
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, upgrade_headers, voice_params
-from tests.conftest import ROOT, Stack, clean_env, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -132,13 +131,7 @@ def rejections(stack: Stack) -> int:
 
 
 def until(predicate, timeout: float = 5.0, what: str = "the counters"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what)
 
 
 def stream_token(stack: Stack, call_sid: str) -> str:

@@ -4,7 +4,7 @@ import g711 as reference
 import numpy as np
 import pytest
 
-from transcoder.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw, float_to_int16
+from common.g711 import ULAW_SILENCE, decode_ulaw, encode_ulaw, float_to_int16
 
 ALL_SAMPLES = np.arange(-32768, 32768, dtype=np.int16)
 ALL_CODES = bytes(range(256))

@@ -3,6 +3,7 @@ switch waits for a turn boundary and for the handle that follows it, and when ti
 switches anyway, losing no caller audio (the new connection gets it again and answers it)."""
 
 import asyncio
+import functools
 import gc
 import weakref
 
@@ -16,26 +17,14 @@ from model_client.config import make_client
 from model_client.session import GeminiSession
 from model_client.tools import ToolContext, Toolbox
 from softphone.speech import speech_like
-from tests.conftest import free_port
 
 FRAME = 640  # 20 ms of PCM16 16 kHz
 
 
 @pytest.fixture
-async def emulator(tmp_path_factory):
-    stages = []
-
-    async def start(**env: str) -> EmulatorStage:
-        run_dir = tmp_path_factory.mktemp("ho")
-        stage = EmulatorStage(load({"BRIDGE_RUN_DIR": str(run_dir), "EMULATOR_PORT": str(free_port()),
-                                    "GEMINI_SILENCE_MS": "300", **env}))
-        await stage.start()
-        stages.append(stage)
-        return stage
-
-    yield start
-    for stage in stages:
-        await stage.stop()
+def emulator(start_emulator):
+    """conftest's emulator, its VAD set as the session's (300 ms of silence ends a turn)."""
+    return functools.partial(start_emulator, GEMINI_SILENCE_MS="300")
 
 
 async def talk(session: GeminiSession, seconds: float, seed: int, t_in: int) -> int:

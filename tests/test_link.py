@@ -4,25 +4,12 @@ import asyncio
 import time
 
 import pytest
-import zmq.asyncio
+import zmq
 
 from common import messages as m
 from common.link import FLUSH_AFTER_S, MAX_HELD, DealerLink, RouterLink, new_epoch
 
 HB = 0.05  # seconds; fast heartbeats keep the test short
-
-
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def ctx():
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def make_router(ctx, endpoint, got, lost, max_held=MAX_HELD):
@@ -37,7 +24,7 @@ def make_dealer(ctx, endpoint, got, restarts, role=m.ROLE_TRANSCODER):
                       restarts.append)
 
 
-async def test_hello_then_batched_messages_both_ways(ctx, tmp_path):
+async def test_hello_then_batched_messages_both_ways(ctx, tmp_path, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     to_router, to_dealer, lost, restarts = [], [], [], []
     router = make_router(ctx, endpoint, to_router, lost)
@@ -61,7 +48,7 @@ async def test_hello_then_batched_messages_both_ways(ctx, tmp_path):
         await router.stop()
 
 
-async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path):
+async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     to_router = []
     router = make_router(ctx, endpoint, to_router, [])
@@ -82,7 +69,7 @@ async def test_a_long_loop_pass_does_not_hold_what_is_queued(ctx, tmp_path):
         await router.stop()
 
 
-async def test_what_is_queued_before_the_socket_opens_waits_for_it(ctx, tmp_path):
+async def test_what_is_queued_before_the_socket_opens_waits_for_it(ctx, tmp_path, until):
     """The transcoder queues a CallStart on a model link whose start has not run yet; a long pass
     must not flush (and so lose) it before the socket exists."""
     endpoint = f"ipc://{tmp_path}/mc.ipc"
@@ -103,7 +90,7 @@ async def test_what_is_queued_before_the_socket_opens_waits_for_it(ctx, tmp_path
         await router.stop()
 
 
-async def test_silent_peer_is_lost(ctx, tmp_path):
+async def test_silent_peer_is_lost(ctx, tmp_path, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     lost = []
     router = make_router(ctx, endpoint, [], lost)
@@ -119,7 +106,7 @@ async def test_silent_peer_is_lost(ctx, tmp_path):
         await router.stop()
 
 
-async def test_what_waits_for_a_router_not_up_yet_reaches_it(ctx, tmp_path):
+async def test_what_waits_for_a_router_not_up_yet_reaches_it(ctx, tmp_path, until):
     """A DEALER that has heard no one since connecting keeps its socket: ZeroMQ retries the connection
     itself, and what waits in it (a CallStart for a call moved to a restarting model_client) is for
     the endpoint's next process. Closing it on silence would leave that call deaf."""
@@ -140,7 +127,7 @@ async def test_what_waits_for_a_router_not_up_yet_reaches_it(ctx, tmp_path):
         await router.stop()
 
 
-async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path):
+async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     restarts = []
     dealer = make_dealer(ctx, endpoint, [], restarts)
@@ -160,7 +147,7 @@ async def test_dealer_reconnects_and_sees_the_new_epoch(ctx, tmp_path):
         await dealer.stop()
 
 
-async def test_a_quickly_replaced_router_learns_the_dealer(ctx, tmp_path):
+async def test_a_quickly_replaced_router_learns_the_dealer(ctx, tmp_path, until):
     """ZeroMQ reconnects an ipc DEALER by itself, before liveness would: the new ROUTER's Hello (its
     answer to a heartbeat from a stranger) must make the dealer say Hello again, or it never joins."""
     endpoint = f"ipc://{tmp_path}/gw.ipc"
@@ -183,7 +170,7 @@ async def test_a_quickly_replaced_router_learns_the_dealer(ctx, tmp_path):
         await dealer.stop()
 
 
-async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path):
+async def test_malformed_frame_is_counted_not_fatal(ctx, tmp_path, until):
     endpoint = f"ipc://{tmp_path}/gw.ipc"
     got = []
     router = make_router(ctx, endpoint, got, [])
@@ -223,7 +210,7 @@ async def stranger(ctx, tmp_path, request):
     await router.stop()
 
 
-async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
+async def test_what_a_stranger_sends_waits_for_its_hello(stranger, until):
     """The CallStart of a call moved to a model_client that just restarted may be the first thing its
     transcoder sends there: it must reach the call once the transcoder says Hello, not be dropped."""
     router, got, raw = stranger
@@ -236,7 +223,7 @@ async def test_what_a_stranger_sends_waits_for_its_hello(stranger):
 
 
 @pytest.mark.parametrize("stranger", [800], indirect=True)
-async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(stranger):
+async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(stranger, until):
     """A model_client restarted under a call gets the call's replayed caller audio (up to 15 s of
     frames) before the transcoder says Hello again: with 256 held, a replay over 5 s lost its tail."""
     router, got, raw = stranger
@@ -247,7 +234,7 @@ async def test_a_router_holds_a_whole_replay_from_a_stranger_when_told_to(strang
     assert [msg for _, batch in got for msg in batch] == replay and router.dropped == 0
 
 
-async def test_a_stranger_that_never_says_hello_is_forgotten(stranger):
+async def test_a_stranger_that_never_says_hello_is_forgotten(stranger, until):
     router, got, raw = stranger
     await raw.send_multipart([m.pack([m.Dtmf("c1", str(i % 10)) for i in range(MAX_HELD + 5)])])
     await until(lambda: router.dropped == 1)  # the overflow, counted as soon as it came

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench.load import percentile_ms
-from tests.conftest import ROOT
+from harness.stack import ROOT
 
 
 def run_bench(module: str, out, *args: str) -> tuple[dict, str]:

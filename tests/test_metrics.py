@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.stats import LATENCY_BUCKETS_MS, Histogram, StageStats, from_wire, watch_loop_lag
 from gateway.metrics import _buckets, make_handler
 from gateway.pipeline import outcome_of
+from harness.stack import wait_for
 from softphone.caller import place_call
 from softphone.speech import speech_like
-from tests.conftest import wait_for
 
 
 def test_histogram_buckets_by_upper_bound():

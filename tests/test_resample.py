@@ -4,8 +4,8 @@ telephone-band targets the default engine must meet: flatness, rejection, delay,
 import numpy as np
 import pytest
 
+from common import fir, g711, resample
 from common.settings import RESAMPLERS
-from transcoder import fir, g711, resample
 
 NAMES = ["up_8k_to_16k", "down_24k_to_8k", "up_16k_to_24k"]
 ENGINES = resample.ENGINES

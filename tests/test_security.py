@@ -32,11 +32,11 @@ from common.settings import SettingsError, load
 from gateway import security
 from gateway.admission import Admissions
 from gateway.app import make_app
+from harness.stack import Stack, free_port
 from softphone import wire
 from softphone.caller import place_call
 from softphone.speech import speech_like
 from softphone.webhook import new_sid, parse_twiml, upgrade_headers, voice_params
-from tests.conftest import Stack, free_port
 
 TOKEN = "12345"
 VECTOR_PARAMS = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "To": "+18005551212"}
@@ -527,13 +527,7 @@ def curve_keys() -> CurveKeys:
                      client_secret.decode())
 
 
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(caplog):
+async def test_links_talk_over_tcp_with_curve_and_strangers_get_nothing_through(caplog, until):
     keys, other = curve_keys(), curve_keys()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.asyncio.Context()

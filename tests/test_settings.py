@@ -134,7 +134,7 @@ def test_declarations_are_complete_and_unique():
 
 def test_the_home_modules_serve_every_declared_choice():
     from emulator import persona
-    from transcoder import resample
+    from common import resample
 
     assert resample.ENGINES == RESAMPLERS and resample.DEFAULT_ENGINE == Settings.resampler
     for engine in RESAMPLERS:

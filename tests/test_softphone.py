@@ -19,12 +19,12 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from twilio.request_validator import RequestValidator
 
+from common.g711 import ULAW_SILENCE, encode_ulaw
 from softphone import cli
 from softphone.caller import CallError, place_call
 from softphone.playback import MAX_QUEUED, REPLY_GAP, Echo, Playback
 from softphone.speech import silence, speech_like
 from softphone.webhook import parse_twiml, signed_url, twilio_signature
-from transcoder.g711 import ULAW_SILENCE, encode_ulaw
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 800  # the toy bridge echoes 100 ms at a time

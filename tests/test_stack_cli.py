@@ -22,7 +22,7 @@ from supervisor.options import ServerOptions
 from common.settings import load
 from common.stack import PROGRAMS, die_with_parent, running_programs, supervisord_env
 from common.stack_watch import Event, fatal_line, parse_event, record_fatal
-from tests.conftest import ROOT, Stack, clean_env, get_json, wait_for
+from harness.stack import ROOT, Stack, clean_env, get_json, wait_for
 
 VENV = Path(sys.prefix)
 # Never install from inside a test: the venv the tests run in has the runtime dependencies already.
@@ -32,7 +32,7 @@ STAGES = ("gateway", "transcoder", "model_client", "emulator")
 
 def start_make(target: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """In a session of its own, as in a terminal: ``stop_session`` ends whatever is left of it."""
-    with open(log, "ab") as out:  # append: every writer lands at the end (see bench/stack.py)
+    with open(log, "ab") as out:  # append: every writer lands at the end (see harness/stack.py)
         return subprocess.Popen([*MAKE, target], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent())
 

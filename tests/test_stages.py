@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, clean_env, wait_for
+from harness.stack import ROOT, clean_env, wait_for
 
 
 @pytest.mark.parametrize("module", ["gateway", "transcoder", "model_client", "emulator"])

@@ -6,11 +6,10 @@ import pytest
 from google.genai import types
 
 from model_client.tools import ToolContext, Toolbox, ToolError, declare, load_module
-from tests import sample_tools
 
 
 def test_declaration_from_signature_and_docstring():
-    d = declare(sample_tools.lookup_order)
+    d = declare(load_module("tests.sample_tools")["lookup_order"])  # as BRIDGE_TOOLS_MODULE loads it
     assert d.name == "lookup_order"
     assert d.description == "Look up an order by its id and say when it ships."
     assert d.parameters.required == ["order_id"]

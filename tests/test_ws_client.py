@@ -11,8 +11,8 @@ from aiohttp import WSMsgType, web
 
 from bench.lean_caller import MEDIA
 from bench.ws_client import CLOSE, TEXT, WsClient, WsError, client_frame, parse_frames
+from harness.stack import free_port
 from softphone import wire
-from tests.conftest import free_port
 
 
 @pytest.mark.parametrize("size, header", [

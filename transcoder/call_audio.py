@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from common import fir, g711, resample
 from common.messages import cut
-from transcoder import fir, g711, resample
 
 MAX_GROUP = 128  # calls filtered in one step
 

@@ -8,7 +8,7 @@ const ZEROS = 16; // sinc zero crossings each side of the kernel: the filter's s
 const TABLE_STEPS = 512; // kernel table points per input sample (linear between them)
 const REPLY_GAP_S = 0.25; // playback idle this long, and new audio counts as a new reply
 
-// --- G.711 µ-law, exactly as the ITU-T G.191 reference (and transcoder/g711.py) computes it ----------
+// --- G.711 µ-law, exactly as the ITU-T G.191 reference (and common/g711.py) computes it ----------
 
 export function encodeSample(x) {
   // The reference works on 14 bits; negative values use one's complement before the shift.

@@ -22,9 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
+from common import fir
+from common.g711 import float_to_int16
 from common.settings import RESAMPLERS as ENGINES  # the names BRIDGE_RESAMPLER accepts: "fir" first
-from transcoder import fir
-from transcoder.g711 import float_to_int16
 
 DEFAULT_ENGINE = ENGINES[0]
 SCALE = 32768.0

@@ -1,4 +1,5 @@
-"""An energy voice-activity detector over 16 kHz PCM16, standing in for Gemini's server-side VAD (pure).
+"""An energy voice-activity detector over 16 kHz PCM16, standing in for Gemini's server-side VAD (pure):
+the emulator's, and the bench's echo model's (bench/echo_model.py).
 
 Audio is cut into 20 ms frames (any chunking of the input gives the same result: the detector is a
 function of the samples alone). A frame is loud when its RMS is above ``START_DBFS`` (``HOLD_DBFS``
@@ -39,14 +40,6 @@ class VadConfig:
     silence_ms: int = DEFAULT_SILENCE_MS
     prefix_ms: int = DEFAULT_PREFIX_MS
     disabled: bool = False
-
-    @classmethod
-    def from_setup(cls, setup: dict) -> "VadConfig":
-        """From a setup message whose keys are already normalised to snake_case."""
-        aad = (setup.get("realtime_input_config") or {}).get("automatic_activity_detection") or {}
-        return cls(silence_ms=int(aad.get("silence_duration_ms") or DEFAULT_SILENCE_MS),
-                   prefix_ms=int(aad.get("prefix_padding_ms") or DEFAULT_PREFIX_MS),
-                   disabled=bool(aad.get("disabled", False)))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transcoder import fir_taps, g711
+from common import fir_taps, g711
 
 GROUP = 16  # outputs per window: bigger wastes multiplications on zeros, smaller costs more windows
 KEPT_SAMPLES = 2048  # a resampler keeps its input buffer between chunks up to this size (16 KiB)

@@ -3,7 +3,6 @@ environment (never real Gemini), readiness from /healthz, SIGTERM to stop."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from common.settings import Settings
+from common.stack import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT",
            "GOOGLE_GEMINI_BASE_URL", "PORT", "PUBLIC_URL", "BRIDGE_RUN_DIR", "GATEWAY_ENDPOINT",
            "MODEL_CLIENT_ENDPOINT", "EMULATOR_PORT", "TWILIO_AUTH_TOKEN", "REDIS_URL")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: supervisord gets SIGTERM if the test runner dies (a killed pytest
-    must not leave whole stacks running and skewing every later measurement). The "parent" is the
-    thread that started it: start stacks from the main thread, not from a thread pool."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -87,7 +79,7 @@ class Stack:
         self.log.write_bytes(b"")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         try:
             wait_for(self._started, timeout, "the stack to be ready", self.log)
         except BaseException:
@@ -139,7 +131,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self._run_dir)],
-                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         wait_for(lambda: _answers(self.port), 10, "redis-server to listen", self.log)
         return self
 

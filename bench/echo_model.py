@@ -1,11 +1,13 @@
-"""A lean echo in place of Gemini, for measuring the bridge alone (``BRIDGE_ECHO_MODEL=true``).
+"""A lean echo in place of Gemini, for measuring the bridge alone: ``python -m bench.load --bridge-only``.
 
-Each caller utterance, once its silence is committed, comes back as the model's turn: the emulator's
-energy VAD and echo persona (16 → 24 kHz with the transcoder's FIR), run inside the model_client. No
-SDK, no TLS, no JSON, no emulator process: what is left on the box is the gateway, the transcoders and
-the model_client's ZeroMQ side, so ``python -m bench.load --bridge-only`` measures the bridge. The
+With ``BRIDGE_ECHO_MODEL=true`` supervisord runs ``python -m bench.echo_model`` in place of
+``python -m model_client`` (common/stack.py picks the module): the model_client stage itself, whose
+sessions are ``EchoSession``s. Each caller utterance, once its silence is committed, comes back as the
+model's turn: the emulator's energy VAD (common/voice_activity.py) and echo persona (16 → 24 kHz), run
+inside the model_client. No SDK, no TLS, no JSON, no emulator process: what is left on the box is the
+gateway, the transcoders and the model_client's ZeroMQ side, so the bench measures the bridge. The
 messages are those a Gemini session emits (AudioDown, TurnDone, Interrupt), paced as the emulator paces
-them. Never for real calls: it is not a voice agent.
+them. Never for real calls: it is not a voice agent, and the production packages never import it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import time
 from typing import Callable
 
 from common import messages as m
-from common.lifecycle import cancel_all, spawn
+from common.lifecycle import cancel_all, main, spawn
 from common.settings import Settings
+from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from emulator.persona import echo
 from emulator.turns import CHUNK_BYTES, CHUNK_MS, PACE
-from emulator.vad import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
+from model_client.stage import ModelClientStage
+
+ECHO_CAPACITY = 1000  # an echo session costs next to nothing: the bridge, not the model, is measured
 
 
 class EchoSession:
@@ -66,3 +71,16 @@ class EchoSession:
         if self._reply is not None:
             await cancel_all([self._reply])
             self._reply = None  # see common.lifecycle.cancel_all
+
+
+class EchoModelClientStage(ModelClientStage):
+    """The model_client stage with an EchoSession for every call and no Gemini client."""
+
+    capacity = ECHO_CAPACITY
+
+    def new_session(self, msg: m.CallStart) -> EchoSession:
+        return EchoSession(msg.call, self.settings, self._emit)
+
+
+if __name__ == "__main__":
+    main("model_client", EchoModelClientStage)
