@@ -39,8 +39,8 @@ def test_make_call_prints_a_summary(stack, tmp_path):
 
 
 def test_make_call_without_a_reply_fails_saying_so(tmp_path):
-    # The model waits for 60 s of silence before it answers: this call ends first, unanswered.
-    stack = Stack(tmp_path / "run", GEMINI_SILENCE_MS="60000").start()
+    # The emulated model says nothing: the call ends unanswered.
+    stack = Stack(tmp_path / "run", EMULATOR_PERSONA="silent").start()
     try:
         done = make_call(stack.env["PORT"], tmp_path)
     finally:
