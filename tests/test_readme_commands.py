@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,9 +51,13 @@ def shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 def test_every_readme_command_works_as_written(tmp_path):
     workdir = tmp_path / "user"
     workdir.mkdir()
-    for name in ("Makefile", "pyproject.toml"):
-        (workdir / name).symlink_to(ROOT / name)
-    (workdir / ".venv").symlink_to(Path(sys.executable).parents[1])
+    venv = Path(sys.executable).parents[1]
+    (workdir / "Makefile").symlink_to(ROOT / "Makefile")
+    (workdir / ".venv").symlink_to(venv)
+    # A copy no newer than the venv's install stamp: make sees an installed venv, as after `make test`.
+    shutil.copy(ROOT / "pyproject.toml", workdir / "pyproject.toml")
+    stamp = (venv / ".installed").stat().st_mtime
+    os.utime(workdir / "pyproject.toml", (stamp - 1, stamp - 1))
     env = clean_env(tmp_path / "run")
     port = env["PORT"]
     log = tmp_path / "make-run.log"
