@@ -18,12 +18,13 @@ model_client for the down path); CLOCK_MONOTONIC is system-wide, so every hop on
 
 from __future__ import annotations
 
-import operator
-import reprlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import msgpack
+
+from common.wire_codec import (WireError, check_columns, cut, decode, fields_of, layout,  # noqa: F401
+                               runs_of)
 
 PROTOCOL_VERSION = 1
 LIVENESS = 3  # a peer silent for this many heartbeat intervals is dead (Paranoid Pirate)
@@ -41,10 +42,6 @@ BACKEND_UNREACHABLE = "unreachable"
 BACKEND_KEY_REFUSED = "key_refused"
 BACKEND_SETUP_REFUSED = "setup_refused"
 BACKEND_DOWN = (BACKEND_UNREACHABLE, BACKEND_KEY_REFUSED, BACKEND_SETUP_REFUSED)
-
-
-class WireError(ValueError):
-    """A batch that does not follow this schema. Between our own processes that is a bug."""
 
 
 # --- link control -----------------------------------------------------------------------------
@@ -266,81 +263,24 @@ class AudioRun:
 
     def check(self) -> None:
         """Raises WireError unless the columns make a valid run."""
-        n = len(self.calls)
         if self.kind not in _AUDIO_TAGS:
             raise WireError(f"AudioRun of tag {self.kind}: not an audio message")
-        if not n or len(self.seqs) != n or len(self.t_ins) != n or len(self.sizes) != n \
-                or len(self.extra) != (n if self.kind in _EXTRA else 0):
-            raise WireError(f"AudioRun columns of unequal lengths ({n} calls)")
-        for name, column, kind in (("calls", self.calls, str), ("seqs", self.seqs, int),
-                                   ("t_ins", self.t_ins, int), ("sizes", self.sizes, int),
-                                   ("extra", self.extra, int)):
-            if column and set(map(type, column)) != {kind}:
-                raise WireError(f"AudioRun {name} must all be {kind.__name__}")
-        if len(set(self.calls)) != n:
-            raise WireError("AudioRun holds a call twice")
-        if min(self.sizes) < 0 or sum(self.sizes) != len(self.audio):
-            raise WireError(f"AudioRun sizes do not cut its {len(self.audio)} bytes of audio")
+        check_columns(self.calls, {"seqs": self.seqs, "t_ins": self.t_ins, "sizes": self.sizes},
+                      self.extra, extra_expected=self.kind in _EXTRA, audio=self.audio)
 
-
-def cut(blob: bytes, sizes: list[int]) -> list[bytes]:
-    """``blob`` cut into pieces of ``sizes`` bytes (an AudioRun's audio into each message's)."""
-    out, start = [], 0
-    for size in sizes:
-        out.append(blob[start:start + size])
-        start += size
-    return out
-
-
-Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
-           | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats
-           | AudioRun)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
     Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun)}
 assert len(TYPES) == 18, "duplicate tag"
 
-_PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict, "list": list}
-
-
-def _layout(cls: type) -> tuple[operator.attrgetter, tuple[type, ...], int]:
-    """(getter of all fields in order, each field's type, how many fields are required)."""
-    fs = fields(cls)
-    names = [f.name for f in fs]
-    required = sum(1 for f in fs if f.default is f.default_factory)  # both MISSING
-    return operator.attrgetter(*names), tuple(_PY_TYPES[f.type] for f in fs), required
-
-
-_LAYOUT = {tag: _layout(cls) for tag, cls in TYPES.items()}
-
-
-def _fields_of(msg) -> tuple:
-    got = _LAYOUT[msg.TAG][0](msg)
-    return got if isinstance(got, tuple) else (got,)
+_LAYOUT = {tag: layout(cls) for tag, cls in TYPES.items()}
 
 
 def pack(batch: list) -> bytes:
     """One ZeroMQ frame holding every message in ``batch``, consecutive audio messages as runs."""
-    return msgpack.packb([(m.TAG, *_fields_of(m)) for m in runs_of(batch)], use_bin_type=True)
-
-
-def runs_of(batch: list) -> list:
-    """``batch`` with each stretch of two or more audio messages of one type, for different calls, as
-    an AudioRun (a call met again starts a new run: its frames must stay in order)."""
-    out, run, calls = [], [], set()
-    for msg in batch:
-        if run and (type(msg) is not type(run[0]) or msg.call in calls):
-            out.append(run[0] if len(run) == 1 else AudioRun.of(run))
-            run, calls = [], set()
-        if type(msg) in _AUDIO_TYPES:
-            run.append(msg)
-            calls.add(msg.call)
-        else:
-            out.append(msg)
-    if run:
-        out.append(run[0] if len(run) == 1 else AudioRun.of(run))
-    return out
+    items = runs_of(batch, _AUDIO_TYPES, AudioRun.of)
+    return msgpack.packb([(m.TAG, *fields_of(m, _LAYOUT)) for m in items], use_bin_type=True)
 
 
 def unpack(frame: bytes, runs: bool = False) -> list:
@@ -352,32 +292,7 @@ def unpack(frame: bytes, runs: bool = False) -> list:
         raise WireError(f"not msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(items, list):
         raise WireError(f"batch must be an array, got {type(items).__name__}")
-    batch = [_decode(item) for item in items]
+    batch = [decode(item, TYPES, _LAYOUT) for item in items]
     if runs or not any(type(msg) is AudioRun for msg in batch):
         return batch
     return [one for msg in batch for one in (msg.messages() if type(msg) is AudioRun else (msg,))]
-
-
-def _decode(item) -> Message:
-    if not isinstance(item, list) or not item or type(item[0]) is not int:
-        raise WireError(f"message must be [tag, ...], got {_short(item)}")
-    tag, values = item[0], item[1:]
-    layout = _LAYOUT.get(tag)
-    if layout is None:
-        raise WireError(f"unknown message tag {tag}")
-    cls = TYPES[tag]
-    _, types, required = layout
-    if not required <= len(values) <= len(types):
-        raise WireError(f"{cls.__name__} takes {required}..{len(types)} fields, got {len(values)}")
-    for value, expected in zip(values, types):
-        if type(value) is not expected:
-            raise WireError(f"{cls.__name__}: {_short(value)} is not {expected.__name__}")
-    msg = cls(*values)
-    if cls is AudioRun:
-        msg.check()
-    return msg
-
-
-def _short(value) -> str:
-    text = reprlib.repr(value)  # bounded depth: repr() of a frame nested ~1000 deep raises RecursionError
-    return text if len(text) <= 60 else text[:57] + "..."
