@@ -175,6 +175,8 @@ async def healthz(request: web.Request) -> web.Response:
         "peers": peers,
         "capacity": _capacity(request.app),
         "pending_streams": request.app[ADMISSIONS].pending,
+        # What admission by loop lag sees: each process's latest interval (gateway/lag_gate.py).
+        "loop_lag_ms": {name: round(lag, 1) for name, lag in sorted(request.app[LAG_GATE].lag_ms.items())},
         "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
                      "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call,
                      "peer_disconnects": pipeline.router.disconnects, **pipeline.moves,

@@ -206,7 +206,9 @@ def test_a_laggy_stage_closes_admission_politely_then_it_opens_again(tmp_path):
             stutterer.join()
         wait_for(lambda: readyz(stack.url)[0] == 200, 30, "/readyz 200 again")
         assert "<Connect>" in post_twiml(stack.url, "CA" + "3" * 32)
-        events = stack.health()["counters"]
+        health = stack.health()
+        assert any(name.startswith("transcoder") for name in health["loop_lag_ms"])
+        events = health["counters"]
         assert events["calls_refused_loop_lag"] >= 1 and events["admission_closed_loop_lag"] >= 1
     finally:
         stack.stop()
