@@ -2,13 +2,21 @@
 N concurrent softphone calls at real-time pace, N ramped.
 
     python -m bench.load [--steps 10,25,50,75,100] [--step-s 20] [--json docs/load.json] [--png docs/load.png]
+    python -m bench.load --burst [--steps 1,100]    (every turn ends in the same tick → docs/load-burst.*)
     python -m bench.load --bridge-only [--steps 50,100,200,300]    (→ docs/load-bridge.json, .png)
 
 Each call talks for ``--step-s`` seconds: speech-like utterances (1.0-1.6 s) with pauses, each echoed
-back by the emulator's echo persona. The callers are bench/lean_caller.py in worker processes
+back by the emulator's echo persona; the calls' utterances are spread over the cycle, or with
+``--burst`` every call's turn ends in the same 20 ms tick (the callers start their scripts together,
+after silence). The callers are bench/lean_caller.py in worker processes
 (``--per-worker`` calls each, one shared 20 ms tick per process) whose CPU is reported apart from the
 stack's. CPU and latency are read over the middle of each step, when every call is up. For each N:
 
+- what a caller feels: each utterance's end of speech → the first audible reply frame on its Twilio
+  socket, p50/p99 over every utterance of the step; next to it the emulator's own share (its end-of-
+  turn decision → its first reply audio sent), which stands in for Google and is reported apart,
+  and each process's event-loop lag p99 (``bridge_event_loop_lag_seconds``; the callers' own too)
+  (bench/caller_view.py says exactly what each number is);
 - hop latency per direction, p50/p99, from the gateway's ``/metrics`` (the difference over the step):
   ``up`` = gateway → model_client (stamped at the gateway, read at the model_client: the transcoder's
   work and two ZeroMQ hops), ``down`` = model_client → gateway. Histogram buckets, so a percentile
@@ -34,17 +42,18 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from bench.caller_view import caller_view, emulator_turns_ms, hop_counts, lag_counts, lag_p99, percentile_ms, scrape
 from bench.chaos import Supervisor
 from bench.lean_caller import HANG_S, start_workers, worker_results
 from bench.report import save_report
-from common.stats import LATENCY_BUCKETS_MS
 from harness.stack import Stack
 
 P99_LIMIT_MS = 20.0
 SPREAD_S = 2.0  # calls of a step start over this long
+BURST_WAIT_S = 2.0  # with --burst, the scripts start this long after the last call was placed
+SILENCE_MS = 300  # the model's VAD: the silence that ends a turn, part of every turn's latency
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -78,58 +87,38 @@ def program_pids(stack: Stack) -> dict[str, int]:
             if info["pid"]}
 
 
-def hop_counts(url: str) -> dict[str, list[float]]:
-    """Cumulative bucket counts of bridge_hop_latency_seconds per direction (all peers summed)."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    counts = {"up": [0.0] * (len(LATENCY_BUCKETS_MS) + 1), "down": [0.0] * (len(LATENCY_BUCKETS_MS) + 1)}
-    bounds = [*(f"{b / 1000!r}" for b in LATENCY_BUCKETS_MS), "+Inf"]
-    for line in text.splitlines():
-        if line.startswith("bridge_hop_latency_seconds_bucket{"):
-            labels, value = line[len("bridge_hop_latency_seconds_bucket{"):].rsplit("} ", 1)
-            pairs = dict(part.split("=", 1) for part in labels.split(","))
-            direction, le = pairs["direction"].strip('"'), pairs["le"].strip('"')
-            counts[direction][bounds.index(le)] += float(value)
-    return counts
-
-
-def percentile_ms(before: list[float], after: list[float], q: float) -> float | None:
-    """The bucket bound (ms) under which ``q`` of the step's observations fall; inf above the last."""
-    delta = [a - b for a, b in zip(after, before)]
-    total = delta[-1]
-    if total <= 0:
-        return None
-    for bound, cumulative in zip((*LATENCY_BUCKETS_MS, math.inf), delta):
-        if cumulative >= q * total:
-            return bound
-    return math.inf
-
-
 # --- one step -----------------------------------------------------------------------------------------
 
-def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: int) -> dict:
+def run_step(stack: Stack, calls: int, seconds: float, per_worker: int, seed: int, burst: bool = False) -> dict:
     """One step: ``calls`` calls for ``seconds``; CPU and latency are read over the middle of it,
     when every call is up and none has ended (the callers' own analysis comes after)."""
     pids = program_pids(stack)
-    started = time.monotonic()
-    workers = start_workers(stack.url, calls, per_worker, seed, seconds, SPREAD_S)
-    time.sleep(SPREAD_S + 2.0)
+    started, started_ns = time.monotonic(), time.monotonic_ns()
+    wait = SPREAD_S + BURST_WAIT_S if burst else 0.0
+    flags = ("--start-at", repr(started + wait)) if burst else ()
+    workers = start_workers(stack.url, calls, per_worker, seed, seconds, SPREAD_S, *flags)
+    time.sleep(wait or SPREAD_S)
+    time.sleep(2.0)
     window0 = time.monotonic()
     cpu0 = {name: cpu_ticks(pid) for name, pid in pids.items()}
     callers0 = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid))
-    hops0, box0 = hop_counts(stack.url), box_ticks()
-    time.sleep(max(1.0, seconds - SPREAD_S - 6.0))
+    metrics0, box0 = scrape(stack.url), box_ticks()
+    time.sleep(max(1.0, seconds - (0 if burst else SPREAD_S) - 6.0))
     window = time.monotonic() - window0
     cpu = {name: round(100 * (cpu_ticks(pid) - cpu0[name]) / TICKS / window, 1)
            for name, pid in pids.items() if _alive(pid)}
     callers = sum(cpu_ticks(w.pid) for w in workers if _alive(w.pid)) - callers0
-    hops1, steal = hop_counts(stack.url), steal_pct(box0, box_ticks())
+    metrics1, steal = scrape(stack.url), steal_pct(box0, box_ticks())
+    hops0, hops1 = hop_counts(metrics0), hop_counts(metrics1)
     rss = {name: round(rss_mb(pid), 1) for name, pid in pids.items() if _alive(pid)}
     # Each call's echoes take a moment to align after it ends (more on a busy box).
-    outcomes = worker_results(workers, calls, per_worker, timeout=seconds + HANG_S + 3.0 * per_worker)
+    outcomes = worker_results(workers, calls, per_worker, timeout=seconds + wait + HANG_S + 3.0 * per_worker)
     failed = [o["failed"] for o in outcomes if o.get("failed")]
+    emulator = emulator_turns_ms(stack, started_ns) if "emulator" in pids else []
     return {
-        "calls": calls, "seconds": round(time.monotonic() - started, 1),
+        "calls": calls, "burst": burst, "seconds": round(time.monotonic() - started, 1),
+        **caller_view(outcomes, emulator), "vad_silence_ms": SILENCE_MS,
+        "loop_lag_p99_ms": lag_p99(lag_counts(metrics0), lag_counts(metrics1)),
         "up_p50_ms": percentile_ms(hops0["up"], hops1["up"], 0.5),
         "up_p99_ms": percentile_ms(hops0["up"], hops1["up"], 0.99),
         "down_p50_ms": percentile_ms(hops0["down"], hops1["down"], 0.5),
@@ -156,17 +145,33 @@ def holds(row: dict) -> bool:
 # --- the report ---------------------------------------------------------------------------------------
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'calls':>5} {'up p50/p99 ms':>14} {'down p50/p99 ms':>16} {'lost':>5} {'failed':>6} "
+    head = (f"{'calls':>5} {'turn p50/p99 ms':>15} {'emulator p50/p99':>16} {'loop lag p99 ms (worst)':>28} "
+            f"{'up p50/p99 ms':>14} {'down p50/p99 ms':>16} {'lost':>5} {'failed':>6} "
             f"{'underruns':>9} {'stack cpu %':>11} {'callers cpu %':>13} {'steal %':>7}  "
             "per process cpu % (rss MB)")
     lines = [head, "-" * len(head)]
     for r in rows:
         procs = ", ".join(f"{n} {c} ({r['rss_mb'].get(n, 0):.0f})" for n, c in sorted(r["cpu_pct"].items()))
-        lines.append(f"{r['calls']:>5} {_ms(r['up_p50_ms'])}/{_ms(r['up_p99_ms']):<7} "
+        lag = worst_lag(r)
+        lines.append(f"{r['calls']:>5} {_num(r['turn_p50_ms'])}/{_num(r['turn_p99_ms']):<8} "
+                     f"{_num(r['emulator_p50_ms'])}/{_num(r['emulator_p99_ms']):<9} "
+                     f"{_ms(lag[1])} {lag[0][:20]:<21} "
+                     f"{_ms(r['up_p50_ms'])}/{_ms(r['up_p99_ms']):<7} "
                      f"{_ms(r['down_p50_ms'])}/{_ms(r['down_p99_ms']):<8} {r['frames_lost']:>5} "
                      f"{r['calls_failed']:>6} {r['underruns']:>9} {r['stack_cpu_pct']:>11} "
                      f"{r['callers_cpu_pct']:>13} {r['steal_pct']:>7}  {procs}")
     return "\n".join(lines)
+
+
+def worst_lag(row: dict) -> tuple[str, float | None]:
+    """(process, loop lag p99) of the step's latest process, the callers' own included."""
+    lags = {**row["loop_lag_p99_ms"], "callers": row["callers_loop_lag_p99_ms"]}
+    known = {name: lag for name, lag in lags.items() if lag is not None}
+    return max(known.items(), key=lambda item: item[1], default=("-", None))
+
+
+def _num(value) -> str:
+    return f"{value:.0f}".rjust(6) if value is not None else "-".rjust(6)
 
 
 def _ms(value) -> str:
@@ -178,7 +183,15 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = [r["calls"] for r in rows]
-    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (turn, lat, cpu) = plt.subplots(1, 3, figsize=(16, 4))
+    for key, style in (("turn_p50_ms", "k-"), ("turn_p99_ms", "k--"), ("emulator_p50_ms", "m-"),
+                       ("emulator_p99_ms", "m--")):
+        turn.plot(n, [r[key] or 0 for r in rows], style, marker="o", label=key.replace("_ms", ""))
+    turn.plot(n, [min(worst_lag(r)[1] or 0, 1000) for r in rows], "r:", marker=".",
+              label="worst loop lag p99 (bucket bound)")
+    turn.set(xlabel="concurrent calls", ylabel="ms", title="what a caller feels: end of speech → reply"
+             + (" (burst)" if rows[0]["burst"] else ""))
+    turn.legend(fontsize=8)
     for key, style in (("up_p50_ms", "b-"), ("up_p99_ms", "b--"), ("down_p50_ms", "g-"), ("down_p99_ms", "g--")):
         lat.plot(n, [min(r[key] or 0, 1000) for r in rows], style, marker="o", label=key.replace("_ms", ""))
     lat.axhline(P99_LIMIT_MS, color="r", lw=0.8, label=f"{P99_LIMIT_MS:g} ms")
@@ -197,13 +210,16 @@ def plot(rows: list[dict], path: str) -> None:
 async def main_async(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        stack = Stack(Path(tmp) / "run", GEMINI_SILENCE_MS="300", LOG_LEVEL="WARNING",
-                      BRIDGE_TRANSCODERS=str(args.transcoders), BRIDGE_MODEL_CLIENTS=str(args.model_clients),
-                      BRIDGE_MAX_CALLS=str(max(int(s) for s in args.steps.split(",")) * 2),
-                      **dict(kv.split("=", 1) for kv in args.env)).start()
+        # Admission by loop lag off unless --env sets it: the bench measures what the stack carries.
+        env = {"LOG_LEVEL": "WARNING", "GEMINI_SILENCE_MS": str(SILENCE_MS), "BRIDGE_ADMIT_LAG_MS": "0",
+               "BRIDGE_TRANSCODERS": str(args.transcoders), "BRIDGE_MODEL_CLIENTS": str(args.model_clients),
+               "BRIDGE_MAX_CALLS": str(max(int(s) for s in args.steps.split(",")) * 2),
+               **dict(kv.split("=", 1) for kv in args.env)}
+        stack = Stack(Path(tmp) / "run", **env).start()
         try:
             for i, calls in enumerate(int(s) for s in args.steps.split(",")):
-                row = await asyncio.to_thread(run_step, stack, calls, args.step_s, args.per_worker, 1000 * i)
+                row = await asyncio.to_thread(run_step, stack, calls, args.step_s, args.per_worker, 1000 * i,
+                                              args.burst)
                 rows.append(row)
                 print(table([row]).splitlines()[-1] if rows[1:] else table([row]), flush=True)
                 if not holds(row) and not args.keep_going:
@@ -223,12 +239,15 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the stack under test (repeatable), e.g. GEMINI_SEND_MS=20")
     p.add_argument("--keep-going", action="store_true", help="run every step even past capacity")
+    p.add_argument("--burst", action="store_true",
+                   help="every call's turn ends in the same 20 ms tick (default: spread over the cycle)")
     p.add_argument("--bridge-only", action="store_true",
                    help="the model side is a lean echo in the model_clients (no SDK, no emulator)")
-    p.add_argument("--json", help="default docs/load.json (docs/load-bridge.json with --bridge-only)")
-    p.add_argument("--png", help="default docs/load.png (docs/load-bridge.png with --bridge-only)")
+    p.add_argument("--json", help="default docs/load.json (load-burst.json with --burst, load-bridge.json "
+                   "with --bridge-only)")
+    p.add_argument("--png", help="default docs/load.png (likewise); empty: no plot")
     args = p.parse_args()
-    name = "load-bridge" if args.bridge_only else "load"
+    name = "load-bridge" if args.bridge_only else "load-burst" if args.burst else "load"
     args.json = f"docs/{name}.json" if args.json is None else args.json
     args.png = f"docs/{name}.png" if args.png is None else args.png
     if args.bridge_only:
@@ -242,8 +261,11 @@ def main() -> None:
               "p99_limit_ms": P99_LIMIT_MS, "steps": rows}
     save_report(args.json, report)
     if args.png and rows:
-        plot(rows, args.png)
-        print(f"saved {args.png}")
+        try:
+            plot(rows, args.png)
+            print(f"saved {args.png}")
+        except ImportError:
+            print(f"no plot: matplotlib is not installed (pip install -e '.[bench]'), {args.png} not written")
 
 
 if __name__ == "__main__":

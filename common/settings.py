@@ -93,6 +93,11 @@ class Settings:
         "BRIDGE_MAX_CALLS", 0, lo=0, hi=100_000, group=SECURITY,
         doc="concurrent calls; `0` = what the live transcoders and model_clients advertise (the smaller "
             "total), never more")
+    admit_lag_ms: int = setting(
+        "BRIDGE_ADMIT_LAG_MS", 200, lo=0, hi=10_000, shown="`200`; `0` = off", group=SECURITY,
+        doc="refuse new calls politely (and `/readyz` 503) while any bridge process's event loop runs this "
+            "many ms late (90th percentile over its last 2 s): it is full; admit again once every one is "
+            "below half of it")
     max_ws_message: int = setting(
         "BRIDGE_MAX_WS_MESSAGE", 64 * 1024, lo=1024, hi=1024 * 1024, group=SECURITY,
         doc="largest Twilio WebSocket message in bytes; a larger one closes the stream")

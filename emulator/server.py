@@ -10,7 +10,9 @@ Serves TLS with its own self-signed certificate (``emulator.certs``) on
 - ``GET /healthz``: ``{"sessions": <open sessions>, "log": [...]}``; the log has one entry per
   recent session (open ones last): its number, the turn count a resumption handle restored it to
   (``resumed_from``, null for a new session), its turns, whether its handle was refused, how it
-  ended, and the end of its system instruction. Fault tests read resumption off it.
+  ended, and the end of its system instruction. Fault tests read resumption off it. Benchmarks read
+  ``interrupted_ns`` (when each ``interrupted`` went out) and ``turns_ns`` (per recent turn: its end
+  of turn detected, its first reply audio sent), CLOCK_MONOTONIC nanoseconds.
 
 Fault knobs, per connection, counted from its setup:
 
@@ -58,6 +60,7 @@ class EmulatorStage:
         self.settings = settings
         self._handles = HandleStore()
         self.interrupted_ns: deque[int] = deque(maxlen=10_000)  # see TurnPlayer; shown in /healthz
+        self.turns_ns: deque[tuple[int, int]] = deque(maxlen=10_000)  # likewise
         self.log: deque[dict] = deque(maxlen=LOG_SESSIONS)  # ended sessions, for /healthz
         self._sessions: dict[LiveSession, asyncio.Event] = {}
         self._opened = 0
@@ -109,6 +112,7 @@ class EmulatorStage:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"sessions": self.sessions, "interrupted_ns": list(self.interrupted_ns),
+                                  "turns_ns": list(self.turns_ns),
                                   "log": [*self.log, *(_entry(s, "open") for s in self._sessions)]})
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
@@ -119,7 +123,8 @@ class EmulatorStage:
             raise web.HTTPBadRequest(text="expected a WebSocket upgrade\n")
         await ws.prepare(request)
         self._opened += 1
-        session = LiveSession(ws, request, self.settings, self._handles, self._opened, self.interrupted_ns)
+        session = LiveSession(ws, request, self.settings, self._handles, self._opened, self.interrupted_ns,
+                              self.turns_ns)
         self._sessions[session] = done = asyncio.Event()
         started = time.monotonic()
         log.info("session %d started on %s, key %s (%d open)", session.number, request.path,

@@ -40,9 +40,10 @@ HANDLERS = {"realtime_input": "_handle_realtime_input", "client_content": "_hand
 
 class LiveSession:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings,
-                 handles: HandleStore, number: int, interrupted_ns: deque[int] | None = None):
+                 handles: HandleStore, number: int, interrupted_ns: deque[int] | None = None,
+                 turns_ns: deque[tuple[int, int]] | None = None):
         self.number, self.ended_by = number, "client closed"
-        self._interrupted_ns = interrupted_ns
+        self._interrupted_ns, self._turns_ns = interrupted_ns, turns_ns
         self._ws, self._request, self._settings, self._handles = ws, request, settings, handles
         self._label = f"session {number}"
         self._tasks: set[asyncio.Task] = set()
@@ -129,7 +130,7 @@ class LiveSession:
         turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
         self._vad = EnergyVad(opts.vad)
         self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns,
-                                  self._interrupted_ns)
+                                  self._interrupted_ns, self._turns_ns)
         log.debug("%s: setup for %s, %s", self._label, setup["model"], opts)
         try:
             await self._send(wire.setup_complete())

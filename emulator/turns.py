@@ -67,6 +67,7 @@ def vad_config(setup: dict) -> VadConfig:
 @dataclass
 class _Turn:
     number: int
+    heard_ns: int = 0  # when the caller's end of turn was detected (monotonic ns)
     barge: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -74,12 +75,15 @@ class _Turn:
 class TurnPlayer:
     def __init__(self, send: Callable[[str], Awaitable[None]], opts: Options, handles: HandleStore,
                  label: str, tasks: set[asyncio.Task], turns: int = 0,
-                 interrupted_ns: deque[int] | None = None):
+                 interrupted_ns: deque[int] | None = None, turns_ns: deque[tuple[int, int]] | None = None):
         self._send, self._opts, self._handles, self._label, self._tasks = send, opts, handles, label, tasks
         self.turns = turns
         # When each `interrupted` went out (monotonic ns, shared by the emulator's sessions), so a
         # benchmark can time barge-in from the service's signal to Twilio's clear.
         self.interrupted_ns = interrupted_ns if interrupted_ns is not None else deque(maxlen=1)
+        # (end of turn detected, first reply audio sent) per turn, so the load bench can report the
+        # emulator's own share of the caller's turn latency apart from the bridge's.
+        self.turns_ns = turns_ns if turns_ns is not None else deque(maxlen=1)
         self._turn: _Turn | None = None
 
     def barge_in(self) -> None:
@@ -91,7 +95,7 @@ class TurnPlayer:
         """Queue a turn: ``heard`` is the input transcription ("" for none), ``make_reply`` runs in a
         thread (resampling a long utterance takes a while)."""
         previous, self.turns = self._turn, self.turns + 1
-        self._turn = turn = _Turn(self.turns)
+        self._turn = turn = _Turn(self.turns, time.monotonic_ns())
         spawn(self._play(turn, previous, heard, heard_s, make_reply),
               f"{self._label}.turn{turn.number}", self._tasks)
 
@@ -139,6 +143,8 @@ class TurnPlayer:
                 return False
             if chunk:
                 await self._send(wire.audio(chunk))
+                if i == 0:
+                    self.turns_ns.append((turn.heard_ns, time.monotonic_ns()))
             if await _within(turn.barge, start + (i + 1) * CHUNK_MS / 1000 / PACE - loop.time()):
                 return False
         return True

@@ -12,10 +12,12 @@ import logging
 from aiohttp import WSCloseCode, web
 
 from common import messages as m
+from common.lifecycle import cancel_all, spawn
 from common.logs import call_context, name_call, register_call
 from common.settings import Settings
 from gateway import backends, limits, media_ws, metrics, phone, security, twiml
 from gateway.admission import Admissions
+from gateway.lag_gate import LagGate
 from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 ADMISSIONS = web.AppKey("admissions", Admissions)
+LAG_GATE = web.AppKey("lag_gate", LagGate)  # closed while a process's event loop runs late
 COUNTERS = web.AppKey("counters", dict)
 METRICS = web.AppKey("metrics", object)  # the /metrics handler, made once the pipeline exists
 DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: refuse new calls, let live ones end
@@ -59,6 +62,11 @@ async def twiml_webhook(request: web.Request) -> web.Response:
         _count(app, "calls_refused_capacity")
         log.warning("call %s refused: at capacity (%d calls held or starting, capacity %d)", call_sid,
                     held, room)
+        return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
+    full = app[LAG_GATE].why_full()
+    if full:  # one more call would be late for every call already here
+        _count(app, "calls_refused_loop_lag")
+        log.warning("call %s refused: %s", call_sid, full)
         return web.Response(text=twiml.say_hangup_twiml(BUSY_MESSAGE), content_type=XML)
     call, token = app[ADMISSIONS].issue(call_sid)
     register_call(call, call_sid)
@@ -133,13 +141,14 @@ def _capacity(app: web.Application) -> int:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready for a new call: not draining, a transcoder and a model_client live, a model_client with
-    a working Gemini backend (gateway/backends.py), capacity left."""
+    a working Gemini backend (gateway/backends.py), capacity left, no event loop running late
+    (gateway/lag_gate.py)."""
     app, pipeline = request.app, request.app[PIPELINE]
     held, room = len(pipeline.calls) + app[ADMISSIONS].pending, _capacity(app)
     why = ("draining" if app[DRAINING].is_set() else
            "no live transcoder or model_client" if not pipeline.can_take_call() else
            backends.not_ready(backends.backends(pipeline)) or
-           ("at capacity" if held >= room else ""))
+           ("at capacity" if held >= room else "") or app[LAG_GATE].why_full())
     return web.json_response({"ready": not why, "why": why, "calls": held, "capacity": room},
                              status=503 if why else 200)
 
@@ -166,6 +175,8 @@ async def healthz(request: web.Request) -> web.Response:
         "peers": peers,
         "capacity": _capacity(request.app),
         "pending_streams": request.app[ADMISSIONS].pending,
+        # What admission by loop lag sees: each process's latest interval (gateway/lag_gate.py).
+        "loop_lag_ms": {name: round(lag, 1) for name, lag in sorted(request.app[LAG_GATE].lag_ms.items())},
         "counters": {**request.app[COUNTERS], "pipeline_rejected": pipeline.router.rejected,
                      "pipeline_dropped": pipeline.router.dropped, "unknown_call": pipeline.unknown_call,
                      "peer_disconnects": pipeline.router.disconnects, **pipeline.moves,
@@ -182,7 +193,11 @@ async def _pipeline_ctx(app: web.Application):
     await pipeline.start()
     app[PIPELINE] = pipeline
     app[METRICS] = metrics.make_handler(pipeline, app[COUNTERS], app[ADMISSIONS], app[SETTINGS].metrics_token)
+    tasks: set[asyncio.Task] = set()
+    if app[SETTINGS].admit_lag_ms:
+        spawn(app[LAG_GATE].run(pipeline), "lag-gate", tasks)
     yield
+    await cancel_all(tasks)
     await pipeline.stop()
 
 
@@ -203,6 +218,7 @@ def make_app(settings: Settings) -> web.Application:
     app[COUNTERS] = counters
     app[DRAINING] = asyncio.Event()
     app[ADMISSIONS] = Admissions(settings.bridge_secret, counters=counters)
+    app[LAG_GATE] = LagGate(settings.admit_lag_ms, counters)
     security.announce(settings)
     app[media_ws.OPEN_SOCKETS] = set()
     app.cleanup_ctx.append(_pipeline_ctx)
