@@ -191,13 +191,21 @@ def test_transfer_allow_list(target, allowed):
 
 # --- the docs, generated -----------------------------------------------------------------------------
 
-def test_readme_configuration_table_is_the_generated_one():
-    readme = setting_docs.README.read_text()
-    assert readme.count(setting_docs.BEGIN) == 1 and readme.count(setting_docs.END) == 1, "markers lost"
-    expected = setting_docs.with_table(readme, setting_docs.markdown(specs()))
-    diff = "\n".join(difflib.unified_diff(readme.splitlines(), expected.splitlines(), "README.md",
-                                          "python -m common.settings --markdown", lineterm=""))
-    assert not diff, f"README.md's configuration is stale: run `python -m common.settings --readme`\n{diff}"
+@pytest.mark.parametrize("path", list(setting_docs.tables(specs())), ids=lambda p: p.name)
+def test_the_configuration_tables_are_the_generated_ones(path):
+    text = path.read_text()
+    assert text.count(setting_docs.BEGIN) == 1 and text.count(setting_docs.END) == 1, "markers lost"
+    expected = setting_docs.with_table(text, setting_docs.tables(specs())[path])
+    diff = "\n".join(difflib.unified_diff(text.splitlines(), expected.splitlines(), path.name,
+                                          "python -m common.settings --readme", lineterm=""))
+    assert not diff, f"{path.name}'s configuration is stale: run `python -m common.settings --readme`\n{diff}"
+
+
+def test_the_readme_leaves_only_the_development_knobs_to_the_reference():
+    readme, reference = (setting_docs.tables(specs())[p] for p in (setting_docs.README, setting_docs.REFERENCE))
+    for spec in specs():
+        assert f"| `{spec.env}`" in reference, spec.env
+        assert (f"| `{spec.env}`" in readme) == (spec.group not in setting_docs.NOT_IN_README), spec.env
 
 
 def test_the_table_goes_between_the_markers_only():
