@@ -27,8 +27,19 @@ class ModelTurns:
         self.turn = turn  # the latest model turn
         self.in_turn = False
         self.seq = 0  # of the model's audio messages, for the whole call
+        self.last_turn: int | None = None  # set by end_call/transfer_call: no later turn is played
+        self.unplayed = 0  # model messages after the goodbye, not passed on
+
+    def last_words(self) -> None:
+        """The line is leaving (end_call, transfer_call): the goodbye, the turn under way or else the
+        next, is the last the caller hears, even if the model goes on talking (a NON_BLOCKING call)."""
+        if self.last_turn is None:
+            self.last_turn = self.turn if self.in_turn else self.turn + 1
 
     def content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
+        if self.last_turn is not None and self.turn + (not self.in_turn) > self.last_turn:
+            self.unplayed += 1  # after the goodbye: the gateway is leaving once it has played
+            return
         if audio:
             self._audio(audio)
         heard, said = content.input_transcription, content.output_transcription
