@@ -216,17 +216,17 @@ class GeminiSession:
         while True:
             item = await self._queue.next()
             conn = self.connection
-            if item.kind == TOOL and item.payload.connection != conn.number:
-                log.info("tool %s answered after its connection ended: told to connection %d as text",
-                         item.payload.response.name, conn.number)
-                item = Outgoing(kind=TEXT, payload=outcome_text(item.payload))
-            if not item.resend and item.kind != TOOL:  # a tool response belongs to its connection's call
+            if not item.resend:
                 self._journal.sent(item.kind, item.payload)
+            if item.kind == TOOL and item.payload.connection != conn.number:
+                # The call was made on an earlier connection (tool_results.py): told as text. Once
+                # journaled, an answer a new connection's handle lacks is told to it the same way.
+                log.info("tool %s answered on an earlier connection: told to connection %d as text",
+                         item.payload.response.name, conn.number)
+                item = Outgoing(kind=TEXT, payload=outcome_text(item.payload), resend=item.resend)
             try:
                 await conn.send(item)
             except websockets.ConnectionClosed:
-                if item.kind == TOOL:  # the next connection is told the outcome (above)
-                    self._queue.add(TOOL, item.payload)
                 if self.connection is conn:
                     self._queue.disconnected()  # the receive side learns why, and what comes next
                 continue

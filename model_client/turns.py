@@ -8,6 +8,7 @@ session that takes a call over from another model_client starts after the gatewa
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -16,6 +17,8 @@ from google.genai import types
 from common import messages as m
 from model_client.barge import BargeInDetector
 from model_client.reconnect import Conversation
+
+log = logging.getLogger(__name__)
 
 
 class ModelTurns:
@@ -35,6 +38,7 @@ class ModelTurns:
         next, is the last the caller hears, even if the model goes on talking (a NON_BLOCKING call)."""
         if self.last_turn is None:
             self.last_turn = self.turn if self.in_turn else self.turn + 1
+            log.info("leaving the line: model turn %d is the last the caller hears", self.last_turn)
 
     def content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
         if self.last_turn is not None and self.turn + (not self.in_turn) > self.last_turn:

@@ -73,6 +73,26 @@ async def test_a_tool_answer_survives_a_go_away_hand_over(start_emulator):
     assert '{"agent": "free"}' in said(out)
 
 
+async def test_a_tool_answer_sent_just_before_a_drop_is_told_again(start_emulator):
+    """Sent, but the connection dropped before a resumption handle covered it: the next connection,
+    opened with an older handle, lacks it like the caller audio sent meanwhile."""
+    stage = await start_emulator(EMULATOR_TOOL_SCRIPT=SCRIPT)
+    sent = asyncio.Event()
+
+    async def drop_once_answered(emulated):
+        original = emulated._handle_tool_response
+
+        def answered(body):
+            original(body)
+            sent.set()
+        emulated._handle_tool_response = answered
+        await sent.wait()
+        await emulated._drop_later(0)
+
+    session, out = await run_call(stage, drop_once_answered)
+    assert session.stats["reconnects"] >= 1 and session.stats["resent_items"] >= 1
+
+
 async def test_without_a_connection_change_the_answer_is_a_function_response(start_emulator):
     stage = await start_emulator(EMULATOR_TOOL_SCRIPT=SCRIPT)
     config = load({"BRIDGE_RUN_DIR": stage.settings.run_dir, "EMULATOR_PORT": str(stage.settings.emulator_port)})
