@@ -4,6 +4,8 @@ process at start, naming the setting and the model."""
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import pytest
 from google.genai import _common, _live_converters, types
@@ -11,11 +13,12 @@ from google.genai import _common, _live_converters, types
 from common import messages as m
 from common import model_profiles as mp
 from common.settings import SettingsError, load
+from harness.stack import clean_env
+from model_client.backend_check import open_and_close
 from model_client.barge import BargeInDetector
 from model_client.config import live_config, make_client
 from model_client.profiles import ToolRefused
 from model_client.reconnect import Conversation
-from model_client.stage import ModelClientStage
 from model_client.tool_calls import ToolCalls
 from model_client.tools import ToolContext, Toolbox, end_call, tool, transfer_call
 from model_client.turns import ModelTurns
@@ -196,22 +199,28 @@ def test_the_tool_decorator_refuses_an_unknown_behaviour():
         tool(behavior="ASYNC")
 
 
-async def test_the_model_client_refuses_at_start_what_its_model_refuses(tmp_path):
-    stage = ModelClientStage(load({"BRIDGE_RUN_DIR": str(tmp_path), "GEMINI_MODEL": V38,
-                                   "GEMINI_AFFECTIVE_DIALOG": "true"}))
-    with pytest.raises(SettingsError, match="GEMINI_AFFECTIVE_DIALOG=true: model gemini-3.8-live"):
-        await stage.start()
-    await stage.stop()
+@pytest.mark.parametrize("module, code", [("common.stack", 1), ("model_client", 2)])
+def test_make_run_and_the_model_client_refuse_what_the_model_refuses(tmp_path, module, code):
+    """Real processes: the stack's launcher before supervisord starts anything, and a model_client
+    (as supervisord starts it) before it binds a socket."""
+    env = clean_env(tmp_path / "run", GEMINI_MODEL=V31, GEMINI_THINKING="2048")
+    done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert "GEMINI_THINKING='2048': model gemini-3.1-flash-live-preview takes a thinking level" in done.stderr
 
 
-def test_make_run_refuses_what_the_model_refuses(monkeypatch, capsys):
-    from common import stack
-
-    monkeypatch.setenv("GEMINI_MODEL", V31)
-    monkeypatch.setenv("GEMINI_THINKING", "2048")
-    with pytest.raises(SystemExit) as stopped:
-        stack.main([])
-    assert "configuration error: GEMINI_THINKING='2048': model gemini-3.1-flash-live-preview" in str(stopped.value)
+@pytest.mark.parametrize("model, env", ACCEPTED)
+async def test_each_profile_s_config_opens_a_session(start_emulator, model, env):
+    """The real SDK sends each accepted config and the emulator sets the session up."""
+    stage = await start_emulator()
+    settings = load({"BRIDGE_RUN_DIR": stage.settings.run_dir, "EMULATOR_PORT": str(stage.settings.emulator_port),
+                     "GEMINI_MODEL": model, **env})
+    client = make_client(settings)
+    try:
+        await open_and_close(client, settings.model, live_config(
+            settings, tools=Toolbox(transfer=True, profile=mp.lookup(model)).config()))
+    finally:
+        await client.aio.aclose()
 
 
 # --- tool answers ------------------------------------------------------------------------------
