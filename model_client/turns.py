@@ -41,16 +41,18 @@ class ModelTurns:
             log.info("leaving the line: model turn %d is the last the caller hears", self.last_turn)
 
     def content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
-        if self.last_turn is not None and self.turn + (not self.in_turn) > self.last_turn:
-            self.unplayed += 1  # after the goodbye: the gateway is leaving once it has played
-            return
-        if audio:
+        # After the goodbye the model's output goes no further: the gateway leaves once it has played.
+        silenced = self.last_turn is not None and (self.turn if self.in_turn else self.turn + 1) > self.last_turn
+        if audio and not silenced:
             self._audio(audio)
         heard, said = content.input_transcription, content.output_transcription
         if heard and heard.text:
             self.conversation.add("caller", heard.text)
             self.emit(m.Transcript(call=self.call, role="caller", text=heard.text,
                                    final=bool(heard.finished)))
+        if silenced:
+            self.unplayed += 1
+            return
         if said and said.text:
             self.conversation.add("model", said.text)
             turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio

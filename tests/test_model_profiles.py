@@ -296,9 +296,10 @@ async def test_the_goodbye_is_the_last_turn_the_caller_hears(tool_fn, args, duri
     for text in ("Is there anything else?", "Hello?"):  # the model keeps talking
         turns.content(audio_event(text), b"\x01\x00" * 240)
         turns.content(audio_event(done=True), None)
+    turns.content(types.LiveServerContent(input_transcription=types.Transcription(text="Bye")), None)
     played = {msg.turn for msg in out if isinstance(msg, m.AudioDown)}
-    said = [msg.text for msg in out if isinstance(msg, m.Transcript)]
-    assert played == {1} and said == ["Goodbye"] and turns.unplayed == 4
+    said = [(msg.role, msg.text) for msg in out if isinstance(msg, m.Transcript)]
+    assert played == {1} and said == [("model", "Goodbye"), ("caller", "Bye")] and turns.unplayed == 5
     assert [type(msg).__name__ for msg in out if isinstance(msg, (m.Action, m.TurnDone))].count("TurnDone") == 1
     assert any(isinstance(msg, m.Action) for msg in out)
 
