@@ -10,6 +10,10 @@ conversation waits for the result) or ``NON_BLOCKING`` (it goes on), and for a N
 its result is spoken: ``SILENT``, ``WHEN_IDLE`` or ``INTERRUPT``. Undecorated, a tool gets the model's
 default (NON_BLOCKING and WHEN_IDLE on gemini-3.8-live, BLOCKING elsewhere); a behaviour or scheduling
 the model does not take stops the model_client at start (model_client/profiles.py).
+
+What the model hears back is always informative (tool_results.py): a tool's non-empty result as it is;
+an empty one, a failure, or no result within ``BRIDGE_TOOL_TIMEOUT_S`` as a ``status``, ``retryable``
+and a sentence, since a model told nothing calls the tool again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Awaitable, Callable
 from google.genai import types
 
 from common import messages as m
-from common.model_profiles import BLOCKING, NON_BLOCKING, UNKNOWN, Profile
+from common.model_profiles import BLOCKING, NON_BLOCKING, SCHEDULINGS, UNKNOWN, Profile
 from model_client import profiles, tool_results
 
 _SCALARS = {str: types.Type.STRING, int: types.Type.INTEGER, float: types.Type.NUMBER,
@@ -53,6 +57,8 @@ def tool(*, behavior: str = "", scheduling: str = "") -> Callable:
     """Declare how the model runs a tool's calls and when it speaks their results (module docstring)."""
     if behavior not in ("", BLOCKING, NON_BLOCKING):
         raise ToolError(f"@tool: behavior must be {BLOCKING} or {NON_BLOCKING}, got {behavior!r}")
+    if scheduling not in ("", *SCHEDULINGS):
+        raise ToolError(f"@tool: scheduling must be one of {', '.join(SCHEDULINGS)}, got {scheduling!r}")
 
     def mark(fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         fn.behavior, fn.scheduling = behavior, scheduling

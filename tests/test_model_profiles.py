@@ -194,9 +194,13 @@ def test_a_tool_the_model_cannot_run_stops_the_process(model, fn, message, monke
         Toolbox(module=with_tool(monkeypatch, fn), profile=mp.lookup(model))
 
 
-def test_the_tool_decorator_refuses_an_unknown_behaviour():
-    with pytest.raises(ValueError, match="behavior must be BLOCKING or NON_BLOCKING"):
-        tool(behavior="ASYNC")
+@pytest.mark.parametrize("args, message", [
+    ({"behavior": "ASYNC"}, "behavior must be BLOCKING or NON_BLOCKING"),
+    ({"scheduling": "LATER"}, "scheduling must be one of SILENT, WHEN_IDLE, INTERRUPT"),
+])
+def test_the_tool_decorator_refuses_what_no_model_takes(args, message):
+    with pytest.raises(ValueError, match=message):
+        tool(**args)
 
 
 @pytest.mark.parametrize("module, code", [("common.stack", 1), ("model_client", 2)])
