@@ -121,7 +121,7 @@ def thinking(value: str, profile: Profile) -> tuple[str, int | str] | None:
     value = value.strip()
     if not value:
         return None
-    model = f"model {profile.name}"
+    model = f"model {profile.name}" + ("" if profile.known else " (not one the bridge knows)")
     if profile.thinking == "none":
         raise SettingsError(f"GEMINI_THINKING={value!r}: {model} takes no thinking setting; unset it")
     if profile.thinking == "level":
@@ -144,9 +144,10 @@ def vocabulary(value: str) -> tuple[str, ...]:
     return tuple(term.strip() for term in value.split(",") if term.strip())
 
 
-def _knob(env: str, value: bool | None, rule: str, model: str) -> None:
+def _knob(env: str, value: bool | None, rule: str, profile: Profile) -> None:
     if value is None:
         return
+    model = profile.name + ("" if profile.known else " (not one the bridge knows)")
     if rule == REFUSED:
         raise SettingsError(f"{env}={str(value).lower()}: model {model} does not accept it (a session "
                             f"would not open); unset it")
@@ -171,8 +172,8 @@ def check(settings) -> tuple[Profile, list[str]]:
         warnings.append(f"model {model} is documented for {' and '.join(profile.platforms)}, not "
                         f"{platform(settings.backend)}: the session may not open")
     thinking(settings.thinking, profile)
-    _knob("GEMINI_PROACTIVE_AUDIO", settings.proactive_audio, profile.proactive_audio, model)
-    _knob("GEMINI_AFFECTIVE_DIALOG", settings.affective_dialog, profile.affective_dialog, model)
+    _knob("GEMINI_PROACTIVE_AUDIO", settings.proactive_audio, profile.proactive_audio, profile)
+    _knob("GEMINI_AFFECTIVE_DIALOG", settings.affective_dialog, profile.affective_dialog, profile)
     if vocabulary(settings.vocabulary) and not profile.vocabulary:
         raise SettingsError(f"GEMINI_VOCABULARY: model {model} takes no custom vocabulary for "
                             f"transcription; unset it")
