@@ -1,6 +1,6 @@
 """A user tools module, loaded by the model_client from BRIDGE_TOOLS_MODULE in the conversation tests."""
 
-from model_client.tools import ToolContext, tool
+from model_client.tools import ToolContext
 
 
 async def lookup_order(order_id: str, express: bool = False, call: ToolContext | None = None) -> dict:
@@ -14,7 +14,6 @@ def not_a_tool():
     """Synchronous: not offered to the model."""
 
 
-@tool(behavior="BLOCKING")  # so the caller speaking cancels it on every model (3.8 cancels only BLOCKING calls)
 async def wait_for_agent(seconds: int) -> dict:
     """Wait for a human agent to become free (slow: the caller may give up and talk over it)."""
     import asyncio
