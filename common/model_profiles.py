@@ -121,7 +121,7 @@ def thinking(value: str, profile: Profile) -> tuple[str, int | str] | None:
     value = value.strip()
     if not value:
         return None
-    model = f"model {profile.name}" + ("" if profile.known else " (not one the bridge knows)")
+    model = _named(profile)
     if profile.thinking == "none":
         raise SettingsError(f"GEMINI_THINKING={value!r}: {model} takes no thinking setting; unset it")
     if profile.thinking == "level":
@@ -144,15 +144,18 @@ def vocabulary(value: str) -> tuple[str, ...]:
     return tuple(term.strip() for term in value.split(",") if term.strip())
 
 
+def _named(profile: Profile) -> str:
+    return f"model {profile.name}" + ("" if profile.known else " (not one the bridge knows)")
+
+
 def _knob(env: str, value: bool | None, rule: str, profile: Profile) -> None:
     if value is None:
         return
-    model = profile.name + ("" if profile.known else " (not one the bridge knows)")
     if rule == REFUSED:
-        raise SettingsError(f"{env}={str(value).lower()}: model {model} does not accept it (a session "
-                            f"would not open); unset it")
+        raise SettingsError(f"{env}={str(value).lower()}: {_named(profile)} does not take it (a session "
+                            f"could fail to open); unset it")
     if rule == ALWAYS and not value:
-        raise SettingsError(f"{env}=false: model {model} has it always on and refuses false; unset it")
+        raise SettingsError(f"{env}=false: {_named(profile)} has it always on and refuses false; unset it")
 
 
 def check(settings) -> tuple[Profile, list[str]]:
@@ -166,8 +169,9 @@ def check(settings) -> tuple[Profile, list[str]]:
     warnings = []
     if not profile.known:
         warnings.append(f"model {model} is not one the bridge knows: using a conservative profile (tools "
-                        f"BLOCKING, no result scheduling, no thinking, proactivity or affective dialog "
-                        f"settings); known: {', '.join(p for p, _ in PROFILES if '*' not in p)}")
+                        f"declared without a behaviour, results without scheduling, no thinking, proactivity, "
+                        f"affective dialog or vocabulary setting); known: "
+                        f"{', '.join(p for p, _ in PROFILES if '*' not in p)}")
     elif settings.backend in (GEMINI_API, VERTEX) and platform(settings.backend) not in profile.platforms:
         warnings.append(f"model {model} is documented for {' and '.join(profile.platforms)}, not "
                         f"{platform(settings.backend)}: the session may not open")
@@ -175,6 +179,6 @@ def check(settings) -> tuple[Profile, list[str]]:
     _knob("GEMINI_PROACTIVE_AUDIO", settings.proactive_audio, profile.proactive_audio, profile)
     _knob("GEMINI_AFFECTIVE_DIALOG", settings.affective_dialog, profile.affective_dialog, profile)
     if vocabulary(settings.vocabulary) and not profile.vocabulary:
-        raise SettingsError(f"GEMINI_VOCABULARY: model {model} takes no custom vocabulary for "
+        raise SettingsError(f"GEMINI_VOCABULARY: {_named(profile)} takes no custom vocabulary for "
                             f"transcription; unset it")
     return profile, warnings

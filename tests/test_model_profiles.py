@@ -65,7 +65,7 @@ ACCEPTED = [
 REFUSED = [
     (V38, {"GEMINI_THINKING": "1024"}, "GEMINI_THINKING='1024': model gemini-3.8-live takes no thinking"),
     (V38, {"GEMINI_PROACTIVE_AUDIO": "false"}, "GEMINI_PROACTIVE_AUDIO=false: model gemini-3.8-live has it always on"),
-    (V38, {"GEMINI_AFFECTIVE_DIALOG": "true"}, "GEMINI_AFFECTIVE_DIALOG=true: model gemini-3.8-live does not"),
+    (V38, {"GEMINI_AFFECTIVE_DIALOG": "true"}, "GEMINI_AFFECTIVE_DIALOG=true: model gemini-3.8-live does not take it"),
     (V31, {"GEMINI_THINKING": "1024"}, "model gemini-3.1-flash-live-preview takes a thinking level"),
     (V31, {"GEMINI_PROACTIVE_AUDIO": "true"}, "GEMINI_PROACTIVE_AUDIO=true: model gemini-3.1-flash-live-preview"),
     (V31, {"GEMINI_AFFECTIVE_DIALOG": "false"}, "GEMINI_AFFECTIVE_DIALOG=false: model gemini-3.1"),
@@ -74,7 +74,7 @@ REFUSED = [
     (V25, {"GEMINI_THINKING": "99999"}, "thinking budget"),
     (V25, {"GEMINI_VOCABULARY": "Acme"}, "GEMINI_VOCABULARY"),
     ("gemini-9-live", {"GEMINI_AFFECTIVE_DIALOG": "true"},
-     "GEMINI_AFFECTIVE_DIALOG=true: model gemini-9-live (not one the bridge knows) does not accept it"),
+     "GEMINI_AFFECTIVE_DIALOG=true: model gemini-9-live (not one the bridge knows) does not take it"),
     ("gemini-9-live", {"GEMINI_THINKING": "LOW"}, "model gemini-9-live (not one the bridge knows) takes no thinking"),
     ("gemini-2.0-flash-live-001", {}, "GEMINI_MODEL=gemini-2.0-flash-live-001: this model was shut down"),
 ]
