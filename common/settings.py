@@ -164,6 +164,18 @@ class Settings:
     temperature: float | None = setting("GEMINI_TEMPERATURE", None, kind=float, lo=0, hi=2,
                                         shown="service default", persona="temperature", group=MODEL,
                                         doc="sampling temperature")
+    thinking: str = setting(
+        "GEMINI_THINKING", "", shown="model default", group=MODEL,
+        doc="a thinking budget in tokens (2.5 models: `-1`, `0` = off, up to `32768`) or level (3.1: `MINIMAL`, "
+            "`LOW`, `MEDIUM`, `HIGH`); 3.8 takes none (see docs/architecture.md#model-generations)")
+    proactive_audio: bool | None = setting(
+        "GEMINI_PROACTIVE_AUDIO", None, kind=bool, shown="model default", group=MODEL,
+        doc="let the model choose not to answer (2.5 models; always on for 3.8, which refuses `false`)")
+    affective_dialog: bool | None = setting(
+        "GEMINI_AFFECTIVE_DIALOG", None, kind=bool, shown="model default", group=MODEL,
+        doc="let the model adapt to the caller's tone (2.5 models only: 3.1 and 3.8 refuse it)")
+    vocabulary: str = setting("GEMINI_VOCABULARY", "", group=MODEL,
+                              doc="comma-separated terms that bias the caller's transcription (3.8 only)")
     send_ms: float = setting(
         "GEMINI_SEND_MS", 40.0, lo=0, hi=1000, group=MODEL,
         doc="caller audio goes to Gemini at most once per this many ms (frames queued meanwhile join one "
@@ -197,6 +209,9 @@ class Settings:
         doc="a number (`+15550001111`) or `sip:` URI to `<Dial>` instead of the apology while Gemini is down")
     tools_module: str = setting("BRIDGE_TOOLS_MODULE", "", group=CONVERSATION,
                                 doc="dotted path of a module whose public `async def`s become tools")
+    tool_timeout_s: float = setting(
+        "BRIDGE_TOOL_TIMEOUT_S", 20.0, lo=0.1, hi=3600, group=CONVERSATION,
+        doc="a tool still running after this long is abandoned and the model told so (it may try again)")
     replay_s: float = setting(
         "BRIDGE_REPLAY_S", 15.0, lo=1, hi=300, group=FAULTS,
         doc="caller audio kept per call (gateway ring, model_client journal) until a resumption handle "

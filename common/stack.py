@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import model_profiles
 from common import settings as settings_module
 from common.curve import private_dir
 from common.stack_watch import FATAL_FILE
@@ -116,6 +117,8 @@ def control(config: settings_module.Settings, args: list[str]) -> int | str:
 def main(args: list[str]) -> None:
     try:
         config = settings_module.load()
+        if config.backend != "echo" and not args:  # what the model refuses stops `make run` too
+            model_profiles.check(config)
     except settings_module.SettingsError as e:
         sys.exit(f"configuration error: {e}")
     sys.exit(control(config, args) if args else run(config))

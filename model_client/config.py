@@ -2,8 +2,9 @@
 
 The config uses the SDK's real field names (a wrong one is a ValidationError): voice under
 ``speech_config``, VAD under ``realtime_input_config.automatic_activity_detection``, resumption as
-``session_resumption``. What goes on the wire once connected (and the text frame that carries caller
-audio) is in gemini_wire.py.
+``session_resumption``. What depends on the model (thinking, proactivity, affective dialog,
+transcription vocabulary) comes from its profile (model_client/profiles.py). What goes on the wire once
+connected (and the text frame that carries caller audio) is in gemini_wire.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from google import genai
 from google.genai import types
 
 from common.settings import Settings
+from model_client.profiles import lookup, session_options
 
 # Compression keeps a call going past the 15-minute audio-only limit (docs/architecture.md#gemini).
 COMPRESSION = types.ContextWindowCompressionConfig(
@@ -60,6 +62,6 @@ def live_config(settings: Settings, handle: str = "", tools: list[types.Tool] | 
             activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS),
         session_resumption=types.SessionResumptionConfig(handle=handle or None),
         context_window_compression=COMPRESSION,
-        input_audio_transcription=types.AudioTranscriptionConfig(),
         output_audio_transcription=types.AudioTranscriptionConfig(),
+        **session_options(settings, lookup(settings.model)),
     )

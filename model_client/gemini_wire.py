@@ -62,7 +62,7 @@ class Connection:
         elif item.kind == TEXT:
             await self.session.send_realtime_input(text=item.payload)
         else:
-            await self.session.send_tool_response(function_responses=[item.payload])
+            await self.session.send_tool_response(function_responses=[item.payload.response])  # a ToolAnswer
 
     async def close(self) -> None:
         """Leave the SDK's context: a close frame with 1000, if the socket is still open."""

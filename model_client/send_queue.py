@@ -23,7 +23,7 @@ MAX_CHUNK = PCM_BYTES_PER_S  # queued audio is joined into chunks of at most 1 s
 class Outgoing(NamedTuple):
     """One item for Gemini."""
     kind: str  # AUDIO, TEXT or TOOL
-    payload: object  # PCM16 16 kHz bytes, a str, or a types.FunctionResponse
+    payload: object  # PCM16 16 kHz bytes, a str, or a tool_results.ToolAnswer
     t_in: int = 0  # audio: the gateway's t_in of the newest caller frame in it
     resend: bool = False  # sent before: the current connection's handle lacks it
 

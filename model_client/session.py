@@ -40,6 +40,7 @@ from model_client.handover import Handover
 from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
 from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
 from model_client.tool_calls import ToolCalls
+from model_client.tool_results import outcome_text
 from model_client.tools import ToolContext, Toolbox
 from model_client.turns import ModelTurns
 
@@ -69,6 +70,7 @@ class GeminiSession:
         self._budget = RetryBudget(settings.reconnect_max, settings.reconnect_stable_s)
         self._handover = Handover(call, self._dialer, margin_s=settings.handover_margin_s)
         self._tools = ToolCalls(call, toolbox, context)
+        context.last_words = self._turns.last_words  # end_call, transfer_call
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
@@ -214,13 +216,17 @@ class GeminiSession:
         while True:
             item = await self._queue.next()
             conn = self.connection
-            if not item.resend and item.kind != TOOL:  # a tool response belongs to its connection's call
+            if not item.resend:
                 self._journal.sent(item.kind, item.payload)
+            if item.kind == TOOL and item.payload.connection != conn.number:
+                # The call was made on an earlier connection (tool_results.py): told as text. Once
+                # journaled, an answer a new connection's handle lacks is told to it the same way.
+                log.info("tool %s answered on an earlier connection: told to connection %d as text",
+                         item.payload.response.name, conn.number)
+                item = Outgoing(kind=TEXT, payload=outcome_text(item.payload), resend=item.resend)
             try:
                 await conn.send(item)
             except websockets.ConnectionClosed:
-                if item.kind == TOOL:
-                    log.warning("a tool response was lost with its connection")
                 if self.connection is conn:
                     self._queue.disconnected()  # the receive side learns why, and what comes next
                 continue
@@ -270,7 +276,8 @@ class GeminiSession:
         if msg.tool_call:
             self._active = True
             for fc in msg.tool_call.function_calls or []:
-                self._tools.start(fc, respond=partial(self._queue.add, TOOL), finished=self._handover.poke)
+                self._tools.start(fc, connection=self.connection.number, respond=partial(self._queue.add, TOOL),
+                                  finished=self._handover.poke)
         if msg.tool_call_cancellation:
             self._tools.cancel(msg.tool_call_cancellation.ids or [])
         if msg.server_content is not None:

@@ -17,6 +17,7 @@ import zmq.asyncio
 from google import genai
 
 from common import messages as m
+from common import model_profiles
 from common.lifecycle import cancel_all, spawn
 from common.curve import CurveKeys
 from common.link import MAX_HELD, DealerLink, Peer, RouterLink, new_epoch
@@ -63,8 +64,13 @@ class ModelClientStage:
                        endpoint=self.endpoint)
 
     async def start(self) -> None:
+        # A setting or a tool the model refuses stops the process here (lifecycle: exit 2), naming both.
+        profile, warnings = model_profiles.check(self.settings)
+        for warning in warnings:
+            log.warning("%s", warning)
         self.toolbox = Toolbox(transfer=bool(self.settings.transfer_targets),
-                               module=self.settings.tools_module)
+                               module=self.settings.tools_module, profile=profile,
+                               timeout_s=self.settings.tool_timeout_s)
         log.info("tools: %s", ", ".join(self.toolbox.tools))
         self._ctx = zmq.asyncio.Context()
         hb = self.settings.heartbeat_s

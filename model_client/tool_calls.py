@@ -10,6 +10,8 @@ from typing import Callable
 from google.genai import types
 
 from common.lifecycle import spawn
+from model_client import tool_results
+from model_client.tool_results import ToolAnswer
 from model_client.tools import ToolContext, Toolbox
 
 log = logging.getLogger(__name__)
@@ -26,13 +28,13 @@ class ToolCalls:
     def tasks(self) -> list[asyncio.Task]:
         return list(self._running.values())
 
-    def start(self, fc: types.FunctionCall, respond: Callable[[types.FunctionResponse], None],
+    def start(self, fc: types.FunctionCall, connection: int, respond: Callable[[ToolAnswer], None],
               finished: Callable[[], None]) -> None:
-        """Run ``fc``; ``finished()`` when it ends however it ends, then ``respond`` with its result
-        unless it was cancelled. The task holds the two only while it runs: nothing here keeps the
-        session alive after its end."""
+        """Run ``fc`` (called on ``connection``); ``finished()`` when it ends however it ends, then
+        ``respond`` with its answer unless it was cancelled. The task holds the two only while it runs:
+        nothing here keeps the session alive after its end."""
         log.info("tool call %s(%s)", fc.name, fc.args or {})
-        self._running[fc.id or fc.name] = spawn(self._run(fc, respond, finished),
+        self._running[fc.id or fc.name] = spawn(self._run(fc, connection, respond, finished),
                                                 f"tool:{self.call}:{fc.name}")
 
     def cancel(self, ids: list[str]) -> None:
@@ -42,15 +44,17 @@ class ToolCalls:
                 log.info("tool call %s cancelled by the model", tool_id)
                 task.cancel()
 
-    async def _run(self, fc: types.FunctionCall, respond: Callable[[types.FunctionResponse], None],
+    async def _run(self, fc: types.FunctionCall, connection: int, respond: Callable[[ToolAnswer], None],
                    finished: Callable[[], None]) -> None:
         try:
             result = await self.toolbox.run(fc.name, fc.args or {}, self.context)
         except Exception as e:  # a user tool's bug must not end the call
             log.exception("tool %s failed", fc.name)
-            result = {"error": f"{type(e).__name__}: {e}"}
+            result = tool_results.failed(fc.name, f"{type(e).__name__}: {e}", retryable=True)
         finally:
             self._running.pop(fc.id or fc.name, None)
             finished()
         log.info("tool %s → %s", fc.name, result)
-        respond(types.FunctionResponse(id=fc.id, name=fc.name, response=result))
+        response = types.FunctionResponse(id=fc.id, name=fc.name, response=result,
+                                          scheduling=self.toolbox.schedulings.get(fc.name))
+        respond(ToolAnswer(response=response, connection=connection))

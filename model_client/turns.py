@@ -8,6 +8,7 @@ session that takes a call over from another model_client starts after the gatewa
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -16,6 +17,8 @@ from google.genai import types
 from common import messages as m
 from model_client.barge import BargeInDetector
 from model_client.reconnect import Conversation
+
+log = logging.getLogger(__name__)
 
 
 class ModelTurns:
@@ -27,15 +30,29 @@ class ModelTurns:
         self.turn = turn  # the latest model turn
         self.in_turn = False
         self.seq = 0  # of the model's audio messages, for the whole call
+        self.last_turn: int | None = None  # set by end_call/transfer_call: no later turn is played
+        self.unplayed = 0  # model messages after the goodbye, not passed on
+
+    def last_words(self) -> None:
+        """The line is leaving (end_call, transfer_call): the goodbye, the turn under way or else the
+        next, is the last the caller hears, even if the model goes on talking (a NON_BLOCKING call)."""
+        if self.last_turn is None:
+            self.last_turn = self.turn if self.in_turn else self.turn + 1
+            log.info("leaving the line: model turn %d is the last the caller hears", self.last_turn)
 
     def content(self, content: types.LiveServerContent, audio: bytes | None) -> None:
-        if audio:
+        # After the goodbye the model's output goes no further: the gateway leaves once it has played.
+        silenced = self.last_turn is not None and (self.turn if self.in_turn else self.turn + 1) > self.last_turn
+        if audio and not silenced:
             self._audio(audio)
         heard, said = content.input_transcription, content.output_transcription
         if heard and heard.text:
             self.conversation.add("caller", heard.text)
             self.emit(m.Transcript(call=self.call, role="caller", text=heard.text,
                                    final=bool(heard.finished)))
+        if silenced:
+            self.unplayed += 1
+            return
         if said and said.text:
             self.conversation.add("model", said.text)
             turn = self.turn if self.in_turn else self.turn + 1  # text may come before the audio
