@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from common import setting_readers as readers
 from common.messages import LIVENESS
+from common.setting_derived import DerivedValues
 from common.setting_readers import MAX_RUN_DIR
 from common.setting_types import SPEC, SettingsError, Spec, declare, derived, read, setting  # noqa: F401
 
@@ -30,7 +30,7 @@ CONVERSATION, FAULTS, DEVELOPMENT = "Conversation", "Faults", "Development"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(DerivedValues):
     # The documentation lists the variables in this order, one table per group. An upper-case name is a
     # variable with no attribute of its own: a reader or load() uses it.
     port: int = setting("PORT", 8080, lo=1, hi=65535, group=GATEWAY, doc="gateway HTTP port")
@@ -262,34 +262,6 @@ class Settings:
         "EMULATOR_TOOL_SCRIPT", (), read=readers.tool_script, group=DEVELOPMENT,
         doc='scripted tool calls: a JSON list of `{"when": text, "call": tool, "args": {...}}`; text input '
             "containing `when` makes the emulator call the tool, then speak its result")
-
-    @property
-    def emulator_base_url(self) -> str:
-        return f"https://{self.emulator_host}:{self.emulator_port}"
-
-    emulator_cert = property(lambda self: os.path.join(self.run_dir, "emulator-cert.pem"))
-    emulator_key = property(lambda self: os.path.join(self.run_dir, "emulator-key.pem"))
-
-    def transfer_allowed(self, target: str) -> bool:
-        """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""
-        return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
-                                   .lstrip("+").isdigit()) for t in self.transfer_targets)
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in a log line (common/logs.py masks them): the secret settings,
-        and the Redis URL's password on its own."""
-        values = [getattr(self, f.name) for f in fields(self) if f.metadata[SPEC].secret]
-        return tuple(v for v in (*values, urlsplit(self.redis_url).password) if v)
-
-    def model_client_endpoint_for(self, n: int) -> str:
-        return self.model_client_endpoint.format(n=n)
-
-    @property
-    def stream_url(self) -> str:
-        """The Twilio stream URL: wss:// behind https (as Twilio requires), ws:// for local http."""
-        scheme, rest = self.public_url.split("://", 1)
-        return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + "/ws/twilio"
 
 
 def specs() -> list[Spec]:
