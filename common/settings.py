@@ -27,6 +27,7 @@ SENSITIVITY = ("HIGH", "LOW")
 
 GATEWAY, PROCESSES, SECURITY, MODEL = "Gateway", "Processes", "Security", "Model"
 CONVERSATION, FAULTS, DEVELOPMENT = "Conversation", "Faults", "Development"
+OUTBOUND = "Outbound calls"
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,21 @@ class Settings:
         doc="a number (`+15550001111`) or `sip:` URI to `<Dial>` instead of the apology while Gemini is down")
     tools_module: str = setting("BRIDGE_TOOLS_MODULE", "", group=CONVERSATION,
                                 doc="dotted path of a module whose public `async def`s become tools")
+    api_token: str = setting(
+        "BRIDGE_API_TOKEN", "", secret=True, shown="— (`POST /calls` is off)", group=OUTBOUND,
+        doc="`POST /calls` places outbound calls for requests sending `Authorization: Bearer <token>`")
+    dial_allow: tuple[str, ...] = setting(
+        "BRIDGE_DIAL_ALLOW", (), shown="— (nothing may be dialled)", read=readers.transfer_targets,
+        group=OUTBOUND, doc="numbers `POST /calls` may dial, comma-separated: `+15550001111` or a prefix like "
+                            "`+1555*`")
+    dial_from: str = setting("BRIDGE_DIAL_FROM", "", read=readers.fallback_dial, group=OUTBOUND,
+                             doc="caller ID of outbound calls (your Twilio number) when a request gives no `from`")
+    twilio_account_sid: str = setting("TWILIO_ACCOUNT_SID", "", group=OUTBOUND,
+                                      doc="Twilio Account SID: with `TWILIO_AUTH_TOKEN`, what places calls")
+    twilio_api_url: str = setting(
+        "TWILIO_API_URL", "https://api.twilio.com", shown="`https://api.twilio.com`", read=readers.http_url,
+        group=OUTBOUND,
+        doc="Twilio's REST API; tests point it at the local stand-in (`softphone/twilio_rest.py`)")
     replay_s: float = setting(
         "BRIDGE_REPLAY_S", 15.0, lo=1, hi=300, group=FAULTS,
         doc="caller audio kept per call (gateway ring, model_client journal) until a resumption handle "
@@ -252,8 +268,11 @@ class Settings:
 
     def transfer_allowed(self, target: str) -> bool:
         """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""
-        return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
-                                   .lstrip("+").isdigit()) for t in self.transfer_targets)
+        return allowed(target, self.transfer_targets)
+
+    def dial_allowed(self, number: str) -> bool:
+        """May ``POST /calls`` dial ``number`` (BRIDGE_DIAL_ALLOW, matched like transfer targets)?"""
+        return allowed(number, self.dial_allow)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -270,6 +289,12 @@ class Settings:
         """The Twilio stream URL: wss:// behind https (as Twilio requires), ws:// for local http."""
         scheme, rest = self.public_url.split("://", 1)
         return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + "/ws/twilio"
+
+
+def allowed(target: str, patterns: tuple[str, ...]) -> bool:
+    """``target`` equals a pattern, or a pattern ending in ``*`` is its prefix and digits follow."""
+    return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
+                               .lstrip("+").isdigit()) for t in patterns)
 
 
 def specs() -> list[Spec]:

@@ -106,14 +106,15 @@ class GeminiSession:
 
     def greet(self, text: str = "") -> None:
         """The held greeting goes now (or ``text`` in its place: a voicemail message), then the
-        callee's audio from here on. Once only: a second release is logged and ignored."""
+        callee's audio from here on. A second greeting is logged and ignored."""
         with call_context(self.call):
-            if not self._held:
+            if not self._held and not text:
                 log.warning("greeting released twice (or never held): ignored")
                 return
-            self._held = False
+            # A voicemail message after a greeting released early (no verdict in time) is still left.
             prompt = text or self.settings.greeting
-            log.info("greeting released%s", " with the voicemail message" if text else "")
+            log.info("%s", "voicemail message released" if text else "greeting released")
+            self._held = False
         if prompt:
             self._queue.add(TEXT, prompt)
 
