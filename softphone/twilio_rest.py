@@ -20,6 +20,7 @@ import asyncio
 import base64
 import email.utils
 import hmac
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -239,3 +240,25 @@ def _twilio_error(status: int, code: int, message: str) -> web.Response:
     """Twilio's error body (https://www.twilio.com/docs/usage/twilios-response#response-formats-exceptions)."""
     return web.json_response({"code": code, "message": message, "status": status,
                               "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
+
+
+async def call_outbound(bridge_url: str, api_token: str, request: dict, *, answer: str, port: int,
+                        account_sid: str, auth_token: str, timeout_s: float = 90.0) -> tuple[dict, FakeCall]:
+    """Serve the stand-in on ``port`` (where the bridge's ``TWILIO_API_URL`` points), ask the bridge to
+    place ``request`` (``POST /calls``), answer it as ``answer`` and wait for the call's end. Returns the
+    bridge's answer and the call; a refused request raises ``CallError`` with the bridge's reason."""
+    twilio = TwilioRest(account_sid, auth_token, answer=answer)
+    await twilio.start(port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(bridge_url.rstrip("/") + "/calls", json=request,
+                                    headers={"Authorization": f"Bearer {api_token}"}) as response:
+                text = await response.text()
+                if response.status != 201:
+                    raise CallError(f"POST /calls answered HTTP {response.status}: {text.strip()[:300]}")
+        placed = json.loads(text)
+        call = twilio.calls[placed["call_sid"]]
+        await asyncio.wait_for(call.done.wait(), timeout_s)
+        return placed, call
+    finally:
+        await twilio.stop()

@@ -14,6 +14,7 @@ from common.settings import load
 from gateway.admission import Admissions
 from gateway.outbound_rules import DialError, next_step, parse_request
 from harness.stack import Stack, free_port, wait_for
+from softphone import cli
 from softphone.twilio_rest import BEEP_S, HELLO_S, VOICEMAIL_GREETING_S, TwilioRest
 
 ACCOUNT = "AC" + "0" * 32
@@ -216,3 +217,13 @@ async def test_over_capacity_nothing_is_dialled(stack, rest):
     assert status == 429 and "at capacity" in answer["error"]
     assert list(rest.calls) == [first["call_sid"]]
     await finished(rest, first["call_sid"])
+
+
+def test_the_command_line_places_one_through_the_stand_in(stack, rest_port, capsys):
+    env = {"BRIDGE_API_TOKEN": API_TOKEN, "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": AUTH}
+    argv = ["outbound", "--url", stack.url, "--answer", "busy", "--rest-port", str(rest_port)]
+    assert cli.main(argv, env) == 0
+    assert "answered as busy: 0.00 s of the bridge heard, final status busy" in capsys.readouterr().out
+    env["BRIDGE_API_TOKEN"] = "wrong"
+    assert cli.main(argv, env) == 1
+    assert "POST /calls answered HTTP 401" in capsys.readouterr().err
