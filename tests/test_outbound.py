@@ -10,9 +10,15 @@ import urllib.request
 import aiohttp
 import pytest
 
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from common import messages as m
 from common.settings import load
 from gateway.admission import Admissions
+from gateway.outbound import Dialler, Keys
 from gateway.outbound_rules import DialError, next_step, parse_request
+from model_client.stage import call_settings
 from harness.stack import Stack, free_port, wait_for
 from softphone import cli
 from softphone.twilio_rest import BEEP_S, HELLO_S, VOICEMAIL_GREETING_S, TwilioRest
@@ -71,6 +77,19 @@ def test_each_verdict_has_one_next_step(answered_by, policy, kind, outcome):
     assert "<script>" not in step.reason  # a verdict Twilio does not send never becomes a metric label
 
 
+def test_a_call_may_bring_its_own_instruction_and_greeting():
+    start = m.CallStart("c1", "CA1", "", {}, "", instruction="Be brief.", greeting="Hi.")
+    assert (call_settings(SETTINGS, start).system_instruction, call_settings(SETTINGS, start).greeting) == \
+        ("Be brief.", "Hi.")
+    assert call_settings(SETTINGS, m.CallStart("c1", "CA1", "", {}, "")) is SETTINGS
+
+
+async def test_outbound_calls_are_off_without_an_api_token():
+    dialler = Dialler(web.Application(), load({}), Keys(None, None, None), lambda app: "")
+    response = await dialler.place(make_mocked_request("POST", "/calls"))
+    assert response.status == 404 and "set BRIDGE_API_TOKEN" in response.text
+
+
 def test_an_outbound_token_admits_only_the_callsid_it_was_bound_to():
     admissions = Admissions("secret")
     call, token, placeholder = admissions.issue_outbound(60)
@@ -97,7 +116,9 @@ def stack(tmp_path_factory, rest_port):
     s = Stack(tmp_path_factory.mktemp("outbound") / "run", TWILIO_ACCOUNT_SID=ACCOUNT, TWILIO_AUTH_TOKEN=AUTH,
               TWILIO_API_URL=f"http://127.0.0.1:{rest_port}", BRIDGE_API_TOKEN=API_TOKEN,
               BRIDGE_DIAL_ALLOW="+1555*", BRIDGE_DIAL_FROM="+15550100001", BRIDGE_MAX_CALLS="1",
-              GEMINI_SILENCE_MS="300").start()
+              GEMINI_SILENCE_MS="300", BRIDGE_TOOLS_MODULE="tests.outbound_tools",
+              EMULATOR_TOOL_SCRIPT=json.dumps([{"when": "Read the call params", "call": "read_call_params"}])
+              ).start()
     yield s
     assert s.stop() == 0
 
@@ -151,6 +172,15 @@ async def test_a_human_is_greeted_once_after_hello_then_talks(stack, rest):
     assert result.reply_starts_s[0] > HELLO_S, "the greeting waits until the callee said hello"
     events = [(line["event"], line.get("by") or line.get("status")) for line in lines if line["role"] == "call"]
     assert events == [("dialled", None), ("answered", "human"), ("ended", "completed")]
+
+
+async def test_the_request_params_reach_the_tools(stack, rest):
+    status, answer = await dial(stack, {"to": "+15550001111", "greeting": "Read the call params.",
+                                        "params": {"patient": "Jane", "appointment": "A17"}})
+    assert status == 201, answer
+    await finished(rest, answer["call_sid"])
+    model = [line["text"] for line in transcript(stack, answer["call_sid"]) if line["role"] == "model"]
+    assert '(read_call_params returned {"params": {"appointment": "A17", "patient": "Jane"}})' in model
 
 
 async def test_a_voicemail_gets_the_message_after_the_beep_then_the_line_hangs_up(stack, rest):
