@@ -222,11 +222,11 @@ class Dialler:
         if placed.verdict:
             log.info("answering-machine verdict %r after %r: ignored", answered_by, placed.verdict)
             return web.Response(status=204)
-        placed.verdict = answered_by
-        self._count(f"outbound_answered_{next_step(answered_by, '').kind}")
+        placed.verdict, step = answered_by, next_step(answered_by, placed.request.voicemail_policy)
+        self._count(f"outbound_answered_{step.kind}")
         placed.transcript.event("answered", by=answered_by,
                                 detection_ms=str(form.get("MachineDetectionDuration", ""))[:12])
-        self._act(placed, next_step(answered_by, placed.request.voicemail_policy))
+        self._act(placed, step)
         return web.Response(status=204)
 
     def _act(self, placed: Placed, step) -> None:
