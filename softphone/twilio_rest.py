@@ -50,6 +50,7 @@ class FakeCall:
     form: dict[str, str]
     status: str = "queued"
     answer: str = "human"
+    detect: bool = True  # False: no AsyncAmdStatusCallback (as when detection is off, or the callback is lost)
     stream: MediaStream | None = None
     result: CallResult | None = None
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)  # (url, params, HTTP status)
@@ -72,11 +73,12 @@ def voicemail_audio() -> np.ndarray:
 
 class TwilioRest:
     """An aiohttp server for ``/2010-04-01/Accounts/{AccountSid}/Calls[/{CallSid}].json``.
-    ``answer`` is how the next calls are answered; ``calls`` keeps every call created."""
+    ``answer`` is how the next calls are answered, ``detect`` whether detection reports a verdict;
+    ``calls`` keeps every call created."""
 
     def __init__(self, account_sid: str, auth_token: str, answer: str = "human", ring_s: float = 0.5):
         self.account_sid, self.auth_token = account_sid, auth_token
-        self.answer, self.ring_s = answer, ring_s
+        self.answer, self.ring_s, self.detect = answer, ring_s, True
         self.calls: dict[str, FakeCall] = {}
         self.updates: list[tuple[str, dict[str, str]]] = []
         self._tasks: set[asyncio.Task] = set()
@@ -119,7 +121,7 @@ class TwilioRest:
             return _twilio_error(400, 21201, "No 'To' number is specified")
         if not form.get("From"):
             return _twilio_error(400, 21213, "No 'From' number is specified")
-        call = FakeCall(new_sid("CA"), form, answer=self.answer)
+        call = FakeCall(new_sid("CA"), form, answer=self.answer, detect=self.detect)
         self.calls[call.sid] = call
         task = asyncio.create_task(self._run(call), name=f"twilio-rest-{call.sid}")
         self._tasks.add(task)
@@ -178,13 +180,14 @@ class TwilioRest:
         frames = _frames(audio)
         call.stream = MediaStream(twiml, call.sid, self.account_sid, frames + _frames(silence(LISTEN_S)),
                                   len(frames), [], realtime=True, hangup=True)
-        amd = asyncio.create_task(self._detect(session, call, verdict, after_s))
+        amd = asyncio.create_task(self._detect(session, call, verdict, after_s)) if call.detect else None
         try:
             await call.stream.run(session, self.auth_token)
         except CallError as e:
             call.stream.errors.append(str(e))
         finally:
-            amd.cancel()
+            if amd is not None:
+                amd.cancel()
         call.result = call.stream.result()
         if call.stream.closed_by == "server" and twiml.redirect:  # Twilio runs the <Redirect>
             try:

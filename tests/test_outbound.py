@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from common import messages as m
 from common.settings import load
 from gateway.admission import Admissions
-from gateway.outbound import Dialler, Keys
+from gateway.outbound import AMD_WAIT_S, Dialler, Keys
 from gateway.outbound_rules import DialError, next_step, parse_request
 from model_client.stage import call_settings
 from harness.stack import Stack, free_port, wait_for
@@ -172,6 +172,18 @@ async def test_a_human_is_greeted_once_after_hello_then_talks(stack, rest):
     assert result.reply_starts_s[0] > HELLO_S, "the greeting waits until the callee said hello"
     events = [(line["event"], line.get("by") or line.get("status")) for line in lines if line["role"] == "call"]
     assert events == [("dialled", None), ("answered", "human"), ("ended", "completed")]
+
+
+async def test_with_no_verdict_a_callee_heard_speaking_is_greeted_after_a_while(stack, rest):
+    rest.detect = False  # the AMD callback never comes
+    status, answer = await dial(stack, {"to": "+15550001111", "greeting": GREETING})
+    assert status == 201, answer
+    call = await finished(rest, answer["call_sid"])
+    lines = transcript(stack, answer["call_sid"])
+    assert [line["text"] for line in lines if line["role"] == "model"][0] == GREETING
+    assert call.result.reply_starts_s[0] > AMD_WAIT_S
+    assert {"role": "call", "event": "answered", "by": "no verdict"} in [
+        {k: v for k, v in line.items() if k != "t"} for line in lines]
 
 
 async def test_the_request_params_reach_the_tools(stack, rest):
