@@ -47,6 +47,7 @@ RING_TIMEOUT_S = 30  # Twilio's `Timeout`: how long the phone rings before the c
 TOKEN_TTL_S = RING_TIMEOUT_S + 30  # Twilio may add a few seconds to the ring; the stream opens at answer
 AMD_WAIT_S = 8.0  # no verdict this long after the stream started: a callee heard speaking is greeted
 DIAL_PER_MIN = 10.0  # calls placed a minute, and as many at once: an open dialler costs money
+REST_TIMEOUT_S = 10.0  # a request to Twilio's API that takes longer has failed
 KEEP_S = 4 * 3600.0  # a placed call Twilio never reported the end of is forgotten after this
 
 
@@ -59,16 +60,17 @@ class Keys(NamedTuple):
 
 class RedirectedHttpClient(AsyncTwilioHttpClient):
     """The ``twilio`` package's documented hook for how its requests go (a custom ``http_client``),
-    used for where: Twilio's API, or ``TWILIO_API_URL`` (the local stand-in, softphone/twilio_rest.py)."""
+    used for where: Twilio's API, or ``TWILIO_API_URL`` (the local stand-in, softphone/twilio_rest.py);
+    and for how long: the package's async client leaves a request unbounded unless given a timeout."""
 
     def __init__(self, base_url: str):
-        super().__init__(logger=REST_LOG, timeout=10.0)
+        super().__init__(logger=REST_LOG, timeout=REST_TIMEOUT_S)
         self.base_url = base_url.rstrip("/")
 
-    async def request(self, method: str, url: str, *args, **kwargs):
+    async def request(self, method: str, url: str, *args, timeout: float | None = None, **kwargs):
         if url.startswith(TWILIO_API):
             url = self.base_url + url[len(TWILIO_API):]
-        return await super().request(method, url, *args, **kwargs)
+        return await super().request(method, url, *args, timeout=timeout or self.timeout, **kwargs)
 
 
 @dataclass
@@ -92,9 +94,7 @@ class Dialler:
         self.placed: dict[str, Placed] = {}  # CallSid -> the call
         self._twilio: Client | None = None
 
-    @property
-    def pipeline(self):
-        return self.app[self.keys.pipeline]
+    pipeline = property(lambda self: self.app[self.keys.pipeline])
 
     def _count(self, name: str) -> None:
         counters = self.app[self.keys.counters]
@@ -108,9 +108,8 @@ class Dialler:
         return self._twilio
 
     async def close(self, app: web.Application) -> None:
-        for placed in self.placed.values():
-            if placed.waiter is not None:
-                placed.waiter.cancel()
+        for waiter in [p.waiter for p in self.placed.values() if p.waiter is not None]:
+            waiter.cancel()
         if self._twilio is not None:
             await self._twilio.http_client.close()
 
@@ -263,7 +262,7 @@ class Dialler:
         sid, status = str(form.get("CallSid", "")), str(form.get("CallStatus", ""))[:20]
         placed = self.placed.get(sid)
         if placed is None:
-            log.info("status %r of unknown call %.40r", status, sid)
+            log.info("status %r of unknown call %.40r ignored", status, sid)
             return web.Response(status=204)
         name_call(placed.call, sid)
         if status not in FINAL_STATUSES:

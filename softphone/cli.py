@@ -1,4 +1,5 @@
-"""``python -m softphone call``: place one call from the command line and keep what was heard."""
+"""``python -m softphone call``: place one call from the command line and keep what was heard.
+``python -m softphone outbound``: have the bridge dial out, and answer through the Twilio REST stand-in."""
 
 from __future__ import annotations
 

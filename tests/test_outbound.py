@@ -269,3 +269,9 @@ def test_the_command_line_places_one_through_the_stand_in(stack, rest_port, caps
     env["BRIDGE_API_TOKEN"] = "wrong"
     assert cli.main(argv, env) == 1
     assert "POST /calls answered HTTP 401" in capsys.readouterr().err
+
+
+async def test_twilio_unreachable_is_a_clear_502_and_holds_nothing(stack):
+    status, answer = await dial(stack, {"to": "+15550001111"})  # no stand-in serving
+    assert status == 502 and "Twilio's API unreachable" in answer["error"]
+    assert stack.health()["pending_streams"] == 0
