@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--url", required=True, help="the bridge's base URL")
     out.add_argument("--answer", choices=ANSWERS, default="human", help="who answers (default human)")
     out.add_argument("--to", default="+15550001111", help="the number dialled (must be on BRIDGE_DIAL_ALLOW)")
+    out.add_argument("--greeting", default="Greet the callee and say that you are calling about tomorrow.",
+                     help="the greeting prompt, spoken once a person answers")
     out.add_argument("--message", default="Say that we called about tomorrow's appointment.",
                      help="the voicemail message prompt (policy message); empty: hang up on machines")
     out.add_argument("--rest-port", type=int, default=8090, help="where the stand-in serves "
@@ -83,9 +85,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
 def outbound(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """One outbound call through the stand-in; the same credentials as the bridge's, from the environment."""
     voicemail = {"policy": "message", "text": args.message} if args.message else {"policy": "hangup"}
+    request = {"to": args.to, "greeting": args.greeting, "voicemail": voicemail}
     try:
         placed, call = asyncio.run(call_outbound(
-            args.url, env.get("BRIDGE_API_TOKEN", ""), {"to": args.to, "voicemail": voicemail},
+            args.url, env.get("BRIDGE_API_TOKEN", ""), request,
             answer=args.answer, port=args.rest_port, account_sid=env.get("TWILIO_ACCOUNT_SID", ""),
             auth_token=env.get("TWILIO_AUTH_TOKEN", "")))
     except (CallError, OSError, aiohttp.ClientError, TimeoutError) as exc:
