@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 export PORT
 
-.PHONY: run status stop test call bench clean
+.PHONY: run status stop test call bench clean run-outbound call-outbound
 
 # What is installed, one stamp each: the runtime dependencies (`make run`), and the test or bench
 # extras on top of them. A venv made by `make test` is one `make run` uses as it is; `make test` after
@@ -49,6 +49,22 @@ bench: $(VENV)/.installed-bench
 # out/. Exits non-zero when no reply played.
 call: $(VENV)/.installed
 	@$(PY) -m softphone call --url http://127.0.0.1:$(PORT) --say-tone --out out/reply.wav --summary out/reply.json
+
+# Outbound calls offline (docs/outbound.md): the stack set up to dial through the local Twilio REST
+# stand-in (softphone/twilio_rest.py), then, from another terminal, one call the stand-in answers as
+# ANSWER: human, voicemail, no-answer or busy. The credentials are the stand-in's, not real ones.
+TWILIO_REST_PORT ?= 8090
+ANSWER ?= human
+OUTBOUND_ENV := TWILIO_API_URL=http://127.0.0.1:$(TWILIO_REST_PORT) \
+	TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_AUTH_TOKEN=stand-in-auth-token \
+	BRIDGE_API_TOKEN=stand-in-api-token BRIDGE_DIAL_ALLOW='+1555*' BRIDGE_DIAL_FROM=+15550100001
+
+run-outbound: $(VENV)/.installed
+	$(OUTBOUND_ENV) $(PY) -m common.stack
+
+call-outbound: $(VENV)/.installed
+	@$(OUTBOUND_ENV) $(PY) -m softphone outbound --url http://127.0.0.1:$(PORT) --answer $(ANSWER) \
+		--rest-port $(TWILIO_REST_PORT)
 
 clean:
 	rm -rf $(VENV) .run out *.egg-info

@@ -77,6 +77,9 @@ class CallStart:
     resume_handle: str = ""
     resume: bool = False  # the call is live: re-pinned (new transcoder) or re-assigned (new model_client)
     turn: int = 0  # on re-assignment: the newest turn id the gateway has seen; new turns number after it
+    instruction: str = ""  # this call's system instruction, instead of SYSTEM_INSTRUCTION (outbound calls)
+    greeting: str = ""  # this call's greeting prompt, instead of BRIDGE_GREETING
+    hold_greeting: bool = False  # the greeting waits for a Greet (an outbound call: until a human answers)
 
 
 @dataclass(slots=True)
@@ -216,6 +219,17 @@ class Stats:
     backend_why: str = ""  # what its last check or connection attempt said
 
 
+@dataclass(slots=True)
+class Greet:
+    """gw → mc: the greeting a CallStart held (``hold_greeting``) may go now: the outbound call's
+    answering-machine detection says who answered. Until then the caller's audio is not sent to the model,
+    so it neither answers "Hello?" nor a voicemail greeting. A non-empty ``text`` is spoken instead of
+    the greeting (the voicemail message)."""
+    TAG: ClassVar[int] = 19
+    call: str
+    text: str = ""
+
+
 _AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)
 _AUDIO_TAGS = tuple(cls.TAG for cls in _AUDIO_TYPES)
 _EXTRA = {AudioIn.TAG: "ts", AudioDown.TAG: "turn", AudioOut.TAG: "turn"}  # the field after ``audio``
@@ -271,8 +285,8 @@ class AudioRun:
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun)}
-assert len(TYPES) == 18, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun, Greet)}
+assert len(TYPES) == 19, "duplicate tag"
 
 _LAYOUT = {tag: layout(cls) for tag, cls in TYPES.items()}
 

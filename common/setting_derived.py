@@ -26,8 +26,11 @@ class DerivedValues:
 
     def transfer_allowed(self, target: str) -> bool:
         """Is ``target`` on the transfer allow-list (exact, or a prefix entry ending in ``*``)?"""
-        return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
-                                   .lstrip("+").isdigit()) for t in self.transfer_targets)
+        return allowed(target, self.transfer_targets)
+
+    def dial_allowed(self, number: str) -> bool:
+        """May ``POST /calls`` dial ``number`` (BRIDGE_DIAL_ALLOW, matched like transfer targets)?"""
+        return allowed(number, self.dial_allow)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -44,3 +47,9 @@ class DerivedValues:
         """The Twilio stream URL: wss:// behind https (as Twilio requires), ws:// for local http."""
         scheme, rest = self.public_url.split("://", 1)
         return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + "/ws/twilio"
+
+
+def allowed(target: str, patterns: tuple[str, ...]) -> bool:
+    """``target`` equals a pattern, or a pattern ending in ``*`` is its prefix and digits follow."""
+    return any(target == t or (t.endswith("*") and target.startswith(t[:-1]) and target[len(t) - 1:]
+                               .lstrip("+").isdigit()) for t in patterns)

@@ -27,6 +27,7 @@ SENSITIVITY = ("HIGH", "LOW")
 
 GATEWAY, PROCESSES, SECURITY, MODEL = "Gateway", "Processes", "Security", "Model"
 CONVERSATION, FAULTS, DEVELOPMENT = "Conversation", "Faults", "Development"
+OUTBOUND = "Outbound calls"
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,17 @@ class Settings(DerivedValues):
     tool_timeout_s: float = setting(
         "BRIDGE_TOOL_TIMEOUT_S", 20.0, lo=0.1, hi=3600, group=CONVERSATION,
         doc="a tool still running after this long is abandoned and the model told so (it may try again)")
+    api_token: str = setting(
+        "BRIDGE_API_TOKEN", "", secret=True, shown="— (`POST /calls` is off)", group=OUTBOUND,
+        doc="`POST /calls` places outbound calls for requests sending `Authorization: Bearer <token>`")
+    dial_allow: tuple[str, ...] = setting(
+        "BRIDGE_DIAL_ALLOW", (), shown="— (nothing may be dialled)", read=readers.transfer_targets,
+        group=OUTBOUND, doc="numbers `POST /calls` may dial, comma-separated: `+15550001111` or a prefix like "
+                            "`+1555*`")
+    dial_from: str = setting("BRIDGE_DIAL_FROM", "", read=readers.fallback_dial, group=OUTBOUND,
+                             doc="caller ID of outbound calls (your Twilio number) when a request gives no `from`")
+    twilio_account_sid: str = setting("TWILIO_ACCOUNT_SID", "", group=OUTBOUND,
+                                      doc="Twilio Account SID: with `TWILIO_AUTH_TOKEN`, what places calls")
     replay_s: float = setting(
         "BRIDGE_REPLAY_S", 15.0, lo=1, hi=300, group=FAULTS,
         doc="caller audio kept per call (gateway ring, model_client journal) until a resumption handle "
@@ -239,6 +251,10 @@ class Settings(DerivedValues):
             "keeps it in memory")
     phone: bool = setting("BRIDGE_PHONE", False, shown="on with the emulator, else off", read=readers.phone,
                           group=DEVELOPMENT, doc="serve the browser phone at `/phone` (development)")
+    twilio_api_url: str = setting(
+        "TWILIO_API_URL", "https://api.twilio.com", shown="`https://api.twilio.com`", read=readers.http_url,
+        group=DEVELOPMENT,
+        doc="Twilio's REST API; tests point it at the local stand-in (`softphone/twilio_rest.py`)")
     emulator_host: str = setting("EMULATOR_HOST", "127.0.0.1", group=DEVELOPMENT,
                                  doc="where the emulator (used when no Gemini credentials are set) serves TLS")
     emulator_port: int = setting("EMULATOR_PORT", 8443, lo=1, hi=65535, group=DEVELOPMENT,

@@ -61,6 +61,7 @@ class Admissions:
         self.counters = {} if counters is None else counters
         self._used: dict[str, float] = {}  # mac -> expiry: single use
         self._pending: dict[str, _Pending] = {}  # mac -> issued here, stream not started yet
+        self._bound: dict[str, _Pending] = {}  # outbound CallSid -> its token's placeholder (in call_sid)
         self._next_expire = 0.0
 
     def _mac(self, expiry: int, nonce: str, call_sid: str) -> str:
@@ -68,19 +69,35 @@ class Admissions:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()[:20]
         return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
-    def issue(self, call_sid: str) -> tuple[str, str]:
+    def issue(self, call_sid: str, ttl_s: float | None = None) -> tuple[str, str]:
         """(call id, token) for a call our webhook accepted."""
         self._expire()
-        expiry, nonce = int(self.clock() + self.ttl_s) + 1, secrets.token_hex(6)
+        expiry, nonce = int(self.clock() + (ttl_s or self.ttl_s)) + 1, secrets.token_hex(6)
         mac = self._mac(expiry, nonce, call_sid)
         self._pending[mac] = _Pending(expiry, call_sid, "c" + nonce)
         return "c" + nonce, f"{VERSION}.{expiry}.{nonce}.{mac}"
+
+    def issue_outbound(self, ttl_s: float) -> tuple[str, str, str]:
+        """(call id, token, placeholder) for a call we are about to place: its TwiML goes with the
+        request that creates it, before Twilio has named its CallSid. The token is bound to the
+        placeholder until ``bind`` ties that to the CallSid; a stream whose CallSid was never bound is
+        refused. Only this gateway knows the binding, so the stream must come back here."""
+        placeholder = "outbound" + secrets.token_hex(8)
+        call, token = self.issue(placeholder, ttl_s)
+        return call, token, placeholder
+
+    def bind(self, placeholder: str, call_sid: str) -> None:
+        for mac, pending in list(self._pending.items()):
+            if pending.call_sid == placeholder:
+                self._pending[mac] = pending._replace(call_sid=call_sid)
+                self._bound[call_sid] = pending._replace(call_sid=placeholder)
 
     def revoke(self, call_sid: str) -> list[str]:
         """The call is over (our last answer for it hung up or dialled elsewhere): streams we said yes
         to that have not started never will. Their tokens are void from now on (refused as reused);
         returns their call ids, whose pre-warmed sessions must end too."""
         calls = []
+        self._bound.pop(call_sid, None)
         for mac in [mac for mac, p in self._pending.items() if p.call_sid == call_sid]:
             pending = self._pending.pop(mac)
             self._used[mac] = pending.expiry
@@ -105,8 +122,10 @@ class Admissions:
         if match is None:
             return None, "malformed"
         expiry, nonce, mac = int(match[1]), match[2], match[3]
+        bound = self._bound.get(call_sid) if isinstance(call_sid, str) else None
+        signed_for = bound.call_sid if bound is not None else call_sid  # an outbound call's placeholder
         if not isinstance(call_sid, str) or not hmac.compare_digest(
-                self._mac(expiry, nonce, call_sid).encode(), mac.encode()):
+                self._mac(expiry, nonce, signed_for).encode(), mac.encode()):
             return None, "unknown (not ours, or issued for another CallSid)"
         if expiry < self.clock():
             return None, f"expired ({self.clock() - expiry:.0f} s ago)"
@@ -114,6 +133,7 @@ class Admissions:
             return None, "reused"
         self._used[mac] = expiry
         self._pending.pop(mac, None)
+        self._bound.pop(call_sid, None)
         return "c" + nonce, "ok"
 
     @property
@@ -131,6 +151,8 @@ class Admissions:
             del self._used[mac]
         for mac in [m for m, pending in self._pending.items() if pending.expiry < now]:
             del self._pending[mac]
+        for sid in [s for s, bound in self._bound.items() if bound.expiry < now]:
+            del self._bound[sid]
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -15,7 +15,7 @@ from common import messages as m
 from common.lifecycle import cancel_all, spawn
 from common.logs import call_context, name_call, register_call
 from common.settings import Settings
-from gateway import backends, limits, media_ws, metrics, phone, security, twiml
+from gateway import backends, limits, media_ws, metrics, outbound, phone, security, twiml
 from gateway.admission import Admissions
 from gateway.lag_gate import LagGate
 from gateway.pipeline import Pipeline
@@ -139,16 +139,24 @@ def _capacity(app: web.Application) -> int:
     return limits.capacity(app[PIPELINE].live, app[SETTINGS].max_calls)
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready for a new call: not draining, a transcoder and a model_client live, a model_client with
-    a working Gemini backend (gateway/backends.py), capacity left, no event loop running late
-    (gateway/lag_gate.py)."""
-    app, pipeline = request.app, request.app[PIPELINE]
+def refusal(app: web.Application) -> str:
+    """Why no new call can be taken now, "" if one can: not draining, a transcoder and a model_client
+    live, a model_client with a working Gemini backend (gateway/backends.py), capacity left, no event
+    loop running late (gateway/lag_gate.py). What /readyz says, and what POST /calls checks before it
+    dials."""
+    pipeline = app[PIPELINE]
     held, room = len(pipeline.calls) + app[ADMISSIONS].pending, _capacity(app)
-    why = ("draining" if app[DRAINING].is_set() else
-           "no live transcoder or model_client" if not pipeline.can_take_call() else
-           backends.not_ready(backends.backends(pipeline)) or
-           ("at capacity" if held >= room else "") or app[LAG_GATE].why_full())
+    return ("draining" if app[DRAINING].is_set() else
+            "no live transcoder or model_client" if not pipeline.can_take_call() else
+            backends.not_ready(backends.backends(pipeline)) or
+            ("at capacity" if held >= room else "") or app[LAG_GATE].why_full())
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for a new call (``refusal``)."""
+    app = request.app
+    why = refusal(app)
+    held, room = len(app[PIPELINE].calls) + app[ADMISSIONS].pending, _capacity(app)
     return web.json_response({"ready": not why, "why": why, "calls": held, "capacity": room},
                              status=503 if why else 200)
 
@@ -240,6 +248,7 @@ def make_app(settings: Settings) -> web.Application:
             raise web.HTTPServiceUnavailable(text="starting")
         return await handler(request)
     app.router.add_get("/metrics", metrics_endpoint)
+    outbound.setup(app, settings, outbound.Keys(PIPELINE, ADMISSIONS, COUNTERS), refusal)  # POST /calls, its webhooks
     if settings.phone:
         phone.setup(app, PIPELINE, settings)  # the browser phone (development): /phone and its transcripts
     return app

@@ -43,6 +43,8 @@ class Call:
     ring: CallerRing = field(default_factory=lambda: CallerRing(0))  # set by the pipeline
     orphaned: float = 0.0  # monotonic time the call lost its model_client with none to take it over
     seq_in: int = 0
+    caller_spoke: bool = False  # the caller's voice was detected (an outbound greeting may wait for it)
+    end_reason: str = ""  # set when we know better than the stream why the call ends (outbound: voicemail)
     started: float = field(default_factory=time.monotonic)
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
     counters: dict = field(default_factory=dict)  # the gateway's /healthz counters

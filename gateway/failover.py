@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class Failover:
     """Moves calls off a lost peer. Besides the attributes below it uses ``Pipeline``'s ``live``,
-    ``_least_loaded`` and ``end_call``."""
+    ``_least_loaded``, ``_opening`` and ``end_call``."""
 
     settings: Settings
     router: RouterLink
@@ -85,10 +85,9 @@ class Failover:
         """Tell the call's transcoder where the call now lives, then replay the kept caller audio (from
         ``since_ns`` on: the model_client drops what it already has, so more is only wasted work)."""
         turn = max(call.playout.latest, call.playout.cleared_turn)
-        self.router.send(call.transcoder, m.CallStart(call=call.id, call_sid=call.call_sid,
-                                                      stream_sid=call.stream_sid, params=call.params,
-                                                      model=call.model, resume_handle=call.resume_handle,
-                                                      resume=True, turn=turn))
+        self.router.send(call.transcoder, self._opening(m.CallStart(
+            call=call.id, call_sid=call.call_sid, stream_sid=call.stream_sid, params=call.params,
+            model=call.model, resume_handle=call.resume_handle, resume=True, turn=turn)))
         frames = call.ring.frames(since_ns)
         for msg in frames:
             self.router.send(call.transcoder, msg)

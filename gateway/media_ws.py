@@ -126,7 +126,7 @@ class MediaStream:
             with call_context(self.call.id):
                 self.pipeline.end_call(self.call, reason)
                 self.call.ended()
-                log.info("call ended: %s", reason)
+                log.info("call ended: %s", self.call.end_reason or reason)
             forget_call(self.call.id)
 
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 
 import zmq.asyncio
 
@@ -43,6 +44,8 @@ class Pipeline(Failover):
         self.epoch = new_epoch()
         self.calls: dict[str, Call] = {}
         self.prewarmed: dict[str, tuple[str, float]] = {}  # call id -> (model endpoint, deadline)
+        # call id -> what an outbound call's CallStarts carry (gateway/outbound.py), until it ends
+        self.openings: dict[str, m.CallStart] = {}
         self.state = make_call_state(settings.redis_url)  # dispositions, handles: gateway/call_state.py
         self.unknown_call = 0
         self.barge_ins = 0
@@ -52,6 +55,7 @@ class Pipeline(Failover):
         self.loop_lag = Histogram(LATENCY_BUCKETS_MS)  # how late this loop runs a timer (common/stats.py)
         self.peer_stats: dict[bytes, tuple[Peer, m.Stats]] = {}  # each live peer's latest Stats
         self.on_transcript = lambda call, msg: None  # set by gateway/phone.py when /phone is on
+        self.on_call_start = lambda call: None  # set by gateway/outbound.py: its calls' streams
         self._tasks: set[asyncio.Task] = set()
         self._ctx = zmq.asyncio.Context()
         self.router = RouterLink(self._ctx, settings.gateway_endpoint, settings.heartbeat_s, self.hello,
@@ -95,16 +99,41 @@ class Pipeline(Failover):
     def can_take_call(self) -> bool:
         return bool(self.live(m.ROLE_TRANSCODER)) and bool(self.live(m.ROLE_MODEL_CLIENT))
 
-    def prewarm(self, call_id: str, call_sid: str) -> None:
-        """Open the call's Gemini session now, while the phone rings, so no caller waits for it."""
+    def prewarm(self, call_id: str, call_sid: str, opening: m.CallStart | None = None) -> None:
+        """Open the call's Gemini session now, while the phone rings, so no caller waits for it.
+        ``opening``: an outbound call's params, instruction, greeting and held greeting, which every
+        CallStart of the call carries from now on."""
+        if opening is not None:
+            self.openings[call_id] = opening
         model = self._least_loaded(m.ROLE_MODEL_CLIENT)
         if model is None:
             return
         self.prewarmed[call_id] = (model.endpoint, time.monotonic() + PREWARM_TTL_S)
         known = self.state.get(call_sid)  # a call resuming on a fresh stream carries on its session
-        self.router.send(model.route, m.CallStart(call=call_id, call_sid=call_sid, stream_sid="", params={},
-                                                  model=model.endpoint, resume_handle=known.handle,
-                                                  resume=False, turn=known.turn))
+        self.router.send(model.route, self._opening(m.CallStart(
+            call=call_id, call_sid=call_sid, stream_sid="", params={}, model=model.endpoint,
+            resume_handle=known.handle, resume=False, turn=known.turn)))
+
+    def _opening(self, start: m.CallStart) -> m.CallStart:
+        """``start`` with what an outbound call brought (POST /calls), if it is one."""
+        opening = self.openings.get(start.call)
+        if opening is None:
+            return start
+        return replace(start, params={**opening.params, **start.params}, instruction=opening.instruction,
+                       greeting=opening.greeting, hold_greeting=opening.hold_greeting)
+
+    def greet(self, call_id: str, text: str = "") -> bool:
+        """An outbound call's held greeting goes now (``text``: the voicemail message instead). False
+        when no model_client holds the call's session."""
+        opening = self.openings.get(call_id)
+        if opening is not None:
+            self.openings[call_id] = replace(opening, hold_greeting=False)  # a later CallStart: no hold
+        call = self.calls.get(call_id)
+        endpoint = call.model if call is not None else self.prewarmed.get(call_id, ("", 0.0))[0]
+        if not endpoint:
+            return False
+        self._tell_model(endpoint, m.Greet(call=call_id, text=text))
+        return True
 
     def _model_for(self, call_id: str) -> str:
         endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
@@ -125,6 +154,7 @@ class Pipeline(Failover):
 
     def drop_prewarm(self, call_id: str, reason: str) -> None:
         """End a pre-warmed session whose stream will not come."""
+        self.openings.pop(call_id, None)
         endpoint, _ = self.prewarmed.pop(call_id, ("", 0.0))
         if endpoint:
             self._tell_model(endpoint, m.CallEnd(call=call_id, reason=reason))
@@ -144,11 +174,11 @@ class Pipeline(Failover):
         self.calls[call.id] = call
         self.state.stream_started(call.call_sid)
         known = self._carry_on(call)
-        self.router.send(call.transcoder, m.CallStart(call=call.id, call_sid=call.call_sid,
-                                                      stream_sid=call.stream_sid, params=params,
-                                                      model=call.model, resume_handle=call.resume_handle,
-                                                      resume=False, turn=known.turn))
+        self.router.send(call.transcoder, self._opening(m.CallStart(
+            call=call.id, call_sid=call.call_sid, stream_sid=call.stream_sid, params=params, model=call.model,
+            resume_handle=call.resume_handle, resume=False, turn=known.turn)))
         log.info("pinned to transcoder %s and model_client %s", transcoder.route.decode(), call.model)
+        self.on_call_start(call)
         return True
 
     def _carry_on(self, call: Call):
@@ -182,8 +212,9 @@ class Pipeline(Failover):
     def end_call(self, call: Call, reason: str) -> None:
         if self.calls.pop(call.id, None) is None:
             return
+        self.openings.pop(call.id, None)
         self._stream_gone(call)
-        self._ended(reason)
+        self._ended(call.end_reason or reason)
         end = m.CallEnd(call=call.id, reason=reason)
         if call.transcoder in self.router.peers:
             self.router.send(call.transcoder, end)
@@ -196,6 +227,10 @@ class Pipeline(Failover):
             self.state.stream_ended(call.call_sid)
 
     # --- pipeline → calls ---------------------------------------------------------------------
+
+    def count_ended(self, reason: str) -> None:
+        """A call that ended before any stream of it started (an outbound call nobody answered)."""
+        self._ended(reason)
 
     def _ended(self, reason: str) -> None:
         outcome = outcome_of(reason)
@@ -227,6 +262,7 @@ class Pipeline(Failover):
         elif isinstance(msg, m.Interrupt):
             self._barge_in(call, "the model was interrupted")
         elif isinstance(msg, m.CallerSpeech):
+            call.caller_spoke = True
             if call.playout.playing:  # the model finished generating; the caller still hears it
                 self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
@@ -244,8 +280,9 @@ class Pipeline(Failover):
             self._action(call, msg)
         elif isinstance(msg, m.CallEnd):
             log.info("pipeline ended the call: %s", msg.reason)
-            self._ended(msg.reason)
+            self._ended(call.end_reason or msg.reason)
             self.calls.pop(call.id, None)
+            self.openings.pop(call.id, None)
             self._stream_gone(call)
             call.close()
         else:

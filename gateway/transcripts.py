@@ -40,6 +40,12 @@ class TranscriptLog:
         self._write({"role": "model", "turn": turn, "text": text, "sent_ms": state.sent_ms,
                      "heard_ms": state.heard_ms, "interrupted": state.interrupted})
 
+    def event(self, what: str, **details: str) -> None:
+        """Something that happened to the call rather than in the conversation (an outbound call's
+        answering-machine verdict, its outcome): one line here, one in the log."""
+        log.info("call %s%s", what, "".join(f", {k} {v}" for k, v in details.items()))
+        self._write({"role": "call", "event": what, **details})
+
     def close(self, turns: dict[int, TurnState]) -> None:
         """The call ended: write whatever is still open."""
         self._flush_caller()

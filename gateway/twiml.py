@@ -1,8 +1,8 @@
 """TwiML documents for the voice webhook. Pure string building: no sockets, no I/O.
 
-Hand-written with ``xml.sax.saxutils`` instead of the ``twilio`` package, a large runtime
-dependency for four templates (docs/performance.md#code-choices); the tests check that our
-trees equal what ``twilio.twiml.voice_response`` generates for the same input.
+Hand-written with ``xml.sax.saxutils``: four templates need no import of the ``twilio`` package on
+the webhook path (docs/performance.md#code-choices; the package serves outbound calls' REST client);
+the tests check that our trees equal what ``twilio.twiml.voice_response`` generates for the same input.
 """
 
 from __future__ import annotations

@@ -51,10 +51,11 @@ class GeminiSession:
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
                  handle: str = "", turn: int = 0, resumed: bool = False, *,
-                 on_connect: OnConnect = lambda error, resuming: ""):
+                 on_connect: OnConnect = lambda error, resuming: "", hold_greeting: bool = False):
         """``handle``, ``turn``, ``resumed``: the call is under way (taken over from another
         model_client, or a stream that came back): carry on from there, without a greeting.
-        ``on_connect``: told each connect's outcome (gemini_wire.Dialer)."""
+        ``on_connect``: told each connect's outcome (gemini_wire.Dialer). ``hold_greeting``: an outbound
+        call; the greeting, and the callee's audio, wait for ``greet()`` (a human answered, or a machine)."""
         self.call, self.settings, self.context = call, settings, context
         self.emit, self.on_end = emit, on_end
         self.handle = handle  # the latest resumption handle
@@ -78,7 +79,10 @@ class GeminiSession:
         self._rx: asyncio.Task | None = None  # receives on the current connection
         self._task: asyncio.Task | None = None
         self._closing = False
-        if settings.greeting and not resumed and not handle:  # a handle: the call is under way
+        under_way = resumed or bool(handle)  # a handle: the call is under way
+        # Held, the callee's "Hello?" or voicemail greeting would make the model answer before it greets.
+        self._held = hold_greeting and not under_way
+        if settings.greeting and not under_way and not self._held:
             self._queue.add(TEXT, settings.greeting)
 
     @property
@@ -99,7 +103,22 @@ class GeminiSession:
             self._last_t_in = t_in
         if self.barge.caller_audio(pcm, time.monotonic()):
             self.emit(m.CallerSpeech(call=self.call, source="vad"))
-        self._queue.add_audio(pcm, t_in)
+        if not self._held:
+            self._queue.add_audio(pcm, t_in)
+
+    def greet(self, text: str = "") -> None:
+        """The held greeting goes now (or ``text`` in its place: a voicemail message), then the
+        callee's audio from here on. A second greeting is logged and ignored."""
+        with call_context(self.call):
+            if not self._held and not text:
+                log.warning("greeting released twice (or never held): ignored")
+                return
+            # A voicemail message after a greeting released early (no verdict in time) is still left.
+            prompt = text or self.settings.greeting
+            log.info("%s", "voicemail message released" if text else "greeting released")
+            self._held = False
+        if prompt:
+            self._queue.add(TEXT, prompt)
 
     def dtmf(self, digit: str) -> None:
         with call_context(self.call):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 import zmq.asyncio
 from google import genai
@@ -188,6 +189,12 @@ class ModelClientStage:
         for msg in batch:
             if isinstance(msg, m.CallStart):
                 self._handle_call_start(None, msg)
+            elif isinstance(msg, m.Greet):
+                session = self.sessions.get(msg.call)
+                if session is None:
+                    log.warning("greeting for unknown call %.20r dropped", msg.call)
+                else:
+                    session.greet(msg.text)
             elif isinstance(msg, m.CallEnd) and msg.call in self.sessions:
                 self._end(msg.call, msg.reason)
 
@@ -223,9 +230,9 @@ class ModelClientStage:
         context = ToolContext(call=msg.call, call_sid=msg.call_sid, params=dict(msg.params),
                               emit=self._emit, transfer_allowed=self.settings.transfer_allowed)
         return GeminiSession(
-            call=msg.call, client=client, settings=self.settings, toolbox=self.toolbox, context=context,
-            emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle, turn=msg.turn,
-            resumed=msg.resume,
+            call=msg.call, client=client, settings=call_settings(self.settings, msg), toolbox=self.toolbox,
+            context=context, emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle,
+            turn=msg.turn, resumed=msg.resume, hold_greeting=msg.hold_greeting,
             on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
@@ -280,3 +287,11 @@ class ModelClientStage:
         held = self.backlog.get(msg.call)
         if held is not None and len(held) < BACKLOG_LIMIT:
             held.append(msg)  # pre-warmed: the greeting waits for the stream
+
+
+def call_settings(settings: Settings, msg: m.CallStart) -> Settings:
+    """The settings one call's session runs with: an outbound call may bring its own system instruction
+    and greeting (POST /calls)."""
+    overrides = {name: value for name, value in (("system_instruction", msg.instruction),
+                                                 ("greeting", msg.greeting)) if value}
+    return replace(settings, **overrides) if overrides else settings

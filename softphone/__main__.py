@@ -1,4 +1,5 @@
-"""Entry point: ``python -m softphone call --url … (--wav in.wav | --say-tone) --out reply.wav``."""
+"""Entry point: ``python -m softphone call --url … (--wav in.wav | --say-tone) --out reply.wav``, or
+``python -m softphone outbound --url … --answer human|voicemail|no-answer|busy``."""
 
 import os
 import sys

@@ -1,4 +1,5 @@
-"""``python -m softphone call``: place one call from the command line and keep what was heard."""
+"""``python -m softphone call``: place one call from the command line and keep what was heard.
+``python -m softphone outbound``: have the bridge dial out, and answer through the Twilio REST stand-in."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from common.g711 import decode_ulaw
 from softphone.caller import CallError, CallResult, place_call
 from softphone.speech import speech_like
+from softphone.twilio_rest import ANSWERS, call_outbound
 
 RATE = 8000
 
@@ -40,11 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--dtmf", action="append", default=[], type=_dtmf, metavar="SECONDS:DIGIT",
                       help="press a key at that call time, e.g. 1.5:5 (repeatable)")
     call.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    out = commands.add_parser("outbound", help="have the bridge dial out (POST /calls) and answer through "
+                                               "the local Twilio REST stand-in (docs/outbound.md)")
+    out.add_argument("--url", required=True, help="the bridge's base URL")
+    out.add_argument("--answer", choices=ANSWERS, default="human", help="who answers (default human)")
+    out.add_argument("--to", default="+15550001111", help="the number dialled (must be on BRIDGE_DIAL_ALLOW)")
+    out.add_argument("--greeting", default="Greet the callee and say that you are calling about tomorrow.",
+                     help="the greeting prompt, spoken once a person answers")
+    out.add_argument("--message", default="Say that we called about tomorrow's appointment.",
+                     help="the voicemail message prompt (policy message); empty: hang up on machines")
+    out.add_argument("--rest-port", type=int, default=8090, help="where the stand-in serves "
+                                                                 "(the bridge's TWILIO_API_URL)")
     return parser
 
 
 def main(argv: list[str], env: Mapping[str, str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "outbound":
+        return outbound(args, env)
     try:
         for path in (args.out, args.summary):
             if path is not None:
@@ -64,6 +79,24 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         print(f"softphone: no reply: nothing played on the call in the {len(result.sent) / RATE:.1f} s it "
               "lasted", file=sys.stderr)
         return 1
+    return 0
+
+
+def outbound(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """One outbound call through the stand-in; the same credentials as the bridge's, from the environment."""
+    voicemail = {"policy": "message", "text": args.message} if args.message else {"policy": "hangup"}
+    request = {"to": args.to, "greeting": args.greeting, "voicemail": voicemail}
+    try:
+        placed, call = asyncio.run(call_outbound(
+            args.url, env.get("BRIDGE_API_TOKEN", ""), request,
+            answer=args.answer, port=args.rest_port, account_sid=env.get("TWILIO_ACCOUNT_SID", ""),
+            auth_token=env.get("TWILIO_AUTH_TOKEN", "")))
+    except (CallError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+        print(f"softphone: error: {exc}", file=sys.stderr)
+        return 1
+    heard = call.result.reply_heard_s if call.result else 0.0
+    print(f"call {placed['call_sid']} to {args.to}, answered as {args.answer}: {heard:.2f} s of the bridge "
+          f"heard, final status {call.status}")
     return 0
 
 

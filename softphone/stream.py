@@ -80,6 +80,11 @@ class MediaStream:
                     raise
                 await receiver
 
+    def end_call(self) -> None:
+        """The call ends on Twilio's side (say a REST hang-up): no more audio, then ``stop`` as usual."""
+        del self.frames[len(self.sent) // FRAME + 1:]
+        self.hangup = True
+
     async def _connect(self, session: aiohttp.ClientSession, auth_token: str | None):
         headers = upgrade_headers(auth_token, self.twiml.stream_url)  # Twilio signs the upgrade too
         timeout = aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S)
