@@ -25,7 +25,6 @@ from typing import Callable, NamedTuple
 import aiohttp
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from common import messages as m
@@ -37,17 +36,14 @@ from gateway.calls import Call
 from gateway.limits import TokenBucket
 from gateway.outbound_rules import FINAL_STATUSES, MAX_BODY, DialError, DialRequest, next_step, parse_request
 from gateway.transcripts import TranscriptLog
+from gateway.twilio_api import RedirectedHttpClient
 
 log = logging.getLogger(__name__)
-REST_LOG = log.getChild("rest")  # the twilio package logs every request at INFO: kept to warnings
-REST_LOG.setLevel(logging.WARNING)
 
-TWILIO_API = "https://api.twilio.com"
 RING_TIMEOUT_S = 30  # Twilio's `Timeout`: how long the phone rings before the call is no-answer
 TOKEN_TTL_S = RING_TIMEOUT_S + 30  # Twilio may add a few seconds to the ring; the stream opens at answer
 AMD_WAIT_S = 8.0  # no verdict this long after the stream started: a callee heard speaking is greeted
 DIAL_PER_MIN = 10.0  # calls placed a minute, and as many at once: an open dialler costs money
-REST_TIMEOUT_S = 10.0  # a request to Twilio's API that takes longer has failed
 KEEP_S = 4 * 3600.0  # a placed call Twilio never reported the end of is forgotten after this
 
 
@@ -56,21 +52,6 @@ class Keys(NamedTuple):
     pipeline: web.AppKey
     admissions: web.AppKey
     counters: web.AppKey
-
-
-class RedirectedHttpClient(AsyncTwilioHttpClient):
-    """The ``twilio`` package's documented hook for how its requests go (a custom ``http_client``),
-    used for where: Twilio's API, or ``TWILIO_API_URL`` (the local stand-in, softphone/twilio_rest.py);
-    and for how long: the package's async client leaves a request unbounded unless given a timeout."""
-
-    def __init__(self, base_url: str):
-        super().__init__(logger=REST_LOG, timeout=REST_TIMEOUT_S)
-        self.base_url = base_url.rstrip("/")
-
-    async def request(self, method: str, url: str, *args, timeout: float | None = None, **kwargs):
-        if url.startswith(TWILIO_API):
-            url = self.base_url + url[len(TWILIO_API):]
-        return await super().request(method, url, *args, timeout=timeout or self.timeout, **kwargs)
 
 
 @dataclass
