@@ -219,6 +219,17 @@ class Stats:
     backend_why: str = ""  # what its last check or connection attempt said
 
 
+@dataclass(slots=True)
+class Usage:
+    """mc → gw, after each of the service's usage reports: the call's tokens so far on this session
+    (``session``: one model_client's meter; a call that moved has one per model_client), keyed
+    ``<direction>_<modality>`` (model_client/usage.py). Each replaces the one before of its session."""
+    TAG: ClassVar[int] = 19
+    call: str
+    session: str
+    tokens: dict  # "input_audio" -> int, ...
+
+
 _AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)
 _AUDIO_TAGS = tuple(cls.TAG for cls in _AUDIO_TYPES)
 _EXTRA = {AudioIn.TAG: "ts", AudioDown.TAG: "turn", AudioOut.TAG: "turn"}  # the field after ``audio``
@@ -294,12 +305,12 @@ def cut(blob: bytes, sizes: list[int]) -> list[bytes]:
 
 Message = (Hello | Heartbeat | CallStart | AudioIn | AudioUp | AudioDown | AudioOut | Interrupt
            | TurnDone | Played | Dtmf | Transcript | Resumption | Action | CallEnd | CallerSpeech | Stats
-           | AudioRun)
+           | AudioRun | Usage)
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun)}
-assert len(TYPES) == 18, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun, Usage)}
+assert len(TYPES) == 19, "duplicate tag"
 
 _PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict, "list": list}
 
