@@ -42,12 +42,14 @@ class Generation(NamedTuple):
     refuses_affective_dialog: bool
     refuses_thinking_config: bool
     voice_activity: bool  # sends voiceActivity start/end events from its own VAD
+    client_turn_interrupts: bool = False  # client_content with turn_complete cuts any generation
 
 
 GEMINI_3_8 = Generation(
     name="gemini-3.8-live", tool_default=NON_BLOCKING, async_tools=True, interrupt_waits_for_caller=True,
     parts_per_event=2, refuses_media_chunks=False, refuses_no_proactive_audio=True,
-    refuses_affective_dialog=True, refuses_thinking_config=True, voice_activity=False)
+    refuses_affective_dialog=True, refuses_thinking_config=True, voice_activity=False,
+    client_turn_interrupts=True)
 # Undocumented for 3.8: whether the legacy media_chunks field is refused (its guide only shows `audio`):
 # accepted here. Undocumented per model: which models send ``voiceActivity`` (the Firebase reference,
 # https://firebase.google.com/docs/reference/swift/firebaseailogic/api/reference/Structs/LiveServerVoiceActivity,

@@ -57,6 +57,7 @@ class LiveSession:
         self._vad: EnergyVad | None = None
         self._player: TurnPlayer | None = None
         self._tools: ToolRunner | None = None
+        self._pending_text: list[str] = []  # client_content turns not completed yet
         self._turns_at_end = 0
         self.generation = generations.PLAIN
         self.resumed_from: int | None = None  # the turn count a resumption handle restored
@@ -213,8 +214,14 @@ class LiveSession:
             self._text_turn(body["text"])
 
     def _handle_client_content(self, body: dict) -> None:
+        """Turns accumulate until one says ``turn_complete`` (https://ai.google.dev/api/live); on 3.8
+        that one interrupts the running generation, whatever ``activity_handling`` says."""
+        self._pending_text.append(wire.text_of(body))
         if body.get("turn_complete", False):
-            self._text_turn(wire.text_of(body))
+            text, self._pending_text = " ".join(t for t in self._pending_text if t), []
+            if self.generation.client_turn_interrupts:
+                self._player.cut()
+            self._text_turn(text)
 
     def _handle_ignored(self, body: dict) -> None:
         log.debug("%s: ignoring %s", self._label, sorted(body))

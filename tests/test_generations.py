@@ -217,3 +217,25 @@ def test_model_ids_map_to_their_generation():
         for prefix in ("", "models/", "publishers/google/models/",
                        "projects/p/locations/us-central1/publishers/google/models/"):
             assert g.of_model(prefix + model) is gen
+
+
+@pytest.mark.parametrize("model, cuts", [("gemini-3.8-live", True),
+                                         ("gemini-2.5-flash-native-audio-preview-12-2025", False)])
+async def test_a_completed_client_turn_interrupts_on_3_8_whatever_activity_handling(start_emulator, model, cuts):
+    stage = await start_emulator()
+    polite = config()
+    polite.realtime_input_config = types.RealtimeInputConfig(
+        automatic_activity_detection=types.AutomaticActivityDetection(silence_duration_ms=300),
+        activity_handling=types.ActivityHandling.NO_INTERRUPTION)
+    async with client(stage).aio.live.connect(model=model, config=polite) as session:
+        await say(session, 3.0, seed=7)  # a long echo is streaming...
+        await collect(session, lambda got: any(m.data for m in got))
+        await session.send_client_content(turns=types.Content(role="user", parts=[types.Part(text="part one")]),
+                                          turn_complete=False)  # waits for more
+        await session.send_client_content(turns=types.Content(role="user", parts=[types.Part(text="and two")]))
+        first = await collect(session, turns_done(1))
+        second = await collect(session, turns_done(1))
+    assert any(m.server_content and m.server_content.interrupted for m in first) == cuts
+    said = "".join(m.server_content.output_transcription.text for m in second
+                   if m.server_content and m.server_content.output_transcription)
+    assert said == "part one and two"
