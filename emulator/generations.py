@@ -11,8 +11,8 @@ The emulator reads the model id from ``setup`` and plays that generation. Source
   (several parts in one server event; synchronous function calling only; ``media_chunks`` refused).
 - ``gemini-2.5-flash-native-audio-*`` / ``gemini-live-2.5-flash-native-audio``: one part per event;
   async function calling when a declaration says ``NON_BLOCKING``
-  (https://ai.google.dev/gemini-api/docs/live-tools); ``scheduling=INTERRUPT`` speaks at once, even
-  over the user.
+  (https://docs.cloud.google.com/gemini-enterprise-agent-platform/models/live-api/asynchronous-function-calling);
+  ``scheduling=INTERRUPT`` speaks at once, even over the user (the 3.8 migration guide, above).
 
 A model id of no known family keeps the emulator's plain behaviour (one part per event, BLOCKING
 tools, nothing refused, no voice activity events): the conservative choice, not a generation.
