@@ -102,8 +102,9 @@ def advice(state: str, why: str, model: str) -> str:
             f"GOOGLE_CLOUD_LOCATION={location} a region with the Live API?). It said: {why}")
 
 
-async def check(model: str, run_dir: Path, real: bool, plan: Plan = Plan()) -> list[Step]:
-    stack = Stack(run_dir, **stack_env(model, real))
+async def check(model: str, run_dir: Path, real: bool, plan: Plan = Plan(),
+                extra_env: dict[str, str] | None = None) -> list[Step]:
+    stack = Stack(run_dir, **stack_env(model, real), **(extra_env or {}))
     if real:  # the stack harness strips credentials (tests never reach Google); this run needs them
         stack.env.update({k: v for k, v in os.environ.items() if k in CREDENTIALS})
     began = time.monotonic()

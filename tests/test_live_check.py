@@ -18,6 +18,13 @@ async def test_every_profile_passes_against_the_emulator(tmp_path):
     assert text.count("pass") == 6 * len(PROFILES)
 
 
+async def test_a_refused_key_fails_the_first_step_with_what_to_do(tmp_path):
+    steps = await live_check.check("gemini-3.8-live", tmp_path / "run", real=False,
+                                   extra_env={"EMULATOR_REFUSE_KEY": "true"})
+    assert [(s.name, s.ok) for s in steps] == [("session opens", False)]
+    assert "check GEMINI_API_KEY" in steps[0].detail and "API key not valid" in steps[0].detail
+
+
 def test_failures_say_what_to_do():
     assert "GEMINI_API_KEY" in advice(m.BACKEND_KEY_REFUSED, "1008 API key not valid", "gemini-3.8-live")
     for state in (m.BACKEND_SETUP_REFUSED, m.BACKEND_KEY_REFUSED):
