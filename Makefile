@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 export PORT
 
-.PHONY: run status stop test call bench clean run-outbound call-outbound
+.PHONY: run status stop test call bench live-check clean run-outbound call-outbound
 
 # What is installed, one stamp each: the runtime dependencies (`make run`), and the test or bench
 # extras on top of them. A venv made by `make test` is one `make run` uses as it is; `make test` after
@@ -44,6 +44,12 @@ test: $(VENV)/.installed-test
 # How many calls this box carries (bench/load.py): JSON and a plot under docs/, a table on stdout.
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench.load
+
+# Does this key, model and region work? With GEMINI_API_KEY (or the Vertex variables) set: the real
+# stack against the real service, one scripted call, a table of steps. Without: the same call against
+# the emulator, once per model generation (docs/models.md).
+live-check: $(VENV)/.installed-test
+	$(PY) -m bench.live_check
 
 # One call against `make run`'s stack, with synthetic speech: a short summary here, what came back in
 # out/. Exits non-zero when no reply played.

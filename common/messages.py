@@ -11,9 +11,8 @@ of many calls) travel as one ``AudioRun``: their fields as columns and their aud
 is an encoding, not a new meaning: ``pack`` forms runs by itself and ``unpack`` hands back the single
 messages, unless the receiver asks for the runs (the transcoder, which filters a run as one block).
 
-Audio rides as raw bytes. Audio messages carry ``seq`` (per call, per direction) and ``t_in``, the
-``time.monotonic_ns()`` at which the frame entered the pipeline (the gateway for the up path, the
-model_client for the down path); CLOCK_MONOTONIC is system-wide, so every hop on one host can be timed.
+Audio rides as raw bytes, with ``seq`` (per call, per direction) and ``t_in``: the monotonic ns at
+which the frame entered the pipeline (docs/architecture.md#messages-between-the-processes).
 """
 
 from __future__ import annotations
@@ -21,30 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import msgpack
-
-from common.wire_codec import (WireError, check_columns, cut, decode, fields_of, layout,  # noqa: F401
-                               runs_of)
+from common import wire_codec
+from common.wire_codec import Schema, WireError, check_columns, cut, layout  # noqa: F401 (WireError: here too)
 
 PROTOCOL_VERSION = 1
 LIVENESS = 3  # a peer silent for this many heartbeat intervals is dead (Paranoid Pirate)
 FRAMES_PER_S = 50  # audio frames a call sends each way a second: Twilio's 20 ms
 
-ROLE_TRANSCODER = "transcoder"
-ROLE_MODEL_CLIENT = "model_client"
-ROLE_GATEWAY = "gateway"
+ROLE_TRANSCODER, ROLE_MODEL_CLIENT, ROLE_GATEWAY = "transcoder", "model_client", "gateway"
 
 # A model_client's Gemini backend, as its Stats report it (model_client/backend_check.py): being checked,
 # up, or down for one of three reasons. A transcoder reports "".
-BACKEND_CHECKING = "checking"
-BACKEND_UP = "up"
-BACKEND_UNREACHABLE = "unreachable"
-BACKEND_KEY_REFUSED = "key_refused"
-BACKEND_SETUP_REFUSED = "setup_refused"
-BACKEND_DOWN = (BACKEND_UNREACHABLE, BACKEND_KEY_REFUSED, BACKEND_SETUP_REFUSED)
+BACKEND_CHECKING, BACKEND_UP = "checking", "up"
+BACKEND_DOWN = (BACKEND_UNREACHABLE, BACKEND_KEY_REFUSED, BACKEND_SETUP_REFUSED) = (
+    "unreachable", "key_refused", "setup_refused")
 
-
-# --- link control -----------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class Hello:
@@ -63,8 +53,6 @@ class Heartbeat:
     epoch: str
     load: int  # calls currently held
 
-
-# --- per call ---------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class CallStart:
@@ -221,13 +209,21 @@ class Stats:
 
 @dataclass(slots=True)
 class Greet:
-    """gw → mc: the greeting a CallStart held (``hold_greeting``) may go now: the outbound call's
-    answering-machine detection says who answered. Until then the caller's audio is not sent to the model,
-    so it neither answers "Hello?" nor a voicemail greeting. A non-empty ``text`` is spoken instead of
-    the greeting (the voicemail message)."""
+    """gw → mc: an outbound call's held greeting (``CallStart.hold_greeting``; the callee's audio is held
+    too) may go now: answering-machine detection has a verdict. ``text``: a voicemail message instead."""
     TAG: ClassVar[int] = 19
     call: str
     text: str = ""
+
+
+@dataclass(slots=True)
+class Usage:
+    """mc → gw, after each usage report: the call's tokens so far on ``session`` (one model_client's
+    meter, model_client/usage.py), keyed ``<direction>_<modality>``; each replaces the one before."""
+    TAG: ClassVar[int] = 20
+    call: str
+    session: str
+    tokens: dict  # "input_audio" -> int, ...
 
 
 _AUDIO_TYPES = (AudioIn, AudioUp, AudioDown, AudioOut)
@@ -285,28 +281,19 @@ class AudioRun:
 
 TYPES: dict[int, type] = {cls.TAG: cls for cls in (
     Hello, Heartbeat, CallStart, AudioIn, AudioUp, AudioDown, AudioOut, Interrupt, TurnDone, Played,
-    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun, Greet)}
-assert len(TYPES) == 19, "duplicate tag"
+    Dtmf, Transcript, Resumption, Action, CallEnd, CallerSpeech, Stats, AudioRun, Greet, Usage)}
+assert len(TYPES) == 20, "duplicate tag"
 
-_LAYOUT = {tag: layout(cls) for tag, cls in TYPES.items()}
+_SCHEMA = Schema(types=TYPES, layouts={tag: layout(cls) for tag, cls in TYPES.items()},
+                 run_types=_AUDIO_TYPES, run_type=AudioRun)
 
 
 def pack(batch: list) -> bytes:
     """One ZeroMQ frame holding every message in ``batch``, consecutive audio messages as runs."""
-    items = runs_of(batch, _AUDIO_TYPES, AudioRun.of)
-    return msgpack.packb([(m.TAG, *fields_of(m, _LAYOUT)) for m in items], use_bin_type=True)
+    return wire_codec.pack(batch, _SCHEMA)
 
 
 def unpack(frame: bytes, runs: bool = False) -> list:
     """The messages in one frame; AudioRuns are split into their messages unless ``runs``. Raises
     WireError for anything outside the schema."""
-    try:
-        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types for bad input
-        raise WireError(f"not msgpack: {type(e).__name__}: {e}") from None
-    if not isinstance(items, list):
-        raise WireError(f"batch must be an array, got {type(items).__name__}")
-    batch = [decode(item, TYPES, _LAYOUT) for item in items]
-    if runs or not any(type(msg) is AudioRun for msg in batch):
-        return batch
-    return [one for msg in batch for one in (msg.messages() if type(msg) is AudioRun else (msg,))]
+    return wire_codec.unpack(frame, _SCHEMA, runs)

@@ -112,6 +112,26 @@ def tool_script(env: Env, spec: Spec, values: dict) -> tuple[tuple[str, str, str
                             f'"args": {{...}}}}: {e}') from None
 
 
+PRICE_KEY = re.compile(r"^(input|output)_[a-z]{1,20}$")
+
+
+def prices(env: Env, spec: Spec, values: dict) -> tuple[tuple[str, float], ...]:
+    """("<direction>_<modality>", price per million tokens) pairs from a JSON object of them."""
+    raw = text(env, spec)
+    try:
+        table = json.loads(raw) if raw else {}
+        if not isinstance(table, dict):
+            raise ValueError("not an object")
+        for key, price in table.items():
+            if not PRICE_KEY.match(key) or isinstance(price, bool) or not isinstance(price, (int, float)) \
+                    or not 0 <= price < 1e6:
+                raise ValueError(f"{key!r}: {price!r}")
+    except ValueError as e:
+        raise SettingsError(f'{spec.env} must be a JSON object of "<input|output>_<modality>": price per '
+                            f'million tokens (e.g. {{"input_audio": 3, "output_audio": 12}}): {e}') from None
+    return tuple((key, float(price)) for key, price in sorted(table.items()))
+
+
 def with_persona_file(env: Env, spec: Spec, names: dict[str, str]) -> Env:
     """The environment over the values of the persona file ``spec`` names; ``names`` maps the file's
     keys to their variables."""

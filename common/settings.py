@@ -78,6 +78,11 @@ class Settings(ProcessSettings):
         doc="let the model adapt to the caller's tone (2.5 models only: 3.1 and 3.8 refuse it)")
     vocabulary: str = setting("GEMINI_VOCABULARY", "", group=MODEL,
                               doc="comma-separated terms that bias the caller's transcription (3.8 only)")
+    price_per_mtok: tuple[tuple[str, float], ...] = setting(
+        "BRIDGE_PRICE_PER_MTOK", (), shown="— (no cost estimate)", read=readers.prices, group=MODEL,
+        doc='token prices for the estimated cost per call, per million tokens, as JSON: '
+            '`{"input_audio": 3, "output_audio": 12, "input_text": 0.5}` (keys `input_`/`output_` + a '
+            "modality; tokens of a kind not listed cost nothing)")
     send_ms: float = setting(
         "GEMINI_SEND_MS", 40.0, lo=0, hi=1000, group=MODEL,
         doc="caller audio goes to Gemini at most once per this many ms (frames queued meanwhile join one "

@@ -1,15 +1,25 @@
-"""The machinery under the wire schema (common/messages.py), which knows no message type: a message
-as ``[tag, field, ...]`` in declaration order, each field's type checked on the way in, and the
-columns of an AudioRun checked and cut. messages.py passes its schema in (``TYPES`` and each type's
-layout); everything that names a message type stays there."""
+"""The machinery under the wire schema (common/messages.py), which knows no message type: a batch as
+a msgpack array of ``[tag, field, ...]`` in declaration order, each field's type checked on the way
+in, runs formed and undone, and the columns of a run checked and cut. messages.py passes its
+``Schema`` in; everything that names a message type stays there."""
 
 from __future__ import annotations
 
 import operator
 import reprlib
 from dataclasses import fields
+from typing import NamedTuple
+
+import msgpack
 
 PY_TYPES = {"str": str, "int": int, "bytes": bytes, "bool": bool, "dict": dict, "list": list}
+
+
+class Schema(NamedTuple):
+    types: dict[int, type]  # tag -> message type: the closed set
+    layouts: dict  # tag -> ``layout`` of its type
+    run_types: tuple[type, ...]  # the types whose consecutive messages travel as one run
+    run_type: type  # the run (AudioRun): ``of(messages)`` makes one, ``messages()`` gives them back
 
 
 class WireError(ValueError):
@@ -22,6 +32,24 @@ def layout(cls: type) -> tuple[operator.attrgetter, tuple[type, ...], int]:
     names = [f.name for f in fs]
     required = sum(1 for f in fs if f.default is f.default_factory)  # both MISSING
     return operator.attrgetter(*names), tuple(PY_TYPES[f.type] for f in fs), required
+
+
+def pack(batch: list, schema: Schema) -> bytes:
+    items = runs_of(batch, schema.run_types, schema.run_type.of)
+    return msgpack.packb([(m.TAG, *fields_of(m, schema.layouts)) for m in items], use_bin_type=True)
+
+
+def unpack(frame: bytes, schema: Schema, runs: bool = False) -> list:
+    try:
+        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise WireError(f"not msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(items, list):
+        raise WireError(f"batch must be an array, got {type(items).__name__}")
+    batch = [decode(item, schema.types, schema.layouts) for item in items]
+    if runs or not any(type(msg) is schema.run_type for msg in batch):
+        return batch
+    return [one for msg in batch for one in (msg.messages() if type(msg) is schema.run_type else (msg,))]
 
 
 def fields_of(msg, layouts: dict) -> tuple:

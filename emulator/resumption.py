@@ -25,13 +25,25 @@ class HandleStore:
     def __init__(self, ttl_s: float = HANDLE_TTL_S):
         self._ttl_s = ttl_s
 
-    def issue(self, turns: int) -> str:
-        state = {"turns": turns, "expires": time.time() + self._ttl_s, "nonce": secrets.token_hex(6)}
+    def issue(self, turns: int, memory: dict[str, int] | None = None) -> str:
+        """A handle for a session ``turns`` turns in, whose context counts ``memory`` tokens by modality."""
+        state = {"turns": turns, "memory": memory or {}, "expires": time.time() + self._ttl_s,
+                 "nonce": secrets.token_hex(6)}
         return PREFIX + base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
 
     def get(self, handle: str) -> int | None:
         """The turn count saved in ``handle``, or None if it is not one of ours or has expired."""
-        if not handle.startswith(PREFIX) or len(handle) > 256:
+        state = self._state(handle)
+        return state["turns"] if state else None
+
+    def memory(self, handle: str) -> dict[str, int]:
+        """The context size saved in ``handle`` ({} if there is none)."""
+        state = self._state(handle) or {}
+        memory = state.get("memory")
+        return {k: v for k, v in memory.items() if type(v) is int} if isinstance(memory, dict) else {}
+
+    def _state(self, handle: str) -> dict | None:
+        if not handle.startswith(PREFIX) or len(handle) > 512:
             return None
         body = handle[len(PREFIX):]
         try:
@@ -41,4 +53,4 @@ class HandleStore:
             return None
         if not isinstance(turns, int) or not isinstance(expires, (int, float)) or expires < time.time():
             return None
-        return turns
+        return state

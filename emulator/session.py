@@ -3,10 +3,14 @@
 The reader task feeds the caller's audio to the VAD; a start of speech barges in on the running
 turn, an end of speech queues a new one (``emulator.turns``). Fault knobs run as timers.
 
+The model id in ``setup`` picks the generation played (``emulator.generations``): what its setup may
+hold (a refused setting closes with 1007 before ``setupComplete``), whether it takes ``media_chunks``,
+how it runs tools (``emulator.tools``), how many parts an event carries, and ``voiceActivity`` events.
+
 Closing happens in one place (``run``'s ``finally``): the reader, turns and timers are cancelled
 first, then the close frame goes out with the code the reason for closing asked for: 1000 after a
-goAway, 1007 for a malformed frame, 1001 when the emulator stops. A drop aborts the TCP connection
-instead, with no close frame at all.
+goAway, 1007 for a malformed frame or a refused setting, 1001 when the emulator stops. A drop aborts
+the TCP connection instead, with no close frame at all.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from aiohttp import WSMsgType, web
 from common.lifecycle import cancel_all, spawn
 from common.settings import Settings
 from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted
-from emulator import persona, wire
+from emulator import generations, persona, wire
 from emulator.resumption import HandleStore
+from emulator.tools import ToolRunner
 from emulator.turns import TOKENS_PER_S, Gone, Options, TurnPlayer
 
 log = logging.getLogger(__name__)
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 GOAWAY_GRACE_S = 5.0  # goAway's timeLeft; never more than the goAway delay itself (fast tests)
 SETUP_TIMEOUT_S = 30.0
 MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
-TOOL_TIMEOUT_S = 15.0  # how long a scripted tool call waits for the client's response
+TEXT_CHARS_PER_TOKEN = 4
 
 
 # Method names, not bound methods: a session holding its own bound methods is a reference cycle.
@@ -52,9 +57,10 @@ class LiveSession:
         self._dropped = False
         self._vad: EnergyVad | None = None
         self._player: TurnPlayer | None = None
+        self._tools: ToolRunner | None = None
+        self._pending_text: list[str] = []  # client_content turns not completed yet
         self._turns_at_end = 0
-        self._tool_calls: dict[str, asyncio.Future] = {}  # scripted tool calls awaiting a response
-        self.tool_calls = 0
+        self.generation = generations.PLAIN
         self.resumed_from: int | None = None  # the turn count a resumption handle restored
         self.refused_handle = False
         self.instruction = ""  # the setup's system instruction (a fresh session may carry the story so far)
@@ -125,13 +131,23 @@ class LiveSession:
         if self._settings.emulator_refuse_key:
             self._refuse_key()
             return False
-        opts = Options.from_setup(setup)
+        self.generation = gen = generations.of_model(setup["model"])
+        refused = generations.refusal(gen, setup)
+        if refused:
+            log.warning("%s: setup refused with 1007: %s", self._label, refused)
+            self._end(generations.INVALID_ARGUMENT, refused, f"setup refused: {refused}")
+            return False
+        opts = Options.from_setup(setup, gen.parts_per_event)
         self.instruction = wire.text_of({"turns": [setup.get("system_instruction") or {}]})
-        turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
+        handle = (setup.get("session_resumption") or {}).get("handle")
+        turns = self._resumed_turns(handle)
         self._vad = EnergyVad(opts.vad)
         self._player = TurnPlayer(self._send, opts, self._handles, self._label, self._tasks, turns,
-                                  self._interrupted_ns, self._turns_ns)
-        log.debug("%s: setup for %s, %s", self._label, setup["model"], opts)
+                                  self._interrupted_ns, self._turns_ns,
+                                  self._handles.memory(handle) if turns else None)
+        self._tools = ToolRunner(self._send, self._player, gen, generations.tool_behaviours(gen, setup),
+                                 lambda: self._vad.speaking, self._label, self._tasks)
+        log.debug("%s: setup for %s (%s), %s", self._label, setup["model"], gen.name, opts)
         try:
             await self._send(wire.setup_complete())
         except Gone:
@@ -177,6 +193,8 @@ class LiveSession:
             self._end(1000, "bye", self.ended_by)
 
     def _handle_realtime_input(self, body: dict) -> None:
+        if "media_chunks" in body and self.generation.refuses_media_chunks:
+            raise wire.Malformed(f"media_chunks is not supported on {self.generation.name}: send audio")
         events = []
         for pcm in wire.audio_of(body):
             events += self._vad.feed(pcm)
@@ -187,66 +205,51 @@ class LiveSession:
         if body.get("audio_stream_end"):
             events += self._vad.stream_end()
         for event in events:
+            if self.generation.voice_activity:
+                self._send_soon(wire.voice_activity(start=isinstance(event, SpeechStarted)))
             if isinstance(event, SpeechStarted):
                 self._player.barge_in()
-                self._cancel_tool_calls()
+                self._tools.new_input()
             elif isinstance(event, SpeechEnded):
                 self._speech_turn(event)
         if isinstance(body.get("text"), str):
             self._text_turn(body["text"])
 
     def _handle_client_content(self, body: dict) -> None:
+        """Turns accumulate until one says ``turn_complete`` (https://ai.google.dev/api/live); on 3.8
+        that one interrupts the running generation, whatever ``activity_handling`` says."""
+        self._pending_text.append(wire.text_of(body))
         if body.get("turn_complete", False):
-            self._text_turn(wire.text_of(body))
+            text, self._pending_text = " ".join(t for t in self._pending_text if t), []
+            if self.generation.client_turn_interrupts:
+                self._player.cut()
+            self._text_turn(text)
 
     def _handle_ignored(self, body: dict) -> None:
         log.debug("%s: ignoring %s", self._label, sorted(body))
 
     def _speech_turn(self, speech: SpeechEnded) -> None:
         who = self._settings.emulator_persona
-        self._player.start(persona.heard(speech.utterance), speech.seconds,
+        self._player.start(persona.heard(speech.utterance), {"AUDIO": round(speech.seconds * TOKENS_PER_S)},
                            lambda: persona.reply(who, speech.utterance))
 
     def _text_turn(self, text: str) -> None:
+        self._tools.new_input()
         for when, name, args in self._settings.emulator_tool_script:
             if when in text:
-                spawn(self._tool_turn(name, json.loads(args)), f"emulator.s{self.number}.tool", self._tasks)
+                self._tools.call(name, json.loads(args), self.number)
                 return
         who = self._settings.emulator_persona
         self._player.barge_in()
-        self._player.start("", len(text) / 4 / TOKENS_PER_S, lambda: persona.reply_to_text(who, text))
-
-    # Scripted tool calls (EMULATOR_TOOL_SCRIPT): a trigger in text input → a toolCall; the reply
-    # turn speaks once the client has answered it. The caller speaking cancels it, as on the service.
-
-    async def _tool_turn(self, name: str, args: dict) -> None:
-        self.tool_calls += 1
-        call_id = f"call-{self.number}-{self.tool_calls}"
-        waiter = self._tool_calls[call_id] = asyncio.get_running_loop().create_future()
-        try:
-            await self._send(wire.tool_call(call_id, name, args))
-            response = await asyncio.wait_for(waiter, TOOL_TIMEOUT_S)
-        except (Gone, asyncio.CancelledError, asyncio.TimeoutError) as e:
-            log.info("%s: tool call %s %s ended without a response (%s)", self._label, call_id, name,
-                     type(e).__name__)
-            return
-        finally:
-            self._tool_calls.pop(call_id, None)
-        text = f"({name} returned {json.dumps(response, sort_keys=True)})"
-        self._player.start("", 0.5, lambda: persona.Reply(persona.tone(), text))
+        self._player.start("", {"TEXT": max(1, len(text) // TEXT_CHARS_PER_TOKEN)},
+                           lambda: persona.reply_to_text(who, text))
 
     def _handle_tool_response(self, body: dict) -> None:
-        for call_id, response in wire.tool_responses(body):
-            waiter = self._tool_calls.get(call_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(response)
+        for call_id, response, scheduling in wire.tool_responses(body):
+            self._tools.response(call_id, response, generations.scheduling_of({"scheduling": scheduling}))
 
-    def _cancel_tool_calls(self) -> None:
-        ids = [i for i, w in self._tool_calls.items() if not w.done()]
-        if ids:
-            for i in ids:
-                self._tool_calls[i].cancel()
-            spawn(self._send_quietly(wire.tool_call_cancellation(ids)), "emulator.cancel", self._tasks)
+    def _send_soon(self, text: str) -> None:
+        spawn(self._send_quietly(text), f"emulator.s{self.number}.send", self._tasks)
 
     async def _send_quietly(self, text: str) -> None:
         try:

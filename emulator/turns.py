@@ -7,8 +7,16 @@ the running turn's ``barge`` event; the turn notices it between two chunks and e
 
 A turn: ``inputTranscription`` (finished) for what the caller said, then the reply's audio in
 ``CHUNK_MS`` chunks sent ``PACE`` times faster than real time with ``outputTranscription`` pieces
-spread over them, ``generationComplete``, ``turnComplete`` (with ``usageMetadata``) and, when setup
-asked for resumption, a fresh ``sessionResumptionUpdate`` handle.
+spread over them (in the audio's own events on a generation that sends several parts per event),
+``generationComplete``, ``turnComplete`` (with ``usageMetadata``) and, when setup asked for resumption,
+a fresh ``sessionResumptionUpdate`` handle.
+
+Usage: one report per turn, counting that turn: its prompt is the session's context so far (every
+earlier turn, both ways) plus what the caller said, its response what the model said, each by modality.
+Vertex documents that a turn's processed tokens include the session's memory
+(https://cloud.google.com/vertex-ai/generative-ai/docs/provisioned-throughput/live-api); neither API
+documents whether the reports are per turn or running totals. Per turn is what the service has been
+seen to send; model_client/usage.py reads either.
 """
 
 from __future__ import annotations
@@ -45,15 +53,17 @@ class Options:
     interrupts: bool
     input_transcripts: bool
     output_transcripts: bool
+    parts_per_event: int = 1  # 2: a transcript piece rides in the event of the audio it goes with
 
     @classmethod
-    def from_setup(cls, setup: dict) -> "Options":
+    def from_setup(cls, setup: dict, parts_per_event: int = 1) -> "Options":
         """From a setup whose keys are normalised to snake_case."""
         handling = (setup.get("realtime_input_config") or {}).get("activity_handling")
         return cls(vad=vad_config(setup), resumable="session_resumption" in setup,
                    interrupts=handling != "NO_INTERRUPTION",
                    input_transcripts="input_audio_transcription" in setup,
-                   output_transcripts="output_audio_transcription" in setup)
+                   output_transcripts="output_audio_transcription" in setup,
+                   parts_per_event=parts_per_event)
 
 
 def vad_config(setup: dict) -> VadConfig:
@@ -75,9 +85,11 @@ class _Turn:
 class TurnPlayer:
     def __init__(self, send: Callable[[str], Awaitable[None]], opts: Options, handles: HandleStore,
                  label: str, tasks: set[asyncio.Task], turns: int = 0,
-                 interrupted_ns: deque[int] | None = None, turns_ns: deque[tuple[int, int]] | None = None):
+                 interrupted_ns: deque[int] | None = None, turns_ns: deque[tuple[int, int]] | None = None,
+                 memory: dict[str, int] | None = None):
         self._send, self._opts, self._handles, self._label, self._tasks = send, opts, handles, label, tasks
         self.turns = turns
+        self.memory = dict(memory or {})  # the session's context in tokens, by modality (usage reports)
         # When each `interrupted` went out (monotonic ns, shared by the emulator's sessions), so a
         # benchmark can time barge-in from the service's signal to Twilio's clear.
         self.interrupted_ns = interrupted_ns if interrupted_ns is not None else deque(maxlen=1)
@@ -91,15 +103,22 @@ class TurnPlayer:
         if self._turn is not None and not self._turn.finished.is_set() and self._opts.interrupts:
             self._turn.barge.set()
 
-    def start(self, heard: str, heard_s: float, make_reply: Callable[[], persona.Reply | None]) -> None:
-        """Queue a turn: ``heard`` is the input transcription ("" for none), ``make_reply`` runs in a
-        thread (resampling a long utterance takes a while)."""
+    def cut(self) -> None:
+        """The model cuts its own running turn short (a tool result scheduled INTERRUPT)."""
+        if self._turn is not None and not self._turn.finished.is_set():
+            self._turn.barge.set()
+
+    def start(self, heard: str, heard_tokens: dict[str, int],
+              make_reply: Callable[[], persona.Reply | None]) -> None:
+        """Queue a turn: ``heard`` is the input transcription ("" for none), ``heard_tokens`` what the
+        input counts, by modality; ``make_reply`` runs in a thread (resampling a long utterance takes
+        a while)."""
         previous, self.turns = self._turn, self.turns + 1
         self._turn = turn = _Turn(self.turns, time.monotonic_ns())
-        spawn(self._play(turn, previous, heard, heard_s, make_reply),
+        spawn(self._play(turn, previous, heard, heard_tokens, make_reply),
               f"{self._label}.turn{turn.number}", self._tasks)
 
-    async def _play(self, turn: _Turn, previous: _Turn | None, heard: str, heard_s: float,
+    async def _play(self, turn: _Turn, previous: _Turn | None, heard: str, heard_tokens: dict[str, int],
                     make_reply: Callable[[], persona.Reply | None]) -> None:
         try:
             if previous is not None:
@@ -108,24 +127,27 @@ class TurnPlayer:
                 await self._send(wire.input_transcription(heard))
             reply = await asyncio.to_thread(make_reply)
             if reply is not None:
-                await self._reply(turn, reply, heard_s)
+                await self._reply(turn, reply, heard_tokens)
         except Gone:
             pass
         finally:
             turn.finished.set()
 
-    async def _reply(self, turn: _Turn, reply: persona.Reply, heard_s: float) -> None:
+    async def _reply(self, turn: _Turn, reply: persona.Reply, heard_tokens: dict[str, int]) -> None:
         started = time.monotonic()
         complete = await self._stream(turn, reply)
         if not complete:
             self.interrupted_ns.append(time.monotonic_ns())  # benchmarks time barge-in from here
         await self._send(wire.generation_complete() if complete else wire.interrupted())
-        await self._send(wire.turn_complete(round(heard_s * TOKENS_PER_S),
-                                            round(reply.seconds * TOKENS_PER_S)))
+        prompt = {k: self.memory.get(k, 0) + heard_tokens.get(k, 0) for k in {*self.memory, *heard_tokens}}
+        said = {"AUDIO": round(reply.seconds * TOKENS_PER_S)}
+        await self._send(wire.turn_complete(prompt, said))
+        for k, n in [*heard_tokens.items(), *said.items()]:
+            self.memory[k] = self.memory.get(k, 0) + n
         log.debug("%s turn %d: %s %.2f s of audio in %.2f s", self._label, turn.number,
                   "sent" if complete else "interrupted:", reply.seconds, time.monotonic() - started)
         if self._opts.resumable:
-            await self._send(wire.resumption_update(self._handles.issue(self.turns)))
+            await self._send(wire.resumption_update(self._handles.issue(self.turns, self.memory)))
 
     async def _stream(self, turn: _Turn, reply: persona.Reply) -> bool:
         """Send the reply's audio, paced, with its transcript spread over it; False if barged in."""
@@ -136,13 +158,15 @@ class TurnPlayer:
         slots = _spread(pieces, len(chunks))
         loop = asyncio.get_running_loop()
         start = loop.time()
+        together = self._opts.parts_per_event > 1
         for i, chunk in enumerate(chunks):
-            for piece in slots[i]:
-                await self._send(wire.output_transcription(piece))
+            if not (together and chunk):
+                for piece in slots[i]:
+                    await self._send(wire.output_transcription(piece))
             if turn.barge.is_set():
                 return False
             if chunk:
-                await self._send(wire.audio(chunk))
+                await self._send(wire.audio(chunk, "".join(slots[i]) if together else ""))
                 if i == 0:
                     self.turns_ns.append((turn.heard_ns, time.monotonic_ns()))
             if await _within(turn.barge, start + (i + 1) * CHUNK_MS / 1000 / PACE - loop.time()):

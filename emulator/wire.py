@@ -110,10 +110,14 @@ def setup_complete() -> str:
     return _frame({"setupComplete": {}})
 
 
-def audio(pcm24k: bytes) -> str:
+def audio(pcm24k: bytes, transcript: str = "") -> str:
+    """A chunk of the model's audio; with ``transcript``, its output transcription in the same event
+    (the generations that send several parts per event)."""
     data = base64.b64encode(pcm24k).decode("ascii")  # standard alphabet, as proto3 JSON writes bytes
-    return _frame({"serverContent": {"modelTurn": {"parts": [
-        {"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}]}}})
+    content: dict = {"modelTurn": {"parts": [{"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}]}}
+    if transcript:
+        content["outputTranscription"] = {"text": transcript}
+    return _frame({"serverContent": content})
 
 
 def output_transcription(text: str) -> str:
@@ -128,10 +132,22 @@ def generation_complete() -> str:
     return _frame({"serverContent": {"generationComplete": True}})
 
 
-def turn_complete(prompt_tokens: int, response_tokens: int) -> str:
+def turn_complete(prompt: dict[str, int], response: dict[str, int]) -> str:
+    """``turnComplete`` with the turn's ``usageMetadata``: token counts by modality (AUDIO, TEXT)."""
+    prompt_n, response_n = sum(prompt.values()), sum(response.values())
     return _frame({"serverContent": {"turnComplete": True}, "usageMetadata": {
-        "promptTokenCount": prompt_tokens, "responseTokenCount": response_tokens,
-        "totalTokenCount": prompt_tokens + response_tokens}})
+        "promptTokenCount": prompt_n, "responseTokenCount": response_n,
+        "totalTokenCount": prompt_n + response_n,
+        "promptTokensDetails": _details(prompt), "responseTokensDetails": _details(response)}})
+
+
+def _details(counts: dict[str, int]) -> list[dict]:
+    return [{"modality": k, "tokenCount": n} for k, n in sorted(counts.items()) if n]
+
+
+def voice_activity(start: bool) -> str:
+    """The service's own VAD saw the caller start or stop (the wire key is ``type``)."""
+    return _frame({"voiceActivity": {"type": "ACTIVITY_START" if start else "ACTIVITY_END"}})
 
 
 def interrupted() -> str:
@@ -155,11 +171,13 @@ def tool_call_cancellation(ids: list[str]) -> str:
     return _frame({"toolCallCancellation": {"ids": ids}})
 
 
-def tool_responses(tool_response: dict) -> list[tuple[str, dict]]:
-    """(id, response) of each function response in a (snake-normalised) tool_response."""
+def tool_responses(tool_response: dict) -> list[tuple[str, dict, str]]:
+    """(id, response, scheduling) of each function response in a (snake-normalised) tool_response;
+    scheduling "" when it names none."""
     found = []
     for r in tool_response.get("function_responses") or []:
         if not isinstance(r, dict) or not isinstance(r.get("id"), str):
             raise Malformed("tool_response.function_responses[] needs an id")
-        found.append((r["id"], r.get("response") if isinstance(r.get("response"), dict) else {}))
+        found.append((r["id"], r.get("response") if isinstance(r.get("response"), dict) else {},
+                      str(r.get("scheduling") or "")))
     return found

@@ -20,6 +20,7 @@ from gateway import twilio_codec as tw
 from gateway.playout import Echo, Playout
 from gateway.replay import CallerRing
 from gateway.transcripts import TranscriptLog
+from gateway.usage import CallUsage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
     counters: dict = field(default_factory=dict)  # the gateway's /healthz counters
+    usage: CallUsage = field(default_factory=CallUsage)  # model tokens, as the model_clients report them
     _out: list = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task | None = None
@@ -127,9 +129,10 @@ class Call:
         self._closing = True
         self._wake.set()
 
-    def ended(self) -> None:
-        """The call is over: write what is left of the transcript."""
-        self.transcript.close(self.playout.turns)
+    def ended(self, closing: dict | None = None) -> None:
+        """The call is over: write what is left of the transcript, then ``closing`` (why it ended, its
+        usage)."""
+        self.transcript.close(self.playout.turns, closing)
 
     # --- writing to Twilio ----------------------------------------------------------------------
 

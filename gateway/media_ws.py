@@ -15,6 +15,7 @@ from common import messages as m
 from common.lifecycle import spawn
 from common.logs import call_context, forget_call, name_call, register_call
 from gateway import twilio_codec as tw
+from gateway import usage
 from gateway.admission import Admissions
 from gateway.calls import Call
 from gateway.limits import StreamGuard
@@ -125,8 +126,11 @@ class MediaStream:
             self.ended = True
             with call_context(self.call.id):
                 self.pipeline.end_call(self.call, reason)
-                self.call.ended()
-                log.info("call ended: %s", self.call.end_reason or reason)
+                tokens, prices = self.call.usage.tokens(), self.pipeline.settings.price_per_mtok
+                usage.add_to(self.pipeline.tokens, tokens)
+                reason = self.call.end_reason or reason
+                self.call.ended({"reason": reason, **usage.closing_record(tokens, prices)})
+                log.info("call ended: %s (%s)", reason, usage.summary(tokens, prices))
             forget_call(self.call.id)
 
 

@@ -50,6 +50,11 @@ class BridgeCollector:
         for name, n in sorted(self._events().items()):
             events.add_metric([name], n)
         yield events
+        tokens = CounterMetricFamily("bridge_model_tokens", "Model tokens of ended calls, as the service "
+                                     "reported them (model_client/usage.py)", labels=["direction", "modality"])
+        for key, n in sorted(p.tokens.items()):
+            tokens.add_metric(key.split("_", 1), n)
+        yield tokens
         yield from self._queues()
         yield from self._peers()
 

@@ -50,6 +50,7 @@ class Pipeline(Failover, Prewarm):
         self.barge_ins = 0
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
         self.outcomes: dict[str, int] = {}  # calls ended, by why (gateway/metrics.py)
+        self.tokens: dict[str, int] = {}  # model tokens of ended calls, "<direction>_<modality>" (gateway/usage.py)
         self.down_hop = Histogram(LATENCY_BUCKETS_MS)  # model_client received it → the gateway has it
         self.loop_lag = Histogram(LATENCY_BUCKETS_MS)  # how late this loop runs a timer (common/stats.py)
         self.peer_stats: dict[bytes, tuple[Peer, m.Stats]] = {}  # each live peer's latest Stats
@@ -212,6 +213,9 @@ class Pipeline(Failover, Prewarm):
                               turn=max(call.playout.latest, call.playout.cleared_turn))
         elif isinstance(msg, m.Action):
             self._action(call, msg)
+        elif isinstance(msg, m.Usage):
+            if not call.usage.update(msg):
+                log.error("malformed token usage dropped: %.200r", msg.tokens)
         elif isinstance(msg, m.CallEnd):
             log.info("pipeline ended the call: %s", msg.reason)
             self._ended(call.end_reason or msg.reason)

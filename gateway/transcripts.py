@@ -46,11 +46,13 @@ class TranscriptLog:
         log.info("call %s%s", what, "".join(f", {k} {v}" for k, v in details.items()))
         self._write({"role": "call", "event": what, **details})
 
-    def close(self, turns: dict[int, TurnState]) -> None:
-        """The call ended: write whatever is still open."""
+    def close(self, turns: dict[int, TurnState], closing: dict | None = None) -> None:
+        """The call ended: write whatever is still open, then the closing record (role "end")."""
         self._flush_caller()
         for turn in sorted(set(self._model) | {t for t, s in turns.items() if not s.finished}):
             self.turn_finished(turn, turns.get(turn, TurnState()))
+        if closing is not None:
+            self._write({"role": "end", **closing})
 
     def _flush_caller(self) -> None:
         text = "".join(self._caller).strip()

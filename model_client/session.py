@@ -43,6 +43,7 @@ from model_client.tool_calls import ToolCalls
 from model_client.tool_results import outcome_text
 from model_client.tools import ToolContext, Toolbox
 from model_client.turns import ModelTurns
+from model_client.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class GeminiSession:
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
         self.barge = BargeInDetector()
+        self.usage = UsageMeter()  # the call's tokens (model_client/usage.py)
         conversation = Conversation()  # told to a fresh session, should a handle be refused
         self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)
         self._dialer = Dialer(client, settings, toolbox, conversation, on_connect=on_connect)
@@ -219,6 +221,7 @@ class GeminiSession:
         """Send on ``conn`` from now on, starting with what its handle lacks."""
         self.connection = conn
         self.stats["connections"] += 1
+        self.usage.connected()
         resend = [Outgoing(kind=sent.kind, payload=sent.payload, resend=True)
                   for sent in self._journal.since(conn.replay_from)]
         self._queue.connected(resend)
@@ -302,6 +305,11 @@ class GeminiSession:
         if msg.server_content is not None:
             self._active = True
             self._turns.content(msg.server_content, msg.data)
+            self.usage.model_audio(len(msg.data or b""))
+        if msg.usage_metadata:
+            self.usage.report(msg.usage_metadata, turn_complete=bool(msg.server_content and
+                                                                   msg.server_content.turn_complete))
+            self.emit(m.Usage(call=self.call, session=self.usage.session, tokens=self.usage.totals()))
         # The handle last: in a frame that carries both, it describes the state after the content.
         update = msg.session_resumption_update
         if update and update.resumable and update.new_handle:

@@ -31,6 +31,7 @@ EXAMPLES = [
     m.CallerSpeech("c1", "vad"),
     m.Played("c1", 3, "3.4", False, 600),
     m.Stats({"frames_up": 12}, {"calls": 2}, {"up_hop_ms": [1, 0, 3, 4500]}),
+    m.Usage("c1", "a1b2c3d4", {"input_audio": 120, "output_audio": 80}),
 ]
 
 
