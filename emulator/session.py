@@ -6,7 +6,8 @@ turn, an end of speech queues a new one (``emulator.turns``). Fault knobs run as
 Closing happens in one place (``run``'s ``finally``): the reader, turns and timers are cancelled
 first, then the close frame goes out with the code the reason for closing asked for: 1000 after a
 goAway, 1007 for a malformed frame, 1001 when the emulator stops. A drop aborts the TCP connection
-instead, with no close frame at all.
+instead, with no close frame at all. ``EMULATOR_STALL`` (tests only) scripts a model that stops
+answering: no reply at all, or a turn that completes with no audio.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class LiveSession:
         self._player: TurnPlayer | None = None
         self._turns_at_end = 0
         self._tool_calls: dict[str, asyncio.Future] = {}  # scripted tool calls awaiting a response
+        self._stalled = False  # EMULATOR_STALL=empty_turn: this connection's one empty turn is done
+        self._resumable = False
         self.tool_calls = 0
         self.resumed_from: int | None = None  # the turn count a resumption handle restored
         self.refused_handle = False
@@ -125,6 +128,7 @@ class LiveSession:
             self._refuse_key()
             return False
         opts = Options.from_setup(setup)
+        self._resumable = opts.resumable
         self.instruction = wire.text_of({"turns": [setup.get("system_instruction") or {}]})
         turns = self._resumed_turns((setup.get("session_resumption") or {}).get("handle"))
         self._vad = EnergyVad(opts.vad)
@@ -202,11 +206,19 @@ class LiveSession:
         log.debug("%s: ignoring %s", self._label, sorted(body))
 
     def _speech_turn(self, speech: SpeechEnded) -> None:
+        if self._no_reply():
+            return
+        if self._settings.emulator_stall == "empty_turn" and not self._stalled:
+            self._stalled = True  # the turn completes, with not a sample of audio
+            self._player.start(persona.heard(speech.utterance), speech.seconds, lambda: persona.Reply(b"", ""))
+            return
         who = self._settings.emulator_persona
         self._player.start(persona.heard(speech.utterance), speech.seconds,
                            lambda: persona.reply(who, speech.utterance))
 
     def _text_turn(self, text: str) -> None:
+        if self._no_reply():
+            return
         for when, name, args in self._settings.emulator_tool_script:
             if when in text:
                 spawn(self._tool_turn(name, json.loads(args)), f"emulator.s{self.number}.tool", self._tasks)
@@ -214,6 +226,17 @@ class LiveSession:
         who = self._settings.emulator_persona
         self._player.barge_in()
         self._player.start("", len(text) / 4 / TOKENS_PER_S, lambda: persona.reply_to_text(who, text))
+
+    def _no_reply(self) -> bool:
+        """EMULATOR_STALL=no_reply: a connection opened without a handle answers nothing; it still
+        gives a resumption handle, as the service does now and then."""
+        if self._settings.emulator_stall != "no_reply" or self.resumed_from is not None:
+            return False
+        log.info("%s: not answering (EMULATOR_STALL=no_reply)", self._label)
+        if self._resumable:
+            spawn(self._send_quietly(wire.resumption_update(self._handles.issue(self.turns))),
+                  f"emulator.s{self.number}.handle", self._tasks)
+        return True
 
     # Scripted tool calls (EMULATOR_TOOL_SCRIPT): a trigger in text input → a toolCall; the reply
     # turn speaks once the client has answered it. The caller speaking cancels it, as on the service.

@@ -29,6 +29,7 @@ from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, Histogram, watch_loop_lag
 from gateway.calls import Call
 from gateway.call_state import make_call_state, transcript_pointer
+from gateway.hold import sound_from
 from gateway.replay import CallerRing
 
 PREWARM_TTL_S = 60.0  # a pre-warmed session whose stream never came is closed after this
@@ -44,6 +45,7 @@ class Pipeline:
         self.calls: dict[str, Call] = {}
         self.prewarmed: dict[str, tuple[str, float]] = {}  # call id -> (model endpoint, deadline)
         self.state = make_call_state(settings.redis_url)  # dispositions, handles: gateway/call_state.py
+        self.hold_sound = sound_from(settings.hold_audio)  # a bad BRIDGE_HOLD_AUDIO stops the gateway here
         self.unknown_call = 0
         self.barge_ins = 0
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
@@ -141,6 +143,7 @@ class Pipeline:
             return False
         call.transcoder, call.model = transcoder.route, model
         call.params, call.ring = params, CallerRing(self.settings.replay_s)
+        call.start_hold(self.hold_sound, self.settings.hold_after_ms / 1000)
         self.calls[call.id] = call
         self.state.stream_started(call.call_sid)
         known = self._carry_on(call)
@@ -227,12 +230,15 @@ class Pipeline:
         elif isinstance(msg, m.Interrupt):
             self._barge_in(call, "the model was interrupted")
         elif isinstance(msg, m.CallerSpeech):
+            call.hold.stop("the caller speaks")
             if call.playout.playing:  # the model finished generating; the caller still hears it
                 self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
             self.on_transcript(call, msg)
             if msg.role == "caller":
                 call.transcript.caller(msg.text, msg.final)
+            elif msg.role == "line":
+                call.transcript.event(msg.text)
             else:
                 call.transcript.model(msg.turn, msg.text)
         elif isinstance(msg, m.Resumption):
@@ -259,6 +265,14 @@ class Pipeline:
         log.info("barge-in (%s): turn %d cleared", why, turn)
 
     def _action(self, call: Call, msg: m.Action) -> None:
+        if msg.kind == "hold":
+            call.hold.waiting(msg.target == "on")
+            return
+        if msg.kind == "stalled":  # the model_client gave up on the model: /twiml/after apologises, resumes
+            self.state.update(call.call_sid, disposition="stalled", target="")
+            log.warning("the model stalled: ending the stream for /twiml/after")
+            call.close()
+            return
         if msg.kind == "hangup":
             self.state.update(call.call_sid, disposition="hangup", target="")
         elif msg.kind == "transfer" and self.settings.transfer_allowed(msg.target):

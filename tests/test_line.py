@@ -1,0 +1,98 @@
+"""A line that never goes dead or deaf, through the real stack (supervisord, softphone, emulator, real
+SDK): hold audio while a tool runs, paused input answered, a silent caller prompted then hung up, a
+stalled model recovered or handed to /twiml/after, the longest call warned and ended."""
+
+import json
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from common.g711 import decode_ulaw
+from harness.stack import Stack, wait_for
+from softphone.caller import place_call
+from softphone.speech import silence, speech_like
+
+pytestmark = pytest.mark.e2e
+
+QUIET_LINE = {"BRIDGE_IDLE_PROMPT_S": "0", "BRIDGE_IDLE_HANGUP_S": "0"}
+
+
+def started(tmp_path, **env) -> Stack:
+    return Stack(tmp_path / "run", GEMINI_SILENCE_MS="300", **env).start()
+
+
+def stopped(stack: Stack) -> str:
+    """Stop the stack; its log."""
+    assert stack.stop() == 0
+    text = stack.log.read_text()
+    assert "Traceback" not in text, text[-8000:]
+    return text
+
+
+def transcript(stack, call_sid) -> list[dict]:
+    wait_for(lambda: stack.health()["calls"] == 0, 10, "the gateway to end the call", stack.log)
+    path = stack.run_dir / "transcripts" / f"{call_sid}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def line_events(lines) -> list[str]:
+    return [line["text"] for line in lines if line["role"] == "line"]
+
+
+def metrics(stack) -> str:
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def after(stack, call_sid) -> str:
+    data = urllib.parse.urlencode({"CallSid": call_sid}).encode()
+    with urllib.request.urlopen(stack.url + "/twiml/after", data=data, timeout=5) as r:
+        return r.read().decode()
+
+
+def levels(ulaw: bytes) -> np.ndarray:
+    """RMS of each 20 ms of what the caller heard, full scale = 1."""
+    pcm = decode_ulaw(ulaw).astype(np.float64) / 32768
+    frames = pcm[:len(pcm) // 160 * 160].reshape(-1, 160)
+    return np.sqrt((frames ** 2).mean(axis=1))
+
+
+async def test_a_slow_tool_plays_hold_audio_that_never_overlaps_the_model(tmp_path):
+    script = [{"when": "pressed 3", "call": "slow_lookup"}]
+    stack = started(tmp_path, EMULATOR_TOOL_SCRIPT=json.dumps(script), BRIDGE_TOOLS_MODULE="tests.line_tools",
+                    **QUIET_LINE)
+    try:
+        result = await place_call(stack.url, silence(0.5), listen_s=7.0, dtmf=[(0.5, "3")], timeout_s=30)
+        lines = transcript(stack, result.call_sid)
+        text = metrics(stack)
+    finally:
+        stopped(stack)
+    level = levels(result.heard)
+    loud = np.flatnonzero(level > 0.1)  # the reply: the emulator's tone at −12 dBFS
+    assert len(loud), "the model spoke after its tool"
+    first, last = loud[0], loud[-1]
+    hold = np.flatnonzero((level > 0.002) & (level < 0.06))
+    assert np.any((hold > 25) & (hold < first)), "hold audio played while the tool ran"
+    assert np.all(level[first + 1:last] > 0.06), "nothing else within the model's turn"
+    assert not np.any(level[last + 2:] > 0.002), "no hold audio once the model has spoken"
+    events = line_events(lines)
+    assert any(e.startswith("hold: started") for e in events)
+    assert any("hold: stopped" in e and "the model speaks" in e for e in events)
+    assert 'bridge_gateway_events_total{event="hold_plays"} 1.0' in text
+
+
+async def test_a_media_pause_gets_the_turn_answered_and_input_resumes(tmp_path):
+    stack = started(tmp_path, **QUIET_LINE)
+    try:
+        caller = np.concatenate([speech_like(1.5, seed=1), silence(3.5), speech_like(1.0, seed=2)])
+        # Twilio sends nothing from 1.6 s to 4.6 s: the caller's trailing silence never arrives.
+        result = await place_call(stack.url, caller, listen_s=3.0, pauses=[(1.6, 3.0)], timeout_s=30)
+        text = metrics(stack)
+    finally:
+        log = stopped(stack)
+    assert result.reply_starts_s and result.reply_starts_s[0] < 4.6, "answered while the media was paused"
+    assert any(t > 6.0 for t in result.reply_starts_s), "the turn after the pause is answered too"
+    assert "audio_stream_end sent" in log and "caller audio resumed" in log
+    assert 'event="session_input_pauses"' in text
