@@ -9,7 +9,7 @@ every ``TICK_S`` and acts through ``LineActions``:
   model is asked to check in; quiet ``idle_hangup_s`` in all: it says goodbye and the call ends.
   Paused while a tool runs, the model's audio plays or the caller speaks; a keypad digit is presence.
 - **stall**: the caller finished a turn and no model audio began within ``stall_s``, or a turn
-  completed with no audio: nudge the model, then reconnect by handle (and nudge again), then
+  completed with no audio: nudge the model, then reconnect by handle and nudge again, then
   apologise (``Action(kind="stalled")``: the gateway ends the stream and ``/twiml/after`` resumes).
 - **longest call**: a warning ``MAX_CALL_LEAD_S`` before ``max_call_s``, then a goodbye and the end.
 - **paused input**: no caller audio for ``input_pause_ms`` while the stream is up: ``audio_stream_end``,
@@ -268,6 +268,8 @@ class LineWatch:
         elif self._stall_steps == 2:
             self.stats["stall_reconnects"] += 1
             self._event(f"stall ({why}): reconnecting by handle", logging.WARNING)
+            # The new connection is sent again what its handle lacks (the caller's turn, perhaps the
+            # nudge); a resumed session still says nothing until something new comes: nudge it again.
             self.actions.reconnect(f"the model stalled ({why})")
             self.actions.say(STALL_NUDGE)
         else:

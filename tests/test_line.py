@@ -3,6 +3,7 @@ SDK): hold audio while a tool runs, paused input answered, a silent caller promp
 stalled model recovered or handed to /twiml/after, the longest call warned and ended."""
 
 import json
+import re
 import urllib.parse
 import urllib.request
 
@@ -44,6 +45,12 @@ def line_events(lines) -> list[str]:
 def metrics(stack) -> str:
     with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
         return r.read().decode()
+
+
+def counted(stack, name: str, n: int = 1) -> None:
+    """Wait for a stage counter in /metrics (the stages report every 2 s)."""
+    line = re.compile(rf'^bridge_stage_events_total{{[^}}]*event="{name}"[^}}]*}} {n}\.0$', re.M)
+    wait_for(lambda: line.search(metrics(stack)), 10, f"{name} = {n} in /metrics", stack.log)
 
 
 def after(stack, call_sid) -> str:
@@ -89,10 +96,81 @@ async def test_a_media_pause_gets_the_turn_answered_and_input_resumes(tmp_path):
         caller = np.concatenate([speech_like(1.5, seed=1), silence(3.5), speech_like(1.0, seed=2)])
         # Twilio sends nothing from 1.6 s to 4.6 s: the caller's trailing silence never arrives.
         result = await place_call(stack.url, caller, listen_s=3.0, pauses=[(1.6, 3.0)], timeout_s=30)
-        text = metrics(stack)
+        counted(stack, "session_input_pauses")
     finally:
         log = stopped(stack)
     assert result.reply_starts_s and result.reply_starts_s[0] < 4.6, "answered while the media was paused"
     assert any(t > 6.0 for t in result.reply_starts_s), "the turn after the pause is answered too"
     assert "audio_stream_end sent" in log and "caller audio resumed" in log
-    assert 'event="session_input_pauses"' in text
+
+
+async def test_a_silent_caller_is_prompted_then_hung_up(tmp_path):
+    stack = started(tmp_path, BRIDGE_IDLE_PROMPT_S="2", BRIDGE_IDLE_HANGUP_S="6")
+    try:
+        result = await place_call(stack.url, silence(0.5), listen_s=20.0, timeout_s=40)
+        lines = transcript(stack, result.call_sid)
+        answer = after(stack, result.call_sid)
+        counted(stack, "session_idle_hangups")
+    finally:
+        stopped(stack)
+    events = line_events(lines)
+    assert any("prompting the model" in e for e in events)
+    assert any("goodbye" in e for e in events)
+    said = " ".join(line["text"] for line in lines if line["role"] == "model")
+    assert "still there" in said, "the model was asked to check in"
+    assert result.closed_by == "server" and "<Hangup" in answer
+
+
+async def test_a_model_turn_with_no_audio_is_nudged_and_recovers(tmp_path):
+    stack = started(tmp_path, EMULATOR_STALL="empty_turn", BRIDGE_STALL_S="2", **QUIET_LINE)
+    try:
+        result = await place_call(stack.url, speech_like(1.0, seed=3), listen_s=5.0, timeout_s=30)
+        lines = transcript(stack, result.call_sid)
+        counted(stack, "session_stall_recovered")
+    finally:
+        stopped(stack)
+    assert result.reply_starts_s, "the caller heard an answer"
+    events = line_events(lines)
+    assert any("completed with no audio" in e and "nudging" in e for e in events)
+    assert any("answered after 1 step" in e for e in events)
+
+
+async def test_a_model_that_never_replies_is_reconnected_by_handle_and_recovers(tmp_path):
+    stack = started(tmp_path, EMULATOR_STALL="no_reply", BRIDGE_STALL_S="1.5", **QUIET_LINE)
+    try:
+        result = await place_call(stack.url, speech_like(1.0, seed=4), listen_s=8.0, timeout_s=30)
+        lines = transcript(stack, result.call_sid)
+        counted(stack, "session_stall_reconnects")
+    finally:
+        log = stopped(stack)
+    assert result.reply_starts_s, "the caller heard an answer"
+    events = line_events(lines)
+    assert [e for e in events if "nudging" in e] and [e for e in events if "reconnecting by handle" in e]
+    assert any("answered after 2 step" in e for e in events)
+    assert "reconnecting in 0.00 s with the latest handle" in log
+
+
+async def test_a_model_that_stays_silent_hands_the_call_to_twiml_after_with_an_apology(tmp_path):
+    stack = started(tmp_path, EMULATOR_PERSONA="silent", BRIDGE_STALL_S="1", **QUIET_LINE)
+    try:
+        result = await place_call(stack.url, speech_like(1.0, seed=5), listen_s=10.0, timeout_s=30)
+        lines = transcript(stack, result.call_sid)
+        answer = after(stack, result.call_sid)
+    finally:
+        stopped(stack)
+    assert result.closed_by == "server"
+    assert any("with an apology" in e for e in line_events(lines))
+    assert "<Say>Sorry, that took me a moment" in answer and "<Connect><Stream" in answer
+
+
+async def test_the_longest_call_is_warned_then_ended(tmp_path):
+    stack = started(tmp_path, BRIDGE_MAX_CALL_S="8", **QUIET_LINE)
+    try:
+        result = await place_call(stack.url, silence(0.5), listen_s=20.0, timeout_s=40)
+        lines = transcript(stack, result.call_sid)
+        answer = after(stack, result.call_sid)
+    finally:
+        stopped(stack)
+    said = " ".join(line["text"] for line in lines if line["role"] == "model")
+    assert "time limit in about 2 seconds" in said and "time limit is reached" in said
+    assert result.closed_by == "server" and "<Hangup" in answer
