@@ -186,6 +186,7 @@ class Call:
     async def stop_writer(self) -> None:
         if self.hold is not None:
             self.hold.close()
+            self.hold = None  # it holds this call's bound methods: no cycle outlives the call
         for task in (self._writer, self._leaving):
             if task is not None and not task.done():
                 task.cancel()

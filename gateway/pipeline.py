@@ -230,7 +230,8 @@ class Pipeline:
         elif isinstance(msg, m.Interrupt):
             self._barge_in(call, "the model was interrupted")
         elif isinstance(msg, m.CallerSpeech):
-            call.hold.stop("the caller speaks")
+            if call.hold is not None:
+                call.hold.stop("the caller speaks")
             if call.playout.playing:  # the model finished generating; the caller still hears it
                 self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
@@ -266,7 +267,8 @@ class Pipeline:
 
     def _action(self, call: Call, msg: m.Action) -> None:
         if msg.kind == "hold":
-            call.hold.waiting(msg.target == "on")
+            if call.hold is not None:
+                call.hold.waiting(msg.target == "on")
             return
         if msg.kind == "stalled":  # the model_client gave up on the model: /twiml/after apologises, resumes
             self.state.update(call.call_sid, disposition="stalled", target="")
