@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -53,6 +54,18 @@ def _power(dbfs: float) -> float:
 
 
 START_POWER, HOLD_POWER = _power(START_DBFS), _power(HOLD_DBFS)
+
+
+def weak(method: Callable) -> Callable:
+    """``method``, without keeping its object alive: a session's line watch must not hold the session
+    in a reference cycle (a closed session is freed at once, not at the collector's next pass)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        target = ref()
+        if target is not None:
+            target(*args)
+    return call
 
 
 class LineActions(NamedTuple):
@@ -87,6 +100,7 @@ class LineWatch:
         self._cleared_at = 0.0
         # tools and hold
         self._tools = 0
+        self._tool_called = False  # since the last turn_complete
         self._tool_answered = False  # a tool's answer went to the model, which has not spoken since
         self._waiting = False
         # the timers
@@ -155,8 +169,9 @@ class LineWatch:
         self._in_turn, self._interrupted = False, True
 
     def turn_complete(self, now: float) -> None:
-        empty = not self._audio_since_complete and not self._interrupted and not self._tools
-        self._in_turn = self._interrupted = self._audio_since_complete = False
+        # A turn that only called a tool is the model at work, not a stall.
+        empty = not (self._audio_since_complete or self._interrupted or self._tool_called)
+        self._in_turn = self._interrupted = self._audio_since_complete = self._tool_called = False
         if not self._tools:
             self._tool_answered = False
         if empty and self.settings.stall_s and not self._leaving:
@@ -169,6 +184,7 @@ class LineWatch:
             self._finished_turn = max(self._finished_turn, msg.turn)
 
     def tools_changed(self, running: int, cancelled: bool = False) -> None:
+        self._tool_called |= running > self._tools
         self._tools = running
         if cancelled and not running:
             self._tool_answered = False

@@ -38,7 +38,7 @@ from common.settings import Settings
 from model_client.barge import BargeInDetector
 from model_client.gemini_wire import Connection, Dialer, OnConnect
 from model_client.handover import Handover
-from model_client.line_watch import LineActions, LineWatch
+from model_client.line_watch import LineActions, LineWatch, weak
 from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
 from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, STREAM_END, TEXT, TOOL, Outgoing, SendQueue
 from model_client.tool_calls import ToolCalls
@@ -73,7 +73,7 @@ class GeminiSession:
         self._tools = ToolCalls(call, toolbox, context)
         self.line = LineWatch(call, settings, LineActions(
             say=partial(self._queue.add, TEXT), stream_end=partial(self._queue.add, STREAM_END, None),
-            reconnect=self._reconnect, emit=emit), self.stats)
+            reconnect=weak(self._reconnect), emit=emit), self.stats)
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle

@@ -196,3 +196,12 @@ def test_the_longest_call_is_warned_then_ended(limit, warn_at):
     line.wait(limit - warn_at)
     assert line.said[-1] == MAX_CALL_GOODBYE and len(line.actions("hangup")) == 1
     assert (line.stats["max_call_warnings"], line.stats["max_call_ends"]) == (1, 1)
+
+
+def test_a_turn_that_only_called_a_tool_is_not_a_stall():
+    line = Line(BRIDGE_STALL_S="4")
+    line.watch.tools_changed(1)
+    line.watch.tool_answered()
+    line.watch.tools_changed(0)
+    line.watch.content(SimpleNamespace(interrupted=False, turn_complete=True), 0, 0, line.now)
+    assert line.said == []
