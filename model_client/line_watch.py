@@ -223,7 +223,7 @@ class LineWatch:
         if pause_s and self._last_audio and not self._input_paused and now - self._last_audio >= pause_s:
             self._input_paused = True
             self.stats["input_pauses"] += 1
-            log.info("caller audio paused for %.1f s: audio_stream_end sent", now - self._last_audio)
+            self._event(f"input paused: no caller audio for {now - self._last_audio:.1f} s, audio_stream_end sent")
             self.actions.stream_end()
             if self._speaking:  # what the caller said is a turn now, as it is for the model
                 self._speaking = False

@@ -66,16 +66,18 @@ def levels(ulaw: bytes) -> np.ndarray:
     return np.sqrt((frames ** 2).mean(axis=1))
 
 
-async def test_a_slow_tool_plays_hold_audio_that_never_overlaps_the_model(tmp_path):
+@pytest.fixture(scope="module")
+def tool_stack(tmp_path_factory):
     script = [{"when": "pressed 3", "call": "slow_lookup"}]
-    stack = started(tmp_path, EMULATOR_TOOL_SCRIPT=json.dumps(script), BRIDGE_TOOLS_MODULE="tests.line_tools",
-                    **QUIET_LINE)
-    try:
-        result = await place_call(stack.url, silence(0.5), listen_s=7.0, dtmf=[(0.5, "3")], timeout_s=30)
-        lines = transcript(stack, result.call_sid)
-        text = metrics(stack)
-    finally:
-        stopped(stack)
+    stack = started(tmp_path_factory.mktemp("hold"), EMULATOR_TOOL_SCRIPT=json.dumps(script),
+                    BRIDGE_TOOLS_MODULE="tests.line_tools", **QUIET_LINE)
+    yield stack
+    stopped(stack)
+
+
+async def test_a_slow_tool_plays_hold_audio_that_never_overlaps_the_model(tool_stack):
+    result = await place_call(tool_stack.url, silence(0.5), listen_s=7.0, dtmf=[(0.5, "3")], timeout_s=30)
+    lines = transcript(tool_stack, result.call_sid)
     level = levels(result.heard)
     loud = np.flatnonzero(level > 0.1)  # the reply: the emulator's tone at −12 dBFS
     assert len(loud), "the model spoke after its tool"
@@ -87,7 +89,21 @@ async def test_a_slow_tool_plays_hold_audio_that_never_overlaps_the_model(tmp_pa
     events = line_events(lines)
     assert any(e.startswith("hold: started") for e in events)
     assert any("hold: stopped" in e and "the model speaks" in e for e in events)
-    assert 'bridge_gateway_events_total{event="hold_plays"} 1.0' in text
+    wait_for(lambda: 'bridge_gateway_events_total{event="hold_plays"} 1.0' in metrics(tool_stack), 5,
+             "hold_plays in /metrics")
+
+
+async def test_the_hold_sound_stops_when_the_caller_speaks(tool_stack):
+    caller = np.concatenate([silence(2.5), speech_like(1.0, seed=7)])
+    result = await place_call(tool_stack.url, caller, listen_s=3.0, dtmf=[(0.5, "3")], timeout_s=30)
+    events = line_events(transcript(tool_stack, result.call_sid))
+    assert any("hold: stopped" in e and "the caller speaks" in e for e in events)
+    assert result.clears, "what was queued of the hold sound is flushed"
+    reply = [t for t in result.reply_starts_s if t > result.clears[0]]
+    assert reply, "the model answered the caller"
+    level = levels(result.heard)
+    between = level[round(result.clears[0] / 0.02) + 1:round(reply[0] / 0.02)]
+    assert len(between) and not np.any(between > 0.002), "silence from the clear to the model's answer"
 
 
 async def test_a_media_pause_gets_the_turn_answered_and_input_resumes(tmp_path):
