@@ -189,8 +189,11 @@ class LineWatch:
         if cancelled and not running:
             self._tool_answered = False
 
-    def tool_answered(self) -> None:
+    def tool_answered(self, now: float) -> None:
+        """A tool's result went to the model: it owes the caller a reply now (and the hold plays on)."""
         self._tool_answered = True
+        if self.settings.stall_s and not self._leaving:
+            self._owed_since = now
 
     # --- the timers ---------------------------------------------------------------------------------
 

@@ -300,7 +300,7 @@ class GeminiSession:
 
     def _tool_answered(self, response: types.FunctionResponse) -> None:
         self._queue.add(TOOL, response)
-        self.line.tool_answered()
+        self.line.tool_answered(time.monotonic())
 
     def _tool_finished(self) -> None:
         self._handover.poke()

@@ -61,7 +61,7 @@ def test_hold_is_asked_for_while_a_tool_runs_and_until_the_model_speaks():
     line = Line()
     line.watch.tools_changed(1)
     line.wait(0.5)
-    line.watch.tool_answered()
+    line.watch.tool_answered(line.now)
     line.watch.tools_changed(0)
     line.wait(0.5)
     assert [a.target for a in line.actions("hold")] == ["on"]
@@ -201,7 +201,18 @@ def test_the_longest_call_is_warned_then_ended(limit, warn_at):
 def test_a_turn_that_only_called_a_tool_is_not_a_stall():
     line = Line(BRIDGE_STALL_S="4")
     line.watch.tools_changed(1)
-    line.watch.tool_answered()
+    line.watch.tool_answered(line.now)
     line.watch.tools_changed(0)
     line.watch.content(SimpleNamespace(interrupted=False, turn_complete=True), 0, 0, line.now)
     assert line.said == []
+
+
+def test_a_model_silent_after_its_tool_answered_is_a_stall():
+    line = Line(BRIDGE_STALL_S="4", BRIDGE_IDLE_PROMPT_S="0")
+    line.watch.tools_changed(1)
+    line.wait(10.0)
+    assert line.said == [], "the tool's time is its own"
+    line.watch.tool_answered(line.now)
+    line.watch.tools_changed(0)
+    line.wait(4.5)
+    assert line.said == [STALL_NUDGE]
