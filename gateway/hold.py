@@ -83,7 +83,7 @@ class Hold:
         self._marks = 0
         self._began = 0.0
 
-    def waiting(self, on: bool) -> None:
+    def waiting(self, *, on: bool) -> None:
         """The model began (or stopped) waiting on a tool."""
         if on and self._task is None:
             self._quiet_since = time.monotonic()

@@ -268,7 +268,7 @@ class Pipeline:
     def _action(self, call: Call, msg: m.Action) -> None:
         if msg.kind == "hold":
             if call.hold is not None:
-                call.hold.waiting(msg.target == "on")
+                call.hold.waiting(on=msg.target == "on")
             return
         if msg.kind == "stalled":  # the model_client gave up on the model: /twiml/after apologises, resumes
             self.state.update(call.call_sid, disposition="stalled", target="")

@@ -188,6 +188,8 @@ class LineWatch:
         self._tools = running
         if cancelled and not running:
             self._tool_answered = False
+        if running:
+            self._hold()  # the gateway's hold delay counts from now, not from the next tick
 
     def tool_answered(self, now: float) -> None:
         """A tool's result went to the model: it owes the caller a reply now (and the hold plays on)."""

@@ -48,7 +48,7 @@ class Line:
 
 async def test_hold_starts_after_the_wait_keeps_little_queued_and_stops_with_a_clear(until):
     line = Line()
-    line.hold.waiting(True)
+    line.hold.waiting(on=True)
     await until(lambda: line.hold.playing)
     assert line.kinds() == ["media", "mark"] * hold.AHEAD_CHUNKS
     first_mark = line.out[1][1]
@@ -59,25 +59,25 @@ async def test_hold_starts_after_the_wait_keeps_little_queued_and_stops_with_a_c
     assert line.kinds()[-1] == "clear" and not line.hold.playing
     assert line.counters["hold_plays"] == 1 and "hold_ms" in line.counters
     assert any("stopped" in e for e in line.events)
-    line.hold.waiting(False)
+    line.hold.waiting(on=False)
 
 
 async def test_no_hold_while_the_model_audio_plays(until):
     line = Line()
     line.busy = True
-    line.hold.waiting(True)
+    line.hold.waiting(on=True)
     await asyncio.sleep(0.3)
     assert line.out == []
     line.busy = False
     await until(lambda: line.hold.playing)
-    line.hold.waiting(False)
+    line.hold.waiting(on=False)
     assert line.kinds()[-1] == "clear"
 
 
 async def test_the_model_audio_flushes_the_hold_sound_before_it_plays(until, tmp_path):
     call = Call("c1", "CA1", "MZ1", ws=None, playout=Playout(), transcript=TranscriptLog(str(tmp_path), "CA1"))
     call.start_hold(hold.default_sound(), after_s=0.05)
-    call.hold.waiting(True)
+    call.hold.waiting(on=True)
     await until(lambda: call.hold.playing)
     call.send_audio(b"\x01" * 800, turn=1)
     kinds = [kind for kind, _ in call._out]
