@@ -139,6 +139,7 @@ class Played:
     mark: str
     cleared: bool = False
     heard_ms: int = 0
+    finished: bool = False  # nothing of the turn is left to play: the caller has heard it out (or it was cleared)
 
 
 @dataclass(slots=True)
@@ -173,7 +174,7 @@ class Resumption:
 class Action:
     TAG: ClassVar[int] = 14
     call: str
-    kind: str  # "hangup" | "transfer" | "say"
+    kind: str  # "hangup" | "transfer" | "hold" (target "on"/"off": the model waits on a tool) | "stalled"
     target: str = ""
 
 

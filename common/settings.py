@@ -21,6 +21,7 @@ from common.setting_process import RESAMPLERS, ProcessSettings  # noqa: F401 (RE
 from common.setting_types import SPEC, SettingsError, Spec, declare, derived, read, setting  # noqa: F401
 
 PERSONAS = ("echo", "tone", "silent")  # emulator/persona.py
+STALLS = ("off", "no_reply", "empty_turn")  # emulator/session.py, EMULATOR_STALL
 SENSITIVITY = ("HIGH", "LOW")
 
 MODEL, CONVERSATION, OUTBOUND, FAULTS, DEVELOPMENT = (
@@ -130,6 +131,35 @@ class Settings(ProcessSettings):
                              doc="caller ID of outbound calls (your Twilio number) when a request gives no `from`")
     twilio_account_sid: str = setting("TWILIO_ACCOUNT_SID", "", group=OUTBOUND,
                                       doc="Twilio Account SID: with `TWILIO_AUTH_TOKEN`, what places calls")
+    hold_after_ms: int = setting(
+        "BRIDGE_HOLD_AFTER_MS", 800, lo=0, hi=60_000, group=CONVERSATION,
+        doc="while the model waits on a tool this long with nothing playing, the caller hears a quiet hold "
+            "sound until the model speaks again")
+    hold_audio: str = setting(
+        "BRIDGE_HOLD_AUDIO", "", shown="a quiet chime made in code", group=CONVERSATION,
+        doc="the hold sound: a WAV file, mono 16-bit PCM at 8 kHz, looped")
+    idle_prompt_s: float = setting(
+        "BRIDGE_IDLE_PROMPT_S", 8.0, lo=0, hi=3600, group=CONVERSATION,
+        doc="the caller silent this long after the model's turn has played: the model is asked to check in "
+            "(`BRIDGE_IDLE_TEXT`); `0` = never")
+    idle_hangup_s: float = setting(
+        "BRIDGE_IDLE_HANGUP_S", 30.0, lo=0, hi=86400, group=CONVERSATION,
+        doc="the caller silent this long: the model says goodbye and the call ends; `0` = never")
+    idle_text: str = setting(
+        "BRIDGE_IDLE_TEXT", "(The caller has said nothing for a while. Briefly ask whether they are still "
+        "there.)", group=CONVERSATION, doc="the prompt that asks the model to check in on a silent caller")
+    stall_s: float = setting(
+        "BRIDGE_STALL_S", 4.0, lo=0, hi=600, group=CONVERSATION,
+        doc="the caller finished a turn and no model audio began this long after: nudge the model, then "
+            "reconnect by handle, then apologise and end the stream (`/twiml/after`); `0` = never")
+    max_call_s: float = setting(
+        "BRIDGE_MAX_CALL_S", 0.0, lo=0, hi=86400, shown="`0` (off)", group=CONVERSATION,
+        doc="longest call: the model warns the caller a minute before (a quarter of the time, if less), "
+            "then says goodbye and the call ends")
+    input_pause_ms: int = setting(
+        "BRIDGE_INPUT_PAUSE_MS", 1000, lo=0, hi=60_000, group=CONVERSATION,
+        doc="caller audio stops arriving this long while the stream is up: Gemini is told the audio "
+            "stream ended (`audio_stream_end`), so it answers what it heard; `0` = never")
     replay_s: float = setting(
         "BRIDGE_REPLAY_S", 15.0, lo=1, hi=300, group=FAULTS,
         doc="caller audio kept per call (gateway ring, model_client journal) until a resumption handle "
@@ -184,6 +214,10 @@ class Settings(ProcessSettings):
         "EMULATOR_TOOL_SCRIPT", (), read=readers.tool_script, group=DEVELOPMENT,
         doc='scripted tool calls: a JSON list of `{"when": text, "call": tool, "args": {...}}`; text input '
             "containing `when` makes the emulator call the tool, then speak its result")
+    emulator_stall: str = setting(
+        "EMULATOR_STALL", STALLS[0], choices=STALLS, group=DEVELOPMENT,
+        doc="tests only: `no_reply`, a connection opened without a resumption handle answers nothing; "
+            "`empty_turn`, each connection's first caller turn completes with no audio")
 
 
 def specs() -> list[Spec]:

@@ -23,6 +23,8 @@ Fault knobs, per connection, counted from its setup:
 - ``EMULATOR_REFUSE_HANDLES``: every resumption handle is refused (1007), as an expired one would be.
 - ``EMULATOR_REFUSE_KEY``: every setup is refused (1008), as a bad API key would be
   (``emulator.session``).
+- ``EMULATOR_STALL`` (tests only): ``no_reply``, a connection opened without a resumption handle answers
+  nothing; ``empty_turn``, each connection's first caller turn completes with no audio.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ how it runs tools (``emulator.tools``), how many parts an event carries, and ``v
 Closing happens in one place (``run``'s ``finally``): the reader, turns and timers are cancelled
 first, then the close frame goes out with the code the reason for closing asked for: 1000 after a
 goAway, 1007 for a malformed frame or a refused setting, 1001 when the emulator stops. A drop aborts
-the TCP connection instead, with no close frame at all.
+the TCP connection instead, with no close frame at all. ``EMULATOR_STALL`` (tests only) scripts a
+model that stops answering: no reply at all, or a turn that completes with no audio.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class LiveSession:
         self._pending_text: list[str] = []  # client_content turns not completed yet
         self._turns_at_end = 0
         self.generation = generations.PLAIN
+        self._stalled = False  # EMULATOR_STALL=empty_turn: this connection's one empty turn is done
+        self._resumable = False
         self.resumed_from: int | None = None  # the turn count a resumption handle restored
         self.refused_handle = False
         self.instruction = ""  # the setup's system instruction (a fresh session may carry the story so far)
@@ -138,6 +141,7 @@ class LiveSession:
             self._end(generations.INVALID_ARGUMENT, refused, f"setup refused: {refused}")
             return False
         opts = Options.from_setup(setup, gen.parts_per_event)
+        self._resumable = opts.resumable
         self.instruction = wire.text_of({"turns": [setup.get("system_instruction") or {}]})
         handle = (setup.get("session_resumption") or {}).get("handle")
         turns = self._resumed_turns(handle)
@@ -229,11 +233,20 @@ class LiveSession:
         log.debug("%s: ignoring %s", self._label, sorted(body))
 
     def _speech_turn(self, speech: SpeechEnded) -> None:
+        if self._no_reply():
+            return
+        if self._settings.emulator_stall == "empty_turn" and not self._stalled:
+            self._stalled = True  # the turn completes, with not a sample of audio
+            self._player.start(persona.heard(speech.utterance), {"AUDIO": round(speech.seconds * TOKENS_PER_S)},
+                               lambda: persona.Reply(b"", ""))
+            return
         who = self._settings.emulator_persona
         self._player.start(persona.heard(speech.utterance), {"AUDIO": round(speech.seconds * TOKENS_PER_S)},
                            lambda: persona.reply(who, speech.utterance))
 
     def _text_turn(self, text: str) -> None:
+        if self._no_reply():
+            return
         self._tools.new_input()
         for when, name, args in self._settings.emulator_tool_script:
             if when in text:
@@ -243,6 +256,17 @@ class LiveSession:
         self._player.barge_in()
         self._player.start("", {"TEXT": max(1, len(text) // TEXT_CHARS_PER_TOKEN)},
                            lambda: persona.reply_to_text(who, text))
+
+    def _no_reply(self) -> bool:
+        """EMULATOR_STALL=no_reply: a connection opened without a handle answers nothing; it still
+        gives a resumption handle, as the service does now and then."""
+        if self._settings.emulator_stall != "no_reply" or self.resumed_from is not None:
+            return False
+        log.info("%s: not answering (EMULATOR_STALL=no_reply)", self._label)
+        if self._resumable:
+            spawn(self._send_quietly(wire.resumption_update(self._handles.issue(self.turns))),
+                  f"emulator.s{self.number}.handle", self._tasks)
+        return True
 
     def _handle_tool_response(self, body: dict) -> None:
         for call_id, response, scheduling in wire.tool_responses(body):

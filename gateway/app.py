@@ -32,6 +32,7 @@ DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: refuse new c
 
 BUSY_MESSAGE = "Sorry, all of our agents are busy right now. Please call again later."
 SORRY_MESSAGE = "Sorry, we are having technical difficulties. Please call again later."
+STALLED_MESSAGE = "Sorry, that took me a moment. Let's carry on."
 XML = "text/xml"
 
 
@@ -95,6 +96,9 @@ async def twiml_after(request: web.Request) -> web.Response:
         body = twiml.dial_twiml(done.target)
     elif done.disposition == "resume":
         return await twiml_webhook(request)  # a fresh stream for the same call
+    elif done.disposition == "stalled":  # the model stopped answering: a word of apology, then carry on
+        resumed = await twiml_webhook(request)
+        return web.Response(text=twiml.say_first(STALLED_MESSAGE, resumed.text), content_type=XML)
     elif done.disposition == "apologise":
         return _unavailable(request.app, call_sid, "gave up after its streams failed")
     else:

@@ -40,7 +40,7 @@ MAX_CALLS = 100_000  # memory copy bound: the oldest go (still in Redis when con
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    disposition: str = "resume"  # "resume" | "hangup" | "transfer" | "apologise"
+    disposition: str = "resume"  # "resume" | "hangup" | "transfer" | "apologise" | "stalled" (resume, sorry first)
     target: str = ""  # the transfer's number
     resumes: int = 0  # fresh streams so far
     handle: str = ""  # the latest resumable Gemini session handle
@@ -65,11 +65,13 @@ class CallRecord:
 
 def next_after(record: CallRecord) -> tuple[CallRecord, CallRecord]:
     """What ``/twiml/after`` does now, and the record to keep: a hang-up or transfer the model asked
-    for happens once; otherwise the call resumes (``MAX_RESUMES`` times), then apologises."""
+    for happens once; otherwise the call resumes (``MAX_RESUMES`` times; after a stall with a word of
+    apology first), then apologises."""
     if record.disposition in ("hangup", "transfer"):
         return record, replace(record, disposition="resume", target="")
     resumes = record.resumes + 1
-    now = replace(record, disposition="resume" if resumes <= MAX_RESUMES else "apologise", resumes=resumes)
+    again = "stalled" if record.disposition == "stalled" else "resume"  # a stalled model: say sorry first
+    now = replace(record, disposition=again if resumes <= MAX_RESUMES else "apologise", resumes=resumes)
     return now, replace(record, disposition="resume", resumes=resumes)
 
 

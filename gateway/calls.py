@@ -17,6 +17,7 @@ from aiohttp import web
 from common.lifecycle import spawn
 from common.logs import call_context
 from gateway import twilio_codec as tw
+from gateway.hold import Hold
 from gateway.playout import Echo, Playout
 from gateway.replay import CallerRing
 from gateway.transcripts import TranscriptLog
@@ -50,6 +51,7 @@ class Call:
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
     counters: dict = field(default_factory=dict)  # the gateway's /healthz counters
     usage: CallUsage = field(default_factory=CallUsage)  # model tokens, as the model_clients report them
+    hold: Hold | None = None  # the hold sound while the model waits on a tool (set by the pipeline)
     _out: list = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task | None = None
@@ -65,7 +67,13 @@ class Call:
 
     # --- model → caller -----------------------------------------------------------------------
 
+    def start_hold(self, sound: bytes, after_s: float) -> None:
+        self.hold = Hold(sound, after_s, send=self._queue, event=self.transcript.event, counters=self.counters,
+                         busy=lambda: self.playout.playing or self.playout.generating)
+
     def send_audio(self, ulaw: bytes, turn: int) -> None:
+        if self.hold is not None and turn > self.playout.cleared_turn:
+            self.hold.stop("the model speaks")  # its clear goes out before the model's audio
         if ulaw and self.playout.add(ulaw, turn):
             self._pump()
 
@@ -75,6 +83,9 @@ class Call:
         self._finish_turns()
 
     def mark_echoed(self, name: str) -> Echo | None:
+        if self.hold is not None and self.hold.owns(name):
+            self.hold.echoed(name)
+            return None
         echo = self.playout.echoed(name)
         if echo is not None:
             self._pump()
@@ -128,6 +139,8 @@ class Call:
         """Close the socket once everything queued before has been written."""
         self._closing = True
         self._wake.set()
+        if self.hold is not None:
+            self.hold.close()
 
     def ended(self, closing: dict | None = None) -> None:
         """The call is over: write what is left of the transcript, then ``closing`` (why it ended, its
@@ -176,6 +189,9 @@ class Call:
         return tw.clear_message(self.stream_sid)
 
     async def stop_writer(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None  # it holds this call's bound methods: no cycle outlives the call
         for task in (self._writer, self._leaving):
             if task is not None and not task.done():
                 task.cancel()

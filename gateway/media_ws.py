@@ -115,7 +115,7 @@ class MediaStream:
             log.debug("unknown mark %r ignored", name)  # Twilio echoes only our own marks
             return
         self.pipeline.send(call, m.Played(call=call.id, turn=echo.turn, mark=name, cleared=echo.flushed,
-                                          heard_ms=echo.heard_ms))
+                                          heard_ms=echo.heard_ms, finished=echo.finished))
 
     def _close(self) -> None:
         spawn(self.ws.close(), "twilio-ws-close")

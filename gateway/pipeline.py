@@ -31,6 +31,7 @@ from common.stats import LATENCY_BUCKETS_MS, Histogram, watch_loop_lag
 from gateway.calls import Call
 from gateway.call_state import make_call_state, transcript_pointer
 from gateway.failover import Failover
+from gateway.hold import sound_from
 from gateway.prewarm import Prewarm
 from gateway.replay import CallerRing
 
@@ -46,6 +47,7 @@ class Pipeline(Failover, Prewarm):
         # call id -> what an outbound call's CallStarts carry (gateway/outbound.py), until it ends
         self.openings: dict[str, m.CallStart] = {}
         self.state = make_call_state(settings.redis_url)  # dispositions, handles: gateway/call_state.py
+        self.hold_sound = sound_from(settings.hold_audio)  # a bad BRIDGE_HOLD_AUDIO stops the gateway here
         self.unknown_call = 0
         self.barge_ins = 0
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
@@ -106,6 +108,7 @@ class Pipeline(Failover, Prewarm):
             return False
         call.transcoder, call.model = transcoder.route, model
         call.params, call.ring = params, CallerRing(self.settings.replay_s)
+        call.start_hold(self.hold_sound, self.settings.hold_after_ms / 1000)
         self.calls[call.id] = call
         self.state.stream_started(call.call_sid)
         known = self._carry_on(call)
@@ -198,12 +201,16 @@ class Pipeline(Failover, Prewarm):
             self._barge_in(call, "the model was interrupted")
         elif isinstance(msg, m.CallerSpeech):
             call.caller_spoke = True
+            if call.hold is not None:
+                call.hold.stop("the caller speaks")
             if call.playout.playing:  # the model finished generating; the caller still hears it
                 self._barge_in(call, f"the caller spoke over playback ({msg.source})")
         elif isinstance(msg, m.Transcript):
             self.on_transcript(call, msg)
             if msg.role == "caller":
                 call.transcript.caller(msg.text, msg.final)
+            elif msg.role == "line":
+                call.transcript.event(msg.text)
             else:
                 call.transcript.model(msg.turn, msg.text)
         elif isinstance(msg, m.Resumption):
@@ -234,6 +241,15 @@ class Pipeline(Failover, Prewarm):
         log.info("barge-in (%s): turn %d cleared", why, turn)
 
     def _action(self, call: Call, msg: m.Action) -> None:
+        if msg.kind == "hold":
+            if call.hold is not None:
+                call.hold.waiting(on=msg.target == "on")
+            return
+        if msg.kind == "stalled":  # the model_client gave up on the model: /twiml/after apologises, resumes
+            self.state.update(call.call_sid, disposition="stalled", target="")
+            log.warning("the model stalled: ending the stream for /twiml/after")
+            call.close()
+            return
         if msg.kind == "hangup":
             self.state.update(call.call_sid, disposition="hangup", target="")
         elif msg.kind == "transfer" and self.settings.transfer_allowed(msg.target):

@@ -30,6 +30,10 @@ class TranscriptLog:
         self._flush_caller()  # the model answering means the caller's utterance is over
         self._model.setdefault(turn, []).append(text)
 
+    def event(self, text: str) -> None:
+        """Something on the line besides words: hold, idle prompts, stalls (already logged)."""
+        self._write({"role": "line", "text": text})
+
     def turn_finished(self, turn: int, state: TurnState) -> None:
         text = "".join(self._model.pop(turn, [])).strip()
         if not text and not state.sent:

@@ -94,3 +94,13 @@ def dial_twiml(target: str) -> str:
     if not (_PHONE.fullmatch(target) and any(c.isdigit() for c in target)):
         raise ValueError(f"dial target must be a phone number or a sip: URI: {target[:80]!r}")
     return f"{PROLOG}<Response><Dial>{escape(target)}</Dial></Response>"
+
+
+def say_first(text: str, document: str) -> str:
+    """``document`` (one of the above) with ``<Say>text</Say>`` before its first verb."""
+    if not _text(text, "say text").strip():
+        raise ValueError("say text must not be blank")
+    head = f"{PROLOG}<Response>"
+    if not document.startswith(head):
+        raise ValueError("not a TwiML document made here")
+    return f"{head}<Say>{escape(text)}</Say>{document[len(head):]}"

@@ -27,7 +27,7 @@ from google.genai import errors, types
 from common.settings import Settings
 from model_client.config import live_config
 from model_client.reconnect import Conversation, Ended, Opening
-from model_client.send_queue import AUDIO, TEXT, Outgoing
+from model_client.send_queue import AUDIO, STREAM_END, TEXT, Outgoing
 from model_client.tools import Toolbox
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class Connection:
             await self.session.send_realtime_input(audio=audio_blob(item.payload))
         elif item.kind == TEXT:
             await self.session.send_realtime_input(text=item.payload)
+        elif item.kind == STREAM_END:
+            await self.session.send_realtime_input(audio_stream_end=True)
         else:
             await self.session.send_tool_response(function_responses=[item.payload.response])  # a ToolAnswer
 

@@ -14,6 +14,7 @@ from collections import deque
 from typing import NamedTuple
 
 AUDIO, TEXT, TOOL = "audio", "text", "tool"
+STREAM_END = "stream_end"  # the caller's audio paused: Gemini answers what it heard (line_watch.py)
 
 PCM_BYTES_PER_S = 32000  # PCM16 16 kHz
 MAX_PENDING_AUDIO = int(10.0 * PCM_BYTES_PER_S)
@@ -22,7 +23,7 @@ MAX_CHUNK = PCM_BYTES_PER_S  # queued audio is joined into chunks of at most 1 s
 
 class Outgoing(NamedTuple):
     """One item for Gemini."""
-    kind: str  # AUDIO, TEXT or TOOL
+    kind: str  # AUDIO, TEXT, TOOL or STREAM_END
     payload: object  # PCM16 16 kHz bytes, a str, or a tool_results.ToolAnswer
     t_in: int = 0  # audio: the gateway's t_in of the newest caller frame in it
     resend: bool = False  # sent before: the current connection's handle lacks it

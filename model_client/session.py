@@ -16,6 +16,7 @@ across connections (docs/architecture.md#failure-model).
   - goAway: ``Handover`` (handover.py) opens the next connection and picks the moment to switch.
 - ``ModelTurns`` (turns.py): what the model says, as our messages, in turns numbered by us.
 - ``ToolCalls`` (tool_calls.py): the model's tool calls, running while the conversation goes on.
+- ``LineWatch`` (line_watch.py): hold, a silent caller, a stalled model, the longest call, paused input.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from common.settings import Settings
 from model_client.barge import BargeInDetector
 from model_client.gemini_wire import Connection, Dialer, OnConnect
 from model_client.handover import Handover
+from model_client.line_watch import LineActions, LineWatch, weak
 from model_client.reconnect import Conversation, Ended, Journal, Opening, RetryBudget, next_step
-from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, TEXT, TOOL, Outgoing, SendQueue
+from model_client.send_queue import AUDIO, PCM_BYTES_PER_S, STREAM_END, TEXT, TOOL, Outgoing, SendQueue
 from model_client.tool_calls import ToolCalls
-from model_client.tool_results import outcome_text
+from model_client.tool_results import ToolAnswer, outcome_text
 from model_client.tools import ToolContext, Toolbox
 from model_client.turns import ModelTurns
 from model_client.usage import UsageMeter
@@ -74,6 +76,9 @@ class GeminiSession:
         self._handover = Handover(call, self._dialer, margin_s=settings.handover_margin_s)
         self._tools = ToolCalls(call, toolbox, context)
         context.last_words = self._turns.last_words  # end_call, transfer_call
+        self.line = LineWatch(call, settings, LineActions(
+            say=partial(self._queue.add, TEXT), stream_end=partial(self._queue.add, STREAM_END, None),
+            reconnect=weak(self._reconnect), emit=emit), self.stats)
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
@@ -103,7 +108,9 @@ class GeminiSession:
                 self.stats["duplicates"] += 1
                 return
             self._last_t_in = t_in
-        if self.barge.caller_audio(pcm, time.monotonic()):
+        now = time.monotonic()
+        self.line.caller_audio(pcm, now)
+        if self.barge.caller_audio(pcm, now):
             self.emit(m.CallerSpeech(call=self.call, source="vad"))
         if not self._held:
             self._queue.add_audio(pcm, t_in)
@@ -126,10 +133,12 @@ class GeminiSession:
         with call_context(self.call):
             log.info("caller pressed %s", digit)
         self.context.digits.append(digit)
+        self.line.dtmf()
         self._queue.add(TEXT, self.settings.dtmf_text.format(digit=digit))
 
     def played(self, msg: m.Played) -> None:
         self.context.heard_ms[msg.turn] = msg.heard_ms
+        self.line.played(msg, time.monotonic())
 
     async def close(self) -> None:
         self._closing = True
@@ -142,13 +151,14 @@ class GeminiSession:
     async def _run(self) -> None:
         with call_context(self.call):
             sender = spawn(self._send_loop(), f"session-send:{self.call}")
+            watch = spawn(self.line.run(), f"session-line:{self.call}")
             try:
                 reason = await self._keep_connected()
             except Exception as e:  # a bug here must still end the call, not leave it silent
                 log.exception("session failed")
                 reason = f"session failed: {type(e).__name__}"
             finally:
-                await cancel_all([t for t in (sender, self._rx, self._handover.task) if t is not None])
+                await cancel_all([t for t in (sender, watch, self._rx, self._handover.task) if t is not None])
                 for conn in (self.connection, self._handover.standby):
                     if conn is not None:
                         await conn.close()
@@ -238,7 +248,7 @@ class GeminiSession:
         while True:
             item = await self._queue.next()
             conn = self.connection
-            if not item.resend:
+            if not item.resend and item.kind != STREAM_END:  # a stream end belongs to its moment
                 self._journal.sent(item.kind, item.payload)
             if item.kind == TOOL and item.payload.connection != conn.number:
                 # The call was made on an earlier connection (tool_results.py): told as text. Once
@@ -298,10 +308,12 @@ class GeminiSession:
         if msg.tool_call:
             self._active = True
             for fc in msg.tool_call.function_calls or []:
-                self._tools.start(fc, connection=self.connection.number, respond=partial(self._queue.add, TOOL),
-                                  finished=self._handover.poke)
+                self._tools.start(fc, connection=self.connection.number, respond=self._tool_answered,
+                                  finished=self._tool_finished)
+            self.line.tools_changed(len(self._tools.tasks()))
         if msg.tool_call_cancellation:
             self._tools.cancel(msg.tool_call_cancellation.ids or [])
+            self.line.tools_changed(len(self._tools.tasks()), cancelled=True)
         if msg.server_content is not None:
             self._active = True
             self._turns.content(msg.server_content, msg.data)
@@ -310,6 +322,7 @@ class GeminiSession:
             self.usage.report(msg.usage_metadata, turn_complete=bool(msg.server_content and
                                                                    msg.server_content.turn_complete))
             self.emit(m.Usage(call=self.call, session=self.usage.session, tokens=self.usage.totals()))
+            self.line.content(msg.server_content, len(msg.data or b""), self._turns.turn, time.monotonic())
         # The handle last: in a frame that carries both, it describes the state after the content.
         update = msg.session_resumption_update
         if update and update.resumable and update.new_handle:
@@ -317,6 +330,19 @@ class GeminiSession:
         if msg.go_away:
             self._handover.go_away(msg.go_away.time_left, host=self)
         self._handover.poke()
+
+    def _tool_answered(self, answer: ToolAnswer) -> None:
+        self._queue.add(TOOL, answer)
+        self.line.tool_answered(time.monotonic())
+
+    def _tool_finished(self) -> None:
+        self._handover.poke()
+        self.line.tools_changed(len(self._tools.tasks()))
+
+    def _reconnect(self, why: str) -> None:
+        """End the current connection as if it dropped: the session reconnects with its latest handle."""
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(Ended(code=None, detail=why))
 
     def _new_handle(self, handle: str) -> None:
         self.handle = handle

@@ -29,13 +29,17 @@ DTMF_DIGITS = set("0123456789*#")  # what a dtmf event can carry
 async def place_call(base_url: str, audio: np.ndarray, *, realtime: bool = True, listen_s: float = 3.0,
                      auth_token: str | None = None, call_sid: str | None = None,
                      dtmf: Sequence[tuple[float, str]] = (), hangup: bool = True,
-                     follow_redirect: bool = False, timeout_s: float = 60) -> CallResult:
+                     follow_redirect: bool = False, timeout_s: float = 60,
+                     pauses: Sequence[tuple[float, float]] = ()) -> CallResult:
     """Ring ``{base_url}/twiml``, stream ``audio`` (int16, 8 kHz) then ``listen_s`` of silence, and
     record what the caller heard. Raises ``CallError`` (with ``.result`` when the stream started).
 
     ``follow_redirect``: when the server ends the stream, do what Twilio does with a ``<Redirect>``
     after ``</Connect>``: POST it and, if the answer is another stream, go on talking on it. The caller
-    keeps talking meanwhile; what they say while no stream is up is lost, as on a real line."""
+    keeps talking meanwhile; what they say while no stream is up is lost, as on a real line.
+
+    ``pauses``: (start, seconds) on the call clock when Twilio sends no media at all (network
+    trouble), though the stream stays up; the caller's audio of those spans is lost."""
     frames, speech_frames = _frames(audio, listen_s)
     schedule = _dtmf_schedule(dtmf, len(frames) if hangup else None)
     call_sid, account_sid = call_sid or new_sid("CA"), new_sid("AC")
@@ -49,7 +53,8 @@ async def place_call(base_url: str, audio: np.ndarray, *, realtime: bool = True,
                 while True:
                     stream = MediaStream(twiml, call_sid, account_sid, frames[offset:],
                                          max(0, speech_frames - offset), _shifted(schedule, offset),
-                                         realtime=realtime, hangup=hangup)
+                                         realtime=realtime, hangup=hangup,
+                                         pauses=[(t - offset * FRAME_S, d) for t, d in pauses])
                     legs.append((offset, stream))
                     await stream.run(session, auth_token)
                     began = began or stream.t0

@@ -33,11 +33,13 @@ class MediaStream:
     playback model. Both send, so every message goes through ``_send`` (one lock, ordered seq numbers)."""
 
     def __init__(self, twiml: Twiml, call_sid: str, account_sid: str, frames: list[bytes],
-                 speech_frames: int, dtmf: list[tuple[int, str]], *, realtime: bool, hangup: bool):
+                 speech_frames: int, dtmf: list[tuple[int, str]], *, realtime: bool, hangup: bool,
+                 pauses: list[tuple[float, float]] = ()):
         self.twiml, self.call_sid, self.account_sid = twiml, call_sid, account_sid
         self.stream_sid = new_sid("MZ")
         self.frames, self.speech_frames, self.dtmf = frames, speech_frames, list(dtmf)
         self.realtime, self.hangup = realtime, hangup
+        self.pauses = list(pauses)  # (start, seconds) with no media sent: silence in ``sent``
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.playback = Playback()
         self.sent = bytearray()
@@ -103,6 +105,11 @@ class MediaStream:
         while self.closed_by is None and (k < len(self.frames) or not self.hangup):
             await self._frame_due(k)
             frame = self.frames[k] if k < len(self.frames) else SILENT_FRAME
+            if self._paused(k):
+                self.sent += SILENT_FRAME
+                await self._play_until(self._now())
+                k += 1
+                continue
             if self.closed_by is not None or not await self._send(
                     lambda seq: wire.media(seq, self.stream_sid, k + 1, k * FRAME * 1000 // RATE, frame)):
                 return
@@ -110,6 +117,9 @@ class MediaStream:
             await self._send_due_dtmf()
             await self._play_until(self._now())
             k += 1
+
+    def _paused(self, k: int) -> bool:
+        return any(start <= k * FRAME_S < start + seconds for start, seconds in self.pauses)
 
     async def _frame_due(self, k: int) -> None:
         if not self.realtime:
