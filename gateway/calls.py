@@ -68,7 +68,7 @@ class Call:
     # --- model → caller -----------------------------------------------------------------------
 
     def start_hold(self, sound: bytes, after_s: float) -> None:
-        self.hold = Hold(sound, after_s, send=self._queue, event=self.transcript.event, counters=self.counters,
+        self.hold = Hold(sound, after_s, send=self._queue, event=self.transcript.line, counters=self.counters,
                          busy=lambda: self.playout.playing or self.playout.generating)
 
     def send_audio(self, ulaw: bytes, turn: int) -> None:

@@ -210,7 +210,7 @@ class Pipeline(Failover, Prewarm):
             if msg.role == "caller":
                 call.transcript.caller(msg.text, msg.final)
             elif msg.role == "line":
-                call.transcript.event(msg.text)
+                call.transcript.line(msg.text)
             else:
                 call.transcript.model(msg.turn, msg.text)
         elif isinstance(msg, m.Resumption):

@@ -30,7 +30,7 @@ class TranscriptLog:
         self._flush_caller()  # the model answering means the caller's utterance is over
         self._model.setdefault(turn, []).append(text)
 
-    def event(self, text: str) -> None:
+    def line(self, text: str) -> None:
         """Something on the line besides words: hold, idle prompts, stalls (already logged)."""
         self._write({"role": "line", "text": text})
 

@@ -318,11 +318,11 @@ class GeminiSession:
             self._active = True
             self._turns.content(msg.server_content, msg.data)
             self.usage.model_audio(len(msg.data or b""))
+            self.line.content(msg.server_content, len(msg.data or b""), self._turns.turn, time.monotonic())
         if msg.usage_metadata:
             self.usage.report(msg.usage_metadata, turn_complete=bool(msg.server_content and
                                                                    msg.server_content.turn_complete))
             self.emit(m.Usage(call=self.call, session=self.usage.session, tokens=self.usage.totals()))
-            self.line.content(msg.server_content, len(msg.data or b""), self._turns.turn, time.monotonic())
         # The handle last: in a frame that carries both, it describes the state after the content.
         update = msg.session_resumption_update
         if update and update.resumable and update.new_handle:
