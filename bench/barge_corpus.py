@@ -3,9 +3,11 @@
 Voices are espeak-ng's (Debian's ``espeak-ng`` package), several speakers, speeds and pitches. The
 caller's side goes the way a phone call's does: 8 kHz, µ-law and back, then the transcoder's 8 → 16
 kHz FIR. The model's voice is made at 24 kHz, as Gemini sends it, and leaks back into the caller's
-side 20 dB down, 120 ms late. The line carries one of three noises, scaled to an SNR against the
+side 20 dB down, 250 ms after the model_client reckons it plays. The line carries one of three noises, scaled to an SNR against the
 caller's speech level: babble (six other espeak talkers at once), pink noise, and line hum (odd
-harmonics of 60 Hz with hiss), all band-limited to the telephone band.
+harmonics of 60 Hz with hiss), all band-limited to the telephone band; and bursts: a quiet line (30 dB
+under them) onto which 0.3–1.5 s of hiss, pink noise or hum break every few seconds, the bursts at the
+SNR (a handset rubbed, a door, the line crackling).
 
 Each trial is one model turn heard by a fresh session: ``LEAD_S`` of line noise first, then the turn
 plays while the caller says nothing, says backchannels, or interrupts and keeps talking.
@@ -28,9 +30,11 @@ from common.resample import one_shot
 RATE, MODEL_RATE = 16000, 24000
 SPEECH_DBFS = -20.0  # the caller's speech level (RMS of the utterance)
 MODEL_DBFS = -16.0
-ECHO_DB, ECHO_DELAY_S = -20.0, 0.12
+ECHO_DB, ECHO_DELAY_S = -20.0, 0.25
 LEAD_S = 2.0  # line noise before the model's turn starts
 BACKCHANNEL_MAX_S = 0.4
+BURST_S = (0.3, 1.5)
+BURST_GAP_S = (1.0, 3.0)
 
 # What an interrupting caller says: they keep talking (no pause in the first half second; a caller who
 # stops after one word is heard when they go on).
@@ -52,7 +56,7 @@ BOT_SENTENCES = [
 ]
 BACKCHANNELS = ["uh-huh", "mm-hm", "okay", "yeah", "right", "mhm", "sure", "ok"]
 VOICES = ["en-us", "en", "en-gb-x-rp", "en-us+f3", "en+m3", "en-us+f2", "en-029", "en+f4", "en-gb-scotland+m5"]
-NOISES = ("babble", "pink", "line")
+NOISES = ("babble", "pink", "line", "bursts")
 BAND_HZ = (300.0, 3400.0)
 
 
@@ -129,7 +133,7 @@ def band_limited(x: np.ndarray) -> np.ndarray:
 
 def noise(kind: str, seconds: float, rng: np.random.Generator, babble_bank: list[np.ndarray]) -> np.ndarray:
     """``seconds`` of line noise at unit RMS scale (scaled by the caller)."""
-    n = int(seconds * RATE)
+    n = round(seconds * RATE)
     if kind == "pink":
         spectrum = np.fft.rfft(rng.standard_normal(n))
         hz = np.fft.rfftfreq(n, 1 / RATE)
@@ -138,6 +142,17 @@ def noise(kind: str, seconds: float, rng: np.random.Generator, babble_bank: list
         t = np.arange(n) / RATE
         hum = sum(np.sin(2 * np.pi * 60 * h * t + rng.uniform(0, 2 * np.pi)) / h ** 0.5 for h in range(5, 40, 2))
         x = band_limited(hum + 0.3 * rng.standard_normal(n))
+    elif kind == "bursts":  # scaled so that the bursts, not the whole, have unit RMS
+        x = 10 ** (-30 / 20) * band_limited(rng.standard_normal(n))
+        at = int(rng.uniform(*BURST_GAP_S) * RATE)
+        while at < n:
+            length = min(int(rng.uniform(*BURST_S) * RATE), n - at)
+            x[at:at + length] += noise(str(rng.choice(["pink", "line", "white"])), length / RATE, rng,
+                                       babble_bank)[:length]
+            at += length + int(rng.uniform(*BURST_GAP_S) * RATE)
+        return x
+    elif kind == "white":
+        x = band_limited(rng.standard_normal(n))
     elif kind == "babble":
         x = np.zeros(n)
         for talker in range(6):

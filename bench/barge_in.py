@@ -88,11 +88,12 @@ def silero_voice() -> barge.Voice | None:
 
 
 def detectors() -> dict[str, Callable[[], object]]:
+    confirm = f"{barge.BargeInDetector().confirm_s * 1000:.0f} ms"
     found = {"energy, 160 ms (today)": EnergyToday,
-             "energy + noise floor, 380 ms": lambda: barge.BargeInDetector(voice=barge.any_sound),
-             "webrtcvad, 380 ms (default)": barge.BargeInDetector}
+             f"energy + noise gate, {confirm}": lambda: barge.BargeInDetector(voice=barge.any_sound),
+             f"webrtcvad + noise gate, {confirm} (default)": barge.BargeInDetector}
     if silero_voice() is not None:
-        found["silero, 380 ms"] = lambda: barge.BargeInDetector(voice=silero_voice())
+        found[f"silero + noise gate, {confirm}"] = lambda: barge.BargeInDetector(voice=silero_voice())
     return found
 
 

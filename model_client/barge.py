@@ -9,8 +9,8 @@ the line's noise level, one dot product a frame.
 A 20 ms frame is speech when all of these hold:
 
 - it is louder than an absolute floor, and than the line's own noise by ``noise_margin_db`` (the
-  noise level follows the quietest frames: it falls at once and rises slowly, so a caller's speech
-  hardly lifts it and steady babble, hum or hiss is measured, not heard as a voice);
+  noise level follows the quieter frames: it falls faster than it rises, so a caller's speech hardly
+  lifts it and steady babble, hum or hiss is measured, not heard as a voice);
 - it is not within ``echo_margin_db`` of the model's own level (the echo of the model's voice on the
   line comes back attenuated by the handset and the network's echo canceller);
 - a voice-activity detector (``voice``, WebRTC's by default) hears a voice in it.
@@ -24,6 +24,8 @@ still converging on the new sound, and the echo's level is not known yet.
 from __future__ import annotations
 
 from collections import deque
+from itertools import takewhile
+from operator import itemgetter
 from typing import Callable
 
 import numpy as np
@@ -37,6 +39,8 @@ FULL_SCALE = 32768.0
 SILENT = 1e-12  # the power of "nothing": −120 dB
 PLAYOUT_TAIL_S = 1.0  # the gateway's and Twilio's buffers: the model may still be heard this much later
 NOISE_RISE_DB_PER_S = 1.0
+ECHO_AHEAD_S = 0.1
+NOISE_RESET = 10 ** (-15 / 10)  # 15 dB under the noise level
 
 Voice = Callable[[bytes], bool]  # 20 ms of 16 kHz PCM16 -> a voice in it?
 
@@ -62,21 +66,20 @@ def any_sound(frame: bytes) -> bool:
 
 
 class BargeInDetector:
-    def __init__(self, *, voice: Voice | None = None, floor_db: float = -40.0, echo_margin_db: float = 18.0,
-                 noise_margin_db: float = 6.0, confirm_ms: int = 380, gap_ms: int = 300, guard_ms: int = 200,
-                 echo_memory_s: float = 3.0, only_while_playing: bool = True):
+    def __init__(self, *, voice: Voice | None = None, floor_db: float = -50.0, echo_margin_db: float = 15.0,
+                 noise_margin_db: float = 9.0, confirm_ms: int = 360, gap_ms: int = 300, guard_ms: int = 200,
+                 echo_back_s: float = 0.6, only_while_playing: bool = True, noise_fall_db_per_s: float = 3.0):
         self.voice = voice or webrtc_voice()
         self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)
         self.noise_margin = from_db(noise_margin_db)
         self.confirm_s, self.gap_s, self.guard_s = confirm_ms / 1000, gap_ms / 1000, guard_ms / 1000
-        self.echo_memory_s = echo_memory_s
+        self.echo_back_s = echo_back_s
         self.only_while_playing = only_while_playing
         self._noise_rise = from_db(NOISE_RISE_DB_PER_S * FRAME_S)
-        # The model's output as (time it plays out, power), powers decreasing from the front: the front
-        # is the loudest of the last ``echo_memory_s`` and what is still to play (a sliding-window maximum,
-        # O(1) per chunk).
-        self._out: deque[tuple[float, float]] = deque()
-        self._plays_until = 0.0  # when the model's audio received so far has played out
+        self._noise_fall = from_db(-noise_fall_db_per_s * FRAME_S)
+        # The model's audio as (plays from, plays until, power), in time order, from ``echo_back_s`` ago on.
+        self._out: deque[tuple[float, float, float]] = deque()
+        self._plays_until = float("-inf")  # when the model's audio received so far has played out
         self._turn_from = -1.0  # when the current model turn started playing
         self._cleared = False  # this detector barged in: the rest of the turn is dropped, not played
         self._noise = 0.0  # the line's noise power (0: not measured yet)
@@ -95,10 +98,7 @@ class BargeInDetector:
             return
         start = max(now, self._plays_until)
         self._plays_until = start + len(pcm24) / MODEL_BYTES_PER_S
-        level = power(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))
-        while self._out and self._out[-1][1] <= level:
-            self._out.pop()  # never the loudest again: this one is as loud and outlives it
-        self._out.append((self._plays_until, level))
+        self._out.append((start, self._plays_until, power(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))))
 
     def stopped(self, now: float) -> None:
         """The model's audio was cleared (interrupted): nothing of it plays any more."""
@@ -133,8 +133,14 @@ class BargeInDetector:
         return onset
 
     def _track_noise(self, level: float) -> None:
-        """Follow the quietest frames: down at once, up by ``NOISE_RISE_DB_PER_S``."""
-        self._noise = level if level < self._noise or not self._noise else self._noise * self._noise_rise
+        """Follow the line's quieter frames: down fast, up slowly (a low percentile of the frames' power);
+        at once down to a frame far quieter (the call began with the caller talking, not with the line)."""
+        if not self._noise or level < self._noise * NOISE_RESET:
+            self._noise = level
+        elif level < self._noise:
+            self._noise = max(level, self._noise * self._noise_fall)
+        else:
+            self._noise *= self._noise_rise
 
     def _frame(self, speech: bool, at: float) -> bool:
         if not speech:
@@ -152,6 +158,9 @@ class BargeInDetector:
         return True
 
     def _echo_power(self, now: float) -> float:
-        while self._out and self._out[0][0] < now - self.echo_memory_s:
+        """The loudest of the model's audio that played from ``echo_back_s`` ago until ``ECHO_AHEAD_S`` from
+        now: its echo may be on the line now (the estimate of when it plays is a little early or late)."""
+        while self._out and self._out[0][1] < now - self.echo_back_s:
             self._out.popleft()
-        return self._out[0][1] if self._out else SILENT
+        return max(takewhile(lambda out: out[0] <= now + ECHO_AHEAD_S, self._out), key=itemgetter(2),
+                   default=(0, 0, SILENT))[2]

@@ -4,11 +4,11 @@ short bursts ("uh-huh"), the model's own echo, and anything while no model audio
 import numpy as np
 import pytest
 
-from model_client.barge import BargeInDetector
+from model_client.barge import ECHO_AHEAD_S, BargeInDetector, any_sound
 from softphone.speech import speech_like
 
 RATE = 16000
-CONFIRM_S = 0.38
+CONFIRM_S = 0.36
 
 
 def speech(seconds, db, seed=1):
@@ -53,6 +53,12 @@ def test_a_caller_who_keeps_talking_triggers_once_within_500ms(db):
     assert len(fired) == 1 and 1.0 + CONFIRM_S <= fired[0] <= 1.0 + 0.5
 
 
+def test_a_call_that_begins_with_the_caller_talking_still_learns_the_quiet_line():
+    caller = np.concatenate([speech(1.0, -20, seed=2), noise(2.0, -60), speech(2.0, -20)])
+    fired = feed(BargeInDetector(), caller, model_from=1.5)
+    assert len(fired) == 1 and 3.0 + CONFIRM_S <= fired[0] <= 3.0 + 0.5
+
+
 @pytest.mark.parametrize("kind, snr_db", [("white", 20), ("white", 10), ("hum", 20), ("hum", 10),
                                           ("babble-like", 20)])  # babble at 10 dB: see docs/performance.md
 def test_steady_line_noise_never_triggers(kind, snr_db):
@@ -66,6 +72,14 @@ def test_steady_line_noise_never_triggers(kind, snr_db):
     else:  # six speech-like talkers at once
         line = sum(speech(6.0, level - 8, seed=s) for s in range(10, 16))
     assert feed(BargeInDetector(), line, model_from=1.5) == []  # the line was noisy before the turn
+
+
+def test_a_burst_of_hiss_onto_a_quiet_line_is_no_voice():
+    """Louder than the line's noise by far, so the level alone would take it; the VAD does not."""
+    caller = noise(4.0, -60)
+    caller[2 * RATE:3 * RATE] += noise(1.0, -35, seed=8)
+    assert feed(BargeInDetector(), caller, model_from=1.0) == []
+    assert feed(BargeInDetector(voice=any_sound), caller, model_from=1.0) != []
 
 
 @pytest.mark.parametrize("burst_s", [0.1, 0.25, 0.3])
@@ -123,17 +137,18 @@ def test_echo_guard_at_the_start_of_a_turn():
     assert len(fired) == 1 and fired[0] >= 1.0 + 0.4 + CONFIRM_S
 
 
-def test_echo_level_is_the_loudest_of_the_remembered_and_coming_model_audio():
-    """The sliding-window maximum matches a brute-force maximum over what plays from ``echo_memory_s``
-    ago on."""
+def test_echo_level_is_the_loudest_model_audio_around_now():
+    """The model's level the echo gate uses matches a brute-force maximum over the chunks that play from
+    ``echo_back_s`` ago to ``ECHO_AHEAD_S`` from now (chunks arrive faster than they play)."""
     rng = np.random.default_rng(3)
-    detector, sent = BargeInDetector(echo_memory_s=0.5), []
+    detector, sent = BargeInDetector(echo_back_s=0.5), []
     for step in range(400):
         now = step * 0.02
         if rng.random() < 0.7:
-            chunk = pcm(rng.normal(0, 10 ** rng.uniform(1, 4), 480))
+            chunk = pcm(rng.normal(0, 10 ** rng.uniform(1, 4), 480 * int(rng.integers(1, 4))))
+            start = max(now, detector._plays_until)
             detector.model_audio(chunk, now)
             x = np.frombuffer(chunk, dtype="<i2").astype(np.float64)
-            sent.append((detector._plays_until, float(np.dot(x, x)) / len(x) / 32768.0 ** 2 + 1e-12))
-        recent = [p for t, p in sent if t >= now - 0.5]
-        assert detector._echo_power(now) == pytest.approx(max(recent, default=1e-12), rel=1e-12)
+            sent.append((start, detector._plays_until, float(np.dot(x, x)) / len(x) / 32768.0 ** 2 + 1e-12))
+        around = [p for start, end, p in sent if end >= now - 0.5 and start <= now + ECHO_AHEAD_S]
+        assert detector._echo_power(now) == pytest.approx(max(around, default=1e-12), rel=1e-12)
