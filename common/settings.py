@@ -161,7 +161,7 @@ class Settings:
         doc="`phone`: server VAD values for phone lines (start `LOW`, end `HIGH`, prefix padding 300 ms, "
             "silence 600 ms) for each of the four variables above left at its default")
     barge_confirm_ms: int = setting(
-        "BRIDGE_BARGE_CONFIRM_MS", 360, lo=100, hi=2000, group=CONVERSATION,
+        "BRIDGE_BARGE_CONFIRM_MS", 400, lo=100, hi=2000, group=CONVERSATION,
         doc="the caller's speech over the model's audio must last this long to cut it off (shorter "
             "backchannels do not)")
     barge_guard_ms: int = setting(

@@ -67,7 +67,7 @@ def any_sound(frame: bytes) -> bool:
 
 class BargeInDetector:
     def __init__(self, *, voice: Voice | None = None, floor_db: float = -50.0, echo_margin_db: float = 15.0,
-                 noise_margin_db: float = 9.0, confirm_ms: int = 360, gap_ms: int = 300, guard_ms: int = 200,
+                 noise_margin_db: float = 9.0, confirm_ms: int = 400, gap_ms: int = 300, guard_ms: int = 200,
                  echo_back_s: float = 0.6, only_while_playing: bool = True, noise_fall_db_per_s: float = 3.0):
         self.voice = voice or webrtc_voice()
         self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)

@@ -4,11 +4,13 @@ short bursts ("uh-huh"), the model's own echo, and anything while no model audio
 import numpy as np
 import pytest
 
+from common import settings
 from model_client.barge import ECHO_AHEAD_S, BargeInDetector, any_sound
+from model_client.config import server_vad
 from softphone.speech import speech_like
 
 RATE = 16000
-CONFIRM_S = 0.36
+CONFIRM_S = 0.40
 
 
 def speech(seconds, db, seed=1):
@@ -152,3 +154,16 @@ def test_echo_level_is_the_loudest_model_audio_around_now():
             sent.append((start, detector._plays_until, float(np.dot(x, x)) / len(x) / 32768.0 ** 2 + 1e-12))
         around = [p for start, end, p in sent if end >= now - 0.5 and start <= now + ECHO_AHEAD_S]
         assert detector._echo_power(now) == pytest.approx(max(around, default=1e-12), rel=1e-12)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, (None, None, 20, 500)),
+    ({"GEMINI_VAD_PRESET": "phone"}, ("START_SENSITIVITY_LOW", "END_SENSITIVITY_HIGH", 300, 600)),
+    ({"GEMINI_VAD_PRESET": "phone", "GEMINI_SILENCE_MS": "900", "GEMINI_START_SENSITIVITY": "START_SENSITIVITY_HIGH"},
+     ("START_SENSITIVITY_HIGH", "END_SENSITIVITY_HIGH", 300, 900)),  # a variable set wins over the preset
+])
+def test_the_phone_preset_sets_gemini_vad_where_the_variables_are_left_alone(env, expected):
+    vad = server_vad(settings.load(env))
+    got = (vad.start_of_speech_sensitivity, vad.end_of_speech_sensitivity, vad.prefix_padding_ms,
+           vad.silence_duration_ms)
+    assert tuple(v.value if hasattr(v, "value") else v for v in got) == expected
