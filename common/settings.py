@@ -64,6 +64,18 @@ class Settings(ProcessSettings):
     prefix_padding_ms: int = setting(
         "GEMINI_PREFIX_PADDING_MS", 20, lo=0, hi=10_000, persona="prefix_padding_ms", group=MODEL,
         doc="server VAD: speech needed before a start of speech is committed")
+    vad_preset: str = setting(
+        "GEMINI_VAD_PRESET", "", choices=("phone",), shown="none", group=MODEL,
+        doc="`phone`: server VAD values for phone lines (start `LOW`, end `HIGH`, prefix padding 300 ms, "
+            "silence 600 ms) for each of the four variables above left at its default")
+    barge_confirm_ms: int = setting(
+        "BRIDGE_BARGE_CONFIRM_MS", 400, lo=100, hi=2000, group=CONVERSATION,
+        doc="the caller's speech over the model's audio must last this long to cut it off (shorter "
+            "backchannels do not)")
+    barge_guard_ms: int = setting(
+        "BRIDGE_BARGE_GUARD_MS", 200, lo=0, hi=2000, group=CONVERSATION,
+        doc="from the start of each model turn, the caller's sound does not cut the model off for this long "
+            "(the line's echo settling)")
     temperature: float | None = setting("GEMINI_TEMPERATURE", None, kind=float, lo=0, hi=2,
                                         shown="service default", persona="temperature", group=MODEL,
                                         doc="sampling temperature")

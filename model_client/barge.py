@@ -1,22 +1,48 @@
-"""Local barge-in detection: the caller starting to speak while the model's audio may be playing.
+"""Local barge-in detection: the caller starting to speak while the model's audio is playing.
 
 Gemini finishes generating faster than real time, so while Twilio is still playing a turn the
 service often has nothing left to interrupt and sends no ``interrupted``. This detector hears the
-caller instead. A 20 ms frame counts as speech when it is louder than a floor (line noise stays
-below it) and not within ``echo_margin_db`` of the model's own recent output level (an echo of the
-model's voice on the line is attenuated by the handset and the network's echo canceller). Speech
-must last ``onset_ms`` to count, so clicks and short bursts do not clear the playback.
+caller instead, and only while the model's audio may still be playing (``playing``): the model's
+chunks are laid end to end from their arrival, as the caller hears them. Between turns it only keeps
+the line's noise level, one dot product a frame.
+
+A 20 ms frame is speech when all of these hold:
+
+- it is louder than an absolute floor, and than the line's own noise by ``noise_margin_db`` (the
+  noise level follows the quieter frames: it falls faster than it rises, so a caller's speech hardly
+  lifts it and steady babble, hum or hiss is measured, not heard as a voice);
+- it is not within ``echo_margin_db`` of the model's own level (the echo of the model's voice on the
+  line comes back attenuated by the handset and the network's echo canceller);
+- a voice-activity detector (``voice``, WebRTC's by default) hears a voice in it.
+
+Speech must then run ``confirm_ms`` (gaps up to ``gap_ms`` bridged) before it counts: "uh-huh",
+"mm-hm", "okay" and clicks are shorter and do not clear the playback; a caller who keeps talking
+does. For ``guard_ms`` from the start of each model turn nothing counts: the line's echo canceller is
+still converging on the new sound, and the echo's level is not known yet.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import takewhile
+from operator import itemgetter
+from typing import Callable
 
 import numpy as np
+import webrtcvad
 
-FRAME = 320  # 20 ms of 16 kHz PCM16
+RATE = 16000
+FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
+FRAME_S = 0.02
+MODEL_BYTES_PER_S = 48000  # the model's audio: 24 kHz PCM16
 FULL_SCALE = 32768.0
 SILENT = 1e-12  # the power of "nothing": −120 dB
+PLAYOUT_TAIL_S = 1.0  # the gateway's and Twilio's buffers: the model may still be heard this much later
+NOISE_RISE_DB_PER_S = 1.0
+ECHO_AHEAD_S = 0.1
+NOISE_RESET = 10 ** (-15 / 10)  # 15 dB under the noise level
+
+Voice = Callable[[bytes], bool]  # 20 ms of 16 kHz PCM16 -> a voice in it?
 
 
 def power(pcm: np.ndarray) -> float:
@@ -28,53 +54,113 @@ def from_db(db: float) -> float:
     return 10 ** (db / 10)
 
 
-class BargeInDetector:
-    def __init__(self, floor_db: float = -40.0, echo_margin_db: float = 15.0, onset_ms: int = 160,
-                 release_ms: int = 300, echo_memory_s: float = 3.0):
-        self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)
-        self.echo_memory_s = echo_memory_s
-        self.onset_frames, self.release_frames = onset_ms // 20, release_ms // 20
-        # The model's recent output as (time, power), powers decreasing from the front: the front is
-        # the loudest of the last ``echo_memory_s`` (a sliding-window maximum, O(1) per frame).
-        self._out: deque[tuple[float, float]] = deque()
-        self._rest = np.zeros(0, dtype=np.float64)
-        self._loud = 0
-        self._quiet = 0
-        self._speaking = False
+def webrtc_voice(mode: int = 3) -> Voice:
+    """WebRTC's VAD (Gaussian mixtures over six sub-bands), mode 3: the least ready to call noise a voice."""
+    vad = webrtcvad.Vad(mode)
+    return lambda frame: vad.is_speech(frame, RATE)
 
-    def model_audio(self, pcm24: bytes, now: float) -> None:
-        if pcm24:
-            level = power(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))
-            while self._out and self._out[-1][1] <= level:
-                self._out.pop()  # never the loudest again: this one is as loud and outlives it
-            self._out.append((now, level))
+
+def any_sound(frame: bytes) -> bool:
+    """No voice detector: every frame loud enough is taken as speech (the energy detector alone)."""
+    return True
+
+
+class BargeInDetector:
+    def __init__(self, *, voice: Voice | None = None, floor_db: float = -50.0, echo_margin_db: float = 15.0,
+                 noise_margin_db: float = 9.0, confirm_ms: int = 400, gap_ms: int = 300, guard_ms: int = 200,
+                 echo_back_s: float = 0.6, only_while_playing: bool = True, noise_fall_db_per_s: float = 3.0):
+        self.voice = voice or webrtc_voice()
+        self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)
+        self.noise_margin = from_db(noise_margin_db)
+        self.confirm_s, self.gap_s, self.guard_s = confirm_ms / 1000, gap_ms / 1000, guard_ms / 1000
+        self.echo_back_s = echo_back_s
+        self.only_while_playing = only_while_playing
+        self._noise_rise = from_db(NOISE_RISE_DB_PER_S * FRAME_S)
+        self._noise_fall = from_db(-noise_fall_db_per_s * FRAME_S)
+        # The model's audio as (plays from, plays until, power), in time order, from ``echo_back_s`` ago on.
+        self._out: deque[tuple[float, float, float]] = deque()
+        self._plays_until = float("-inf")  # when the model's audio received so far has played out
+        self._turn_from = -1.0  # when the current model turn started playing
+        self._cleared = False  # this detector barged in: the rest of the turn is dropped, not played
+        self._noise = 0.0  # the line's noise power (0: not measured yet)
+        self._pending = b""
+        self._run_from: float | None = None  # the first speech frame of the current run
+        self._last_speech = 0.0
+        self._fired = False  # the current run has barged in already
+
+    # --- the model's side ----------------------------------------------------------------------
+
+    def model_audio(self, pcm24: bytes, now: float, *, new_turn: bool = False) -> None:
+        if new_turn:
+            self._cleared = False
+            self._turn_from = max(now, self._plays_until)
+        if not pcm24 or self._cleared:
+            return
+        start = max(now, self._plays_until)
+        self._plays_until = start + len(pcm24) / MODEL_BYTES_PER_S
+        self._out.append((start, self._plays_until, power(np.frombuffer(pcm24, dtype="<i2").astype(np.float64))))
+
+    def stopped(self, now: float) -> None:
+        """The model's audio was cleared (interrupted): nothing of it plays any more."""
+        self._plays_until = min(self._plays_until, now)
+        self._cleared = True
+
+    def playing(self, now: float) -> bool:
+        return now < self._plays_until + PLAYOUT_TAIL_S
+
+    # --- the caller's side ---------------------------------------------------------------------
 
     def caller_audio(self, pcm16: bytes, now: float) -> bool:
-        """Feed the caller's audio; True when a new stretch of speech has just begun."""
-        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
-        if len(self._rest):
-            samples = np.concatenate([self._rest, samples])
-        whole = len(samples) // FRAME * FRAME
-        self._rest = samples[whole:]
-        threshold = max(self.floor, self._echo_power(now) / self.echo_margin)
+        """Feed the caller's audio (``now``: when its last sample arrived); True when a stretch of speech
+        over the model's audio has just been confirmed."""
+        data = self._pending + pcm16
+        whole = len(data) - len(data) % FRAME_BYTES
+        self._pending = data[whole:]
+        listening = self.playing(now) or not self.only_while_playing
+        if not listening:
+            self._run_from, self._fired = None, False
+        threshold = max(self.floor, self._echo_power(now) / self.echo_margin) if listening else 0.0
         onset = False
-        for start in range(0, whole, FRAME):
-            onset |= self._frame(power(samples[start:start + FRAME]) > threshold)
+        for start in range(0, whole, FRAME_BYTES):
+            frame = data[start:start + FRAME_BYTES]
+            level = power(np.frombuffer(frame, dtype="<i2").astype(np.float64))
+            self._track_noise(level)
+            if listening:
+                at = now - (whole - start - FRAME_BYTES) / (2 * RATE)
+                speech = level > threshold and level > self._noise * self.noise_margin \
+                    and at >= self._turn_from + self.guard_s and self.voice(frame)
+                onset |= self._frame(speech, at)
         return onset
 
-    def _frame(self, loud: bool) -> bool:
-        if loud:
-            self._loud, self._quiet = self._loud + 1, 0
+    def _track_noise(self, level: float) -> None:
+        """Follow the line's quieter frames: down fast, up slowly (a low percentile of the frames' power);
+        at once down to a frame far quieter (the call began with the caller talking, not with the line)."""
+        if not self._noise or level < self._noise * NOISE_RESET:
+            self._noise = level
+        elif level < self._noise:
+            self._noise = max(level, self._noise * self._noise_fall)
         else:
-            self._quiet += 1
-            if self._quiet >= self.release_frames:
-                self._loud, self._speaking = 0, False
-        if not self._speaking and self._loud >= self.onset_frames:
-            self._speaking = True
-            return True
-        return False
+            self._noise *= self._noise_rise
+
+    def _frame(self, speech: bool, at: float) -> bool:
+        if not speech:
+            if self._run_from is not None and at - self._last_speech > self.gap_s:
+                self._run_from, self._fired = None, False
+            return False
+        if self._run_from is None:
+            self._run_from = at - FRAME_S
+        self._last_speech = at
+        if self._fired or at - self._run_from < self.confirm_s:
+            return False
+        self._fired = True
+        self._cleared = True
+        self._plays_until = min(self._plays_until, at)
+        return True
 
     def _echo_power(self, now: float) -> float:
-        while self._out and self._out[0][0] < now - self.echo_memory_s:
+        """The loudest of the model's audio that played from ``echo_back_s`` ago until ``ECHO_AHEAD_S`` from
+        now: its echo may be on the line now (the estimate of when it plays is a little early or late)."""
+        while self._out and self._out[0][1] < now - self.echo_back_s:
             self._out.popleft()
-        return self._out[0][1] if self._out else SILENT
+        return max(takewhile(lambda out: out[0] <= now + ECHO_AHEAD_S, self._out), key=itemgetter(2),
+                   default=(0, 0, SILENT))[2]

@@ -9,6 +9,7 @@ connected (and the text frame that carries caller audio) is in gemini_wire.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 
@@ -21,6 +22,25 @@ from model_client.profiles import lookup, session_options
 # Compression keeps a call going past the 15-minute audio-only limit (docs/architecture.md#gemini).
 COMPRESSION = types.ContextWindowCompressionConfig(
     trigger_tokens=25600, sliding_window=types.SlidingWindow(target_tokens=12800))
+
+
+# Server VAD for phone lines: line noise and a short "uh-huh" should not start the caller's turn (start
+# LOW, 300 ms of speech before it counts), and a noisy line should still end it (end HIGH).
+VAD_PRESETS = {"phone": {"start_sensitivity": "START_SENSITIVITY_LOW", "end_sensitivity": "END_SENSITIVITY_HIGH",
+                         "prefix_padding_ms": 300, "silence_ms": 600}}
+
+
+def server_vad(settings: Settings) -> types.AutomaticActivityDetection:
+    """Gemini's VAD settings: the variables as set, the preset's value for each one left at its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    preset = VAD_PRESETS.get(settings.vad_preset, {})
+    value = {name: preset.get(name, getattr(settings, name)) if getattr(settings, name) == defaults[name]
+             else getattr(settings, name)
+             for name in ("start_sensitivity", "end_sensitivity", "prefix_padding_ms", "silence_ms")}
+    return types.AutomaticActivityDetection(
+        disabled=False, silence_duration_ms=value["silence_ms"], prefix_padding_ms=value["prefix_padding_ms"],
+        start_of_speech_sensitivity=value["start_sensitivity"] or None,
+        end_of_speech_sensitivity=value["end_sensitivity"] or None)
 
 
 def make_client(settings: Settings) -> genai.Client:
@@ -54,11 +74,7 @@ def live_config(settings: Settings, handle: str = "", tools: list[types.Tool] | 
             language_code=settings.language),
         system_instruction=instruction or settings.system_instruction,
         realtime_input_config=types.RealtimeInputConfig(
-            automatic_activity_detection=types.AutomaticActivityDetection(
-                disabled=False, silence_duration_ms=settings.silence_ms,
-                prefix_padding_ms=settings.prefix_padding_ms,
-                start_of_speech_sensitivity=settings.start_sensitivity or None,
-                end_of_speech_sensitivity=settings.end_sensitivity or None),
+            automatic_activity_detection=server_vad(settings),
             activity_handling=types.ActivityHandling.START_OF_ACTIVITY_INTERRUPTS),
         session_resumption=types.SessionResumptionConfig(handle=handle or None),
         context_window_compression=COMPRESSION,

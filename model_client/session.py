@@ -65,7 +65,7 @@ class GeminiSession:
         self.connection: Connection | None = None  # the one sent on
         self.stats = {"connections": 0, "handovers": 0, "reconnects": 0, "fresh": 0, "resent_items": 0,
                       "duplicates": 0}
-        self.barge = BargeInDetector()
+        self.barge = BargeInDetector(confirm_ms=settings.barge_confirm_ms, guard_ms=settings.barge_guard_ms)
         self.usage = UsageMeter()  # the call's tokens (model_client/usage.py)
         conversation = Conversation()  # told to a fresh session, should a handle be refused
         self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)

@@ -59,6 +59,7 @@ class ModelTurns:
             self.emit(m.Transcript(call=self.call, role="model", text=said.text,
                                    final=bool(said.finished), turn=turn))
         if content.interrupted:
+            self.barge.stopped(time.monotonic())
             self.emit(m.Interrupt(call=self.call, turn=self.turn))
             self.in_turn = False
         elif content.turn_complete:
@@ -71,10 +72,11 @@ class ModelTurns:
             self.in_turn = False
 
     def _audio(self, audio: bytes) -> None:
-        if not self.in_turn:
+        new_turn = not self.in_turn
+        if new_turn:
             self.turn += 1
             self.in_turn = True
         self.seq += 1
-        self.barge.model_audio(audio, time.monotonic())
+        self.barge.model_audio(audio, time.monotonic(), new_turn=new_turn)
         self.emit(m.AudioDown(call=self.call, seq=self.seq, t_in=time.monotonic_ns(), audio=audio,
                               turn=self.turn))

@@ -48,6 +48,7 @@ PUBLIC = {
     "gateway.security": "Twilio's request signature, which the abuse bench forges wrong on purpose",
     "transcoder.call_audio": "a call's DSP state, which the dsp bench times",
     "model_client.stage": "the stage, which the bench's echo model runs with echo sessions",
+    "model_client.barge": "the barge-in detector, which the barge-in bench measures",
 }
 
 
