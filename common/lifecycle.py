@@ -12,7 +12,8 @@ import gc
 import logging
 import os
 import signal
-from typing import Awaitable, Protocol
+import weakref
+from typing import Awaitable, Callable, Protocol
 
 # Every stage is one process on one core. OpenBLAS would otherwise start a thread per core
 # for numpy's matrix products (the transcoder's and the emulator's FIR), threads that spin while they
@@ -111,3 +112,15 @@ def main(role: str, build) -> None:
     logs.setup(f"{role}-{config.process_num}" if role in ("transcoder", "model_client") else role,
                config.log_level, config.secrets, json_lines=config.log_format == "json")
     sys.exit(run_stage(build(config), role))
+
+
+def weak(method: Callable) -> Callable:
+    """``method``, without keeping its object alive: a session's line watch must not hold the session
+    in a reference cycle (a closed session is freed at once, not at the collector's next pass)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        target = ref()
+        if target is not None:
+            target(*args)
+    return call

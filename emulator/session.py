@@ -27,13 +27,13 @@ from common.lifecycle import cancel_all, spawn
 from common.settings import Settings
 from common.voice_activity import EnergyVad, SpeechEnded, SpeechStarted
 from emulator import generations, persona, wire
+from emulator.faults import FaultKnobs
 from emulator.resumption import HandleStore
 from emulator.tools import ToolRunner
 from emulator.turns import TOKENS_PER_S, Gone, Options, TurnPlayer
 
 log = logging.getLogger(__name__)
 
-GOAWAY_GRACE_S = 5.0  # goAway's timeLeft; never more than the goAway delay itself (fast tests)
 SETUP_TIMEOUT_S = 30.0
 MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
 TEXT_CHARS_PER_TOKEN = 4
@@ -44,7 +44,7 @@ HANDLERS = {"realtime_input": "_handle_realtime_input", "client_content": "_hand
             "tool_response": "_handle_tool_response", "context_update": "_handle_ignored"}
 
 
-class LiveSession:
+class LiveSession(FaultKnobs):
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, settings: Settings,
                  handles: HandleStore, number: int, interrupted_ns: deque[int] | None = None,
                  turns_ns: deque[tuple[int, int]] | None = None):
@@ -280,32 +280,3 @@ class LiveSession:
             await self._send(text)
         except Gone:
             pass
-
-    # Fault knobs
-
-    def _start_timers(self) -> None:
-        if self._settings.emulator_goaway_after_s > 0:
-            spawn(self._go_away_later(self._settings.emulator_goaway_after_s),
-                  f"emulator.s{self.number}.goaway", self._tasks)
-        if self._settings.emulator_drop_after_s > 0:
-            spawn(self._drop_later(self._settings.emulator_drop_after_s),
-                  f"emulator.s{self.number}.drop", self._tasks)
-
-    async def _go_away_later(self, after_s: float) -> None:
-        await asyncio.sleep(after_s)
-        grace = min(GOAWAY_GRACE_S, after_s)
-        try:
-            await self._send(wire.go_away(grace))
-        except Gone:
-            return
-        log.info("%s: goAway sent, closing in %g s", self._label, grace)
-        await asyncio.sleep(grace)
-        self._end(1000, "connection lifetime reached", "goAway")
-
-    async def _drop_later(self, after_s: float) -> None:
-        await asyncio.sleep(after_s)
-        log.info("%s: dropping the connection (no close frame)", self._label)
-        self._dropped = True
-        if self._request.transport is not None:
-            self._request.transport.abort()
-        self._end(1006, "", "dropped")

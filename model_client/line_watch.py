@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -54,18 +53,6 @@ def _power(dbfs: float) -> float:
 
 
 START_POWER, HOLD_POWER = _power(START_DBFS), _power(HOLD_DBFS)
-
-
-def weak(method: Callable) -> Callable:
-    """``method``, without keeping its object alive: a session's line watch must not hold the session
-    in a reference cycle (a closed session is freed at once, not at the collector's next pass)."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args):
-        target = ref()
-        if target is not None:
-            target(*args)
-    return call
 
 
 class LineActions(NamedTuple):
