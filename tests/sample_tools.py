@@ -1,6 +1,6 @@
 """A user tools module, loaded by the model_client from BRIDGE_TOOLS_MODULE in the conversation tests."""
 
-from model_client.tools import ToolContext
+from model_client.tools import ToolContext, tool
 
 
 async def lookup_order(order_id: str, express: bool = False, call: ToolContext | None = None) -> dict:
@@ -20,3 +20,12 @@ async def wait_for_agent(seconds: int) -> dict:
 
     await asyncio.sleep(seconds)
     return {"agent": "free"}
+
+
+@tool(behavior="BLOCKING")
+async def wait_in_line(seconds: int) -> dict:
+    """Hold the caller's place in the queue (BLOCKING: the model waits, and new input cancels it)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return {"place": 1}

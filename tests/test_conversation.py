@@ -21,6 +21,7 @@ SCRIPT = [
     {"when": "pressed 7", "call": "transfer_call", "args": {"target": "+19005550000"}},
     {"when": "pressed 6", "call": "lookup_order", "args": {"order_id": "A17", "express": True}},
     {"when": "pressed 4", "call": "wait_for_agent", "args": {"seconds": 60}},
+    {"when": "pressed 2", "call": "wait_in_line", "args": {"seconds": 60}},
 ]
 
 
@@ -123,6 +124,16 @@ async def test_non_blocking_tool_call_survives_the_caller_speaking(stack):
     log = stack.log.read_text()
     assert "tool call wait_for_agent({'seconds': 60})" in log
     assert "(working on wait_for_agent)" in said and "cancelled by the model" not in log
+
+
+async def test_blocking_tool_call_cancelled_when_the_caller_speaks(stack):
+    # Declared BLOCKING (tests/sample_tools.py): on gemini-3.8-live new input cancels it.
+    caller = np.concatenate([silence(1.5), speech_like(1.0, seed=6)])
+    result = await place_call(stack.url, caller, listen_s=2.0, dtmf=[(0.5, "2")], timeout_s=30)
+    transcript(stack, result.call_sid)  # the call is over
+    log = stack.log.read_text()
+    assert "tool call wait_in_line({'seconds': 60})" in log
+    assert "cancelled by the model" in log
 
 
 async def test_prewarmed_greeting_plays_before_the_caller_speaks(tmp_path):

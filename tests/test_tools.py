@@ -58,7 +58,7 @@ def test_bad_tool_modules_are_refused(path, message):
 
 
 def test_only_public_async_functions_become_tools():
-    assert set(load_module("tests.sample_tools")) == {"lookup_order", "wait_for_agent"}
+    assert set(load_module("tests.sample_tools")) == {"lookup_order", "wait_for_agent", "wait_in_line"}
 
 
 async def test_toolbox_runs_tools_and_reports_failures_to_the_model():
@@ -76,4 +76,4 @@ async def test_toolbox_runs_tools_and_reports_failures_to_the_model():
     await box.run("end_call", {}, ctx)
     assert [(a.kind, a.target) for a in sent] == [("transfer", "+15550001111"), ("hangup", "")]
     assert [d.name for d in box.declarations] == ["end_call", "transfer_call", "lookup_order",
-                                                  "wait_for_agent"]
+                                                  "wait_for_agent", "wait_in_line"]
