@@ -3,6 +3,7 @@ comes while the tool runs, the model on the next connection is told the outcome 
 against an in-process emulator: real SDK, TLS, EMULATOR_TOOL_SCRIPT)."""
 
 import asyncio
+import contextlib
 import json
 
 from common import messages as m
@@ -29,11 +30,11 @@ def said(out) -> str:
     return "".join(msg.text for msg in out if isinstance(msg, m.Transcript) and msg.role == "model")
 
 
-async def run_call(stage, fault) -> tuple[GeminiSession, list]:
-    """Press 4 (the emulator calls wait_for_agent, which takes 1 s), ``fault(emulator session)`` while
-    it runs, and wait for the model to speak the tool's outcome."""
+@contextlib.asynccontextmanager
+async def opened(stage, **env):
+    """A GeminiSession on ``stage`` (the emulator) with the sample tools, started; what it emits."""
     config = load({"BRIDGE_RUN_DIR": stage.settings.run_dir, "EMULATOR_PORT": str(stage.settings.emulator_port),
-                   "GEMINI_HANDOVER_MARGIN_S": "1.0"})
+                   **env})
     out: list = []
     client = make_client(config)
     session = GeminiSession("c1", client, config, Toolbox(module="tests.sample_tools"),
@@ -41,15 +42,22 @@ async def run_call(stage, fault) -> tuple[GeminiSession, list]:
     session.start()
     try:
         await until(lambda: session.connection is not None, 5, "the first connection")
+        yield session, out
+    finally:
+        await session.close()
+        await client.aio.aclose()
+
+
+async def run_call(stage, fault) -> tuple[GeminiSession, list]:
+    """Press 4 (the emulator calls wait_for_agent, which takes 1 s), ``fault(emulator session)`` while
+    it runs, and wait for the model to speak the tool's outcome."""
+    async with opened(stage, GEMINI_HANDOVER_MARGIN_S="1.0") as (session, out):
         session.dtmf("4")
         await until(lambda: bool(session._tools), 5, "the tool call")
         first = next(iter(stage._sessions))
         await fault(first)
         await until(lambda: TOLD in said(out) and '"free"}' in said(out), 10,
                     "the outcome told on the next connection")
-    finally:
-        await session.close()
-        await client.aio.aclose()
     return session, out
 
 
@@ -95,17 +103,7 @@ async def test_a_tool_answer_sent_just_before_a_drop_is_told_again(start_emulato
 
 async def test_without_a_connection_change_the_answer_is_a_function_response(start_emulator):
     stage = await start_emulator(EMULATOR_TOOL_SCRIPT=SCRIPT)
-    config = load({"BRIDGE_RUN_DIR": stage.settings.run_dir, "EMULATOR_PORT": str(stage.settings.emulator_port)})
-    out: list = []
-    client = make_client(config)
-    session = GeminiSession("c1", client, config, Toolbox(module="tests.sample_tools"),
-                            ToolContext("c1", "CA1", {}), out.append, lambda call: None)
-    session.start()
-    try:
-        await until(lambda: session.connection is not None, 5, "the first connection")
+    async with opened(stage) as (session, out):
         session.dtmf("4")
         await until(lambda: '"free"}' in said(out), 10, "the tool's result spoken")
-    finally:
-        await session.close()
-        await client.aio.aclose()
     assert TOLD not in said(out) and 'returned {"agent": "free"}' in said(out)
