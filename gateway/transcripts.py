@@ -73,5 +73,5 @@ class TranscriptLog:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.lines += 1
-        except OSError as e:
-            log.error("cannot write transcript %s: %s", self.path, e)
+        except OSError as e:  # its text, not the exception: a kept log record must not hold this frame
+            log.error("cannot write transcript %s: %s", self.path, str(e))

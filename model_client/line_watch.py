@@ -12,8 +12,8 @@ every ``TICK_S`` and acts through ``LineActions``:
   completed with no audio: nudge the model, then reconnect by handle and nudge again, then
   apologise (``Action(kind="stalled")``: the gateway ends the stream and ``/twiml/after`` resumes).
 - **longest call**: a warning ``MAX_CALL_LEAD_S`` before ``max_call_s``, then a goodbye and the end.
-- **paused input**: no caller audio for ``input_pause_ms`` while the stream is up: ``audio_stream_end``,
-  so the model answers what it heard; audio that comes back simply goes on.
+- **paused input**: no caller audio for ``input_pause_ms``: ``audio_stream_end``, so the model answers
+  what it heard.
 
 The caller's speech is told by its energy, with the thresholds the emulator's stand-in for the
 server's VAD uses (common/voice_activity.py), and its end by ``GEMINI_SILENCE_MS``, as the server does.
@@ -96,6 +96,7 @@ class LineWatch:
         self._owed_since = 0.0  # the model owes a reply since then (0: it does not)
         self._stall_steps = 0
         self._warned = self._leaving = False
+        self.greeting_held = False  # outbound, awaiting detection: no reply owed; speech told to the gateway
 
     async def run(self) -> None:
         while True:
@@ -120,6 +121,8 @@ class LineWatch:
                 self._speaking, self._speech_ms = True, self._loud_ms
                 self._over_audio = self.playing(now)
                 self._cleared_at = 0.0
+                if self._waiting or self.greeting_held:  # the barge-in detector listens only over the model
+                    self.actions.emit(m.CallerSpeech(call=self.call, source="vad"))
         else:
             self._loud_ms = 0.0
             if self._speaking:
@@ -215,7 +218,8 @@ class LineWatch:
         if pause_s and self._last_audio and not self._input_paused and now - self._last_audio >= pause_s:
             self._input_paused = True
             self.stats["input_pauses"] += 1
-            self._event(f"input paused: no caller audio for {now - self._last_audio:.1f} s, audio_stream_end sent")
+            self._event(f"input paused: no caller audio for {now - self._last_audio:.1f} s, "
+                        "audio_stream_end sent")
             self.actions.stream_end()
             if self._speaking:  # what the caller said is a turn now, as it is for the model
                 self._speaking = False
@@ -260,7 +264,7 @@ class LineWatch:
 
     def _caller_turn_ended(self, now: float) -> None:
         self._present()
-        if self._speech_ms < MIN_TURN_MS or not self.settings.stall_s or self._leaving:
+        if self._speech_ms < MIN_TURN_MS or not self.settings.stall_s or self._leaving or self.greeting_held:
             return
         # Speech begun over the model's audio is its echo, unless it cleared the playback (a barge-in).
         if (not self._over_audio or self._cleared_at) and not self.playing(now):

@@ -90,8 +90,8 @@ class GeminiSession(SessionConnections):
         self._closing = False
         under_way = resumed or bool(handle)  # a handle: the call is under way
         # Held, the callee's "Hello?" or voicemail greeting would make the model answer before it greets.
-        self._held = hold_greeting and not under_way
-        if settings.greeting and not under_way and not self._held:
+        self.line.greeting_held = hold_greeting and not under_way
+        if settings.greeting and not under_way and not self.line.greeting_held:
             self._queue.add(TEXT, settings.greeting)
 
     @property
@@ -114,20 +114,20 @@ class GeminiSession(SessionConnections):
         self.line.caller_audio(pcm, now)
         if self.barge.caller_audio(pcm, now):
             self.emit(m.CallerSpeech(call=self.call, source="vad"))
-        if not self._held:
+        if not self.line.greeting_held:
             self._queue.add_audio(pcm, t_in)
 
     def greet(self, text: str = "") -> None:
         """The held greeting goes now (or ``text`` in its place: a voicemail message), then the
         callee's audio from here on. A second greeting is logged and ignored."""
         with call_context(self.call):
-            if not self._held and not text:
+            if not self.line.greeting_held and not text:
                 log.warning("greeting released twice (or never held): ignored")
                 return
             # A voicemail message after a greeting released early (no verdict in time) is still left.
             prompt = text or self.settings.greeting
             log.info("%s", "voicemail message released" if text else "greeting released")
-            self._held = False
+            self.line.greeting_held = False
         if prompt:
             self._queue.add(TEXT, prompt)
 

@@ -188,10 +188,9 @@ def test_supervisord_conf_parses_and_runs_real_modules(tmp_path, monkeypatch, cr
 # --- deploy/: Cloud Run and Kubernetes ---------------------------------------------------------------
 
 def setting_names() -> set[str]:
-    """Every environment variable the settings read (and the platform's own PORT)."""
-    import re
-    source = (ROOT / "common" / "settings.py").read_text()
-    return set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', source)) | {"PORT", "PUBLIC_URL"}
+    """Every environment variable the settings declare."""
+    from common.settings import specs
+    return {name for spec in specs() for name in (spec.env, *spec.also)}
 
 
 def test_cloudrun_script_parses_and_sets_only_real_settings():
