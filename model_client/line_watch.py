@@ -15,8 +15,7 @@ every ``TICK_S`` and acts through ``LineActions``:
 - **paused input**: no caller audio for ``input_pause_ms``: ``audio_stream_end``, so the model answers
   what it heard.
 
-The caller's speech is told by its energy, with the thresholds the emulator's stand-in for the
-server's VAD uses (common/voice_activity.py), and its end by ``GEMINI_SILENCE_MS``, as the server does.
+Speech is told by its energy (common/voice_activity.py), its end by ``GEMINI_SILENCE_MS``, as the server.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ MIN_TURN_MS = 200  # speech this long, then the server's silence: a caller turn 
 MAX_CALL_LEAD_S = 60.0  # the longest call's warning comes this long before its end (a quarter, if less)
 PLAYED_SLACK_S = 3.0  # a turn whose last mark never comes back counts as played this long after its audio
 PCM_BYTES_PER_MS_IN, PCM_BYTES_PER_S_OUT = 32, 48000  # caller 16 kHz, model 24 kHz, PCM16
-
 STALL_NUDGE = "(The caller is waiting for your answer. Please answer them now.)"
 IDLE_GOODBYE = "(The caller has been silent for a long time. Say a short goodbye now; the call then ends.)"
 MAX_CALL_WARNING = ("(The call reaches its time limit in about {seconds} seconds. Tell the caller briefly, "
