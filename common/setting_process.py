@@ -1,5 +1,5 @@
-"""The settings of how the processes run and who may talk to them (the Gateway, Processes and Security
-groups): the first part of ``Settings`` (common/settings.py), which declares the rest and reads them
+"""The settings of how the processes run and who may talk to them (the Gateway, Processes, Security and
+Limits groups): the first part of ``Settings`` (common/settings.py), which declares the rest and reads them
 all. Declared as there: one ``setting(...)`` each, in the order the docs list them."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from common.setting_types import declare, derived, setting
 RESAMPLERS = ("fir", "sinc_fastest", "sinc_medium", "sinc_best")  # common/resample.py's engines
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-GATEWAY, PROCESSES, SECURITY = "Gateway", "Processes", "Security"
+GATEWAY, PROCESSES, SECURITY, LIMITS = "Gateway", "Processes", "Security", "Limits"
 
 
 @dataclass(frozen=True)
@@ -85,24 +85,6 @@ class ProcessSettings(DerivedValues):
         doc="refuse new calls politely (and `/readyz` 503) while any bridge process's event loop runs this "
             "many ms late (90th percentile over its last 2 s): it is full; admit again once every one is "
             "below half of it")
-    max_ws_message: int = setting(
-        "BRIDGE_MAX_WS_MESSAGE", 64 * 1024, lo=1024, hi=1024 * 1024, group=SECURITY,
-        doc="largest Twilio WebSocket message in bytes; a larger one closes the stream")
-    max_media_payload: int = setting(
-        "BRIDGE_MAX_MEDIA_PAYLOAD", 16000, lo=160, hi=1024 * 1024, group=SECURITY,
-        doc="largest decoded media payload in bytes; larger ones are dropped and counted")
-    max_msg_rate: float = setting(
-        "BRIDGE_MAX_MSG_RATE", 150.0, lo=1, hi=10_000, group=SECURITY,
-        doc="messages per second per stream (token bucket); Twilio sends 50 media a second plus mark echoes")
-    max_msg_burst: int = setting("BRIDGE_MAX_MSG_BURST", 300, lo=1, hi=100_000, group=SECURITY,
-                                 doc="the token bucket's size: messages a stream may send at once")
-    flood_close_s: float = setting("BRIDGE_FLOOD_CLOSE_S", 5.0, lo=0, hi=3600, group=SECURITY,
-                                   doc="a flood lasting this long closes the stream")
-    start_timeout_s: float = setting(
-        "BRIDGE_START_TIMEOUT_S", 10.0, lo=0.1, hi=3600, group=SECURITY,
-        doc="a socket with no accepted `start` this long after the upgrade is closed")
-    media_timeout_s: float = setting("BRIDGE_MEDIA_TIMEOUT_S", 60.0, lo=0, hi=86400, group=SECURITY,
-                                     doc="a call with no media this long is closed (`0` = never)")
     CURVE_SERVER_SECRET = declare("BRIDGE_CURVE_SERVER_SECRET", "", secret=True, group=SECURITY,
                                   doc="Z85 CURVE secret key of the bound `tcp://` sockets (ROUTERs)")
     CURVE_CLIENT_SECRET = declare("BRIDGE_CURVE_CLIENT_SECRET", "", secret=True, group=SECURITY,
@@ -116,3 +98,21 @@ class ProcessSettings(DerivedValues):
     curve_server_secret: str = derived("", secret=True)
     curve_client_public: str = derived("")
     curve_client_secret: str = derived("", secret=True)
+    max_ws_message: int = setting(
+        "BRIDGE_MAX_WS_MESSAGE", 64 * 1024, lo=1024, hi=1024 * 1024, group=LIMITS,
+        doc="largest Twilio WebSocket message in bytes; a larger one closes the stream")
+    max_media_payload: int = setting(
+        "BRIDGE_MAX_MEDIA_PAYLOAD", 16000, lo=160, hi=1024 * 1024, group=LIMITS,
+        doc="largest decoded media payload in bytes; larger ones are dropped and counted")
+    max_msg_rate: float = setting(
+        "BRIDGE_MAX_MSG_RATE", 150.0, lo=1, hi=10_000, group=LIMITS,
+        doc="messages per second per stream (token bucket); Twilio sends 50 media a second plus mark echoes")
+    max_msg_burst: int = setting("BRIDGE_MAX_MSG_BURST", 300, lo=1, hi=100_000, group=LIMITS,
+                                 doc="the token bucket's size: messages a stream may send at once")
+    flood_close_s: float = setting("BRIDGE_FLOOD_CLOSE_S", 5.0, lo=0, hi=3600, group=LIMITS,
+                                   doc="a flood lasting this long closes the stream")
+    start_timeout_s: float = setting(
+        "BRIDGE_START_TIMEOUT_S", 10.0, lo=0.1, hi=3600, group=LIMITS,
+        doc="a socket with no accepted `start` this long after the upgrade is closed")
+    media_timeout_s: float = setting("BRIDGE_MEDIA_TIMEOUT_S", 60.0, lo=0, hi=86400, group=LIMITS,
+                                     doc="a call with no media this long is closed (`0` = never)")
