@@ -122,7 +122,6 @@ class BrowserLine:
             self.rings.pop(call.sid, None)
 
     async def _talk(self, session: aiohttp.ClientSession, call, ring: Ring) -> None:
-        call.status, call.answered_at = "in-progress", time.monotonic()
         try:
             await asyncio.wait_for(ring.opened.wait(), OPEN_S)
         except TimeoutError:
@@ -187,6 +186,7 @@ class BrowserLine:
         log.info("browser line: call %s %s", call.sid, "answered" if choice == "answer" else "declined")
         if choice == "decline":
             return web.json_response({"status": "busy"}, headers=_cors(request))
+        call.status, call.answered_at = "in-progress", time.monotonic()  # from now, as at Twilio
         twiml = parse_twiml(call.form["Twiml"], call.form.get("StatusCallback") or "http://127.0.0.1/")
         relay = str(request.url.with_path(f"/browser/calls/{call.sid}/stream").with_scheme("ws"))
         return web.json_response({"call_sid": call.sid, "account_sid": self.rest.account_sid,

@@ -5,12 +5,14 @@ declined in headless Chromium through the real stack: tests/test_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.settings import load
@@ -20,6 +22,7 @@ from gateway.outbound_rules import DialError
 from harness.stack import free_port
 from softphone.browser_line import loopback_origin, ring_timeout
 from softphone.twilio_rest import TwilioRest
+from softphone.webhook import upgrade_headers
 
 ACCOUNT = "AC" + "0" * 32
 AUTH = "test-auth-token"
@@ -173,3 +176,69 @@ async def test_a_ringing_call_is_answered_or_declined_once():
     finally:
         await twilio.stop()
     assert twilio.calls[sid].status == "busy" and twilio.line.refused == 2
+
+
+async def test_the_line_relays_the_pages_stream_signed_and_a_rest_hangup_stops_it():
+    """The relay adds the upgrade's signature (which a page cannot), passes messages both ways unchanged,
+    and when the bridge hangs up through the REST API, sends the bridge Twilio's `stop`."""
+    heard: list[str] = []
+    upgrade: dict[str, str] = {}
+
+    async def bridge_stream(request: web.Request) -> web.WebSocketResponse:
+        upgrade["signature"] = request.headers.get("X-Twilio-Signature", "")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            heard.append(msg.data)
+            if json.loads(msg.data)["event"] == "start":
+                await ws.send_str('{"event":"clear","streamSid":"MZ1"}')
+        return ws
+
+    bridge = web.Application()
+    bridge.router.add_get("/ws/twilio", bridge_stream)
+    runner = web.AppRunner(bridge)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    twilio = TwilioRest(ACCOUNT, AUTH, answer="browser")
+    url = await twilio.start(free_port())
+    stream_url = f"ws://127.0.0.1:{port}/ws/twilio"
+    twiml = f'<Response><Connect><Stream url="{stream_url}"><Parameter name="token" value="t1"/></Stream></Connect></Response>'
+    basic = "Basic " + base64.b64encode(f"{ACCOUNT}:{AUTH}".encode()).decode()
+    calls = f"{url}/2010-04-01/Accounts/{ACCOUNT}/Calls"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{calls}.json", headers={"Authorization": basic},
+                                    data={"To": "+15550100002", "From": "+15550100001", "Twiml": twiml}) as r:
+                sid = (await r.json())["sid"]
+            line = f"{url}/browser/calls/{sid}"
+            await wait_until(lambda: twilio.calls[sid].status == "ringing")
+            async with session.post(f"{line}/answer", headers={"Origin": "http://127.0.0.1:8080"}) as r:
+                answered = await r.json()
+            assert answered == {"call_sid": sid, "account_sid": ACCOUNT, "stream_url": f"ws{line[4:]}/stream",
+                                "parameters": {"token": "t1"}}
+            async with session.ws_connect(answered["stream_url"]) as page:
+                await page.send_str('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+                start = {"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {"callSid": sid}}
+                await page.send_str(json.dumps(start))
+                assert (await page.receive()).data == '{"event":"clear","streamSid":"MZ1"}'
+                async with session.post(f"{calls}/{sid}.json", headers={"Authorization": basic},
+                                        data={"Status": "completed"}) as r:
+                    assert r.status == 200
+                assert (await page.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            await asyncio.wait_for(twilio.calls[sid].done.wait(), 10)
+    finally:
+        await twilio.stop()
+        await runner.cleanup()
+    assert upgrade["signature"] == upgrade_headers(AUTH, stream_url)["X-Twilio-Signature"]
+    assert [json.loads(x)["event"] for x in heard] == ["connected", "start", "stop"]
+    assert json.loads(heard[2]) == {"event": "stop", "sequenceNumber": "2", "streamSid": "MZ1",
+                                    "stop": {"accountSid": ACCOUNT, "callSid": sid}}
+    assert twilio.calls[sid].status == "completed"
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(poll(), timeout)
