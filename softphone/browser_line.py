@@ -117,7 +117,7 @@ class BrowserLine:
             else:
                 await self._talk(session, call, ring)
                 call.status = "completed"
-            await self.rest._callback(session, call, call.form.get("StatusCallback"), self.rest._status(call))
+            await self.rest.callback(session, call, call.form.get("StatusCallback"), self.rest.status_params(call))
         finally:
             self.rings.pop(call.sid, None)
 
@@ -130,7 +130,7 @@ class BrowserLine:
         await ring.ended.wait()
         twiml = parse_twiml(call.form["Twiml"], call.form.get("StatusCallback") or "http://127.0.0.1/")
         if ring.closed_by == "server" and twiml.redirect:  # Twilio runs the <Redirect> after </Connect>
-            params = {**self.rest._params(call), "CallStatus": "in-progress"}
+            params = {**self.rest.call_params(call), "CallStatus": "in-progress"}
             try:
                 after = await fetch_twiml(session, twiml.redirect, params, self.rest.auth_token)
                 if after.stream_url:
@@ -243,7 +243,7 @@ class BrowserLine:
         await asyncio.sleep(self.amd_after_s)
         params = {"AccountSid": self.rest.account_sid, "AnsweredBy": "human", "CallSid": call.sid,
                   "MachineDetectionDuration": str(round(self.amd_after_s * 1000))}
-        await self.rest._callback(ring.session, call, call.form.get("AsyncAmdStatusCallback"), params)
+        await self.rest.callback(ring.session, call, call.form.get("AsyncAmdStatusCallback"), params)
 
 
 async def _pipe(source, sink) -> None:

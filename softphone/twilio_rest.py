@@ -170,7 +170,7 @@ class TwilioRest:
                 await asyncio.sleep(self.ring_s)
                 if call.status == "canceled" or call.answer in ("no-answer", "busy"):
                     call.status = "canceled" if call.status == "canceled" else call.answer
-                    await self._callback(session, call, call.form.get("StatusCallback"), self._status(call))
+                    await self.callback(session, call, call.form.get("StatusCallback"), self.status_params(call))
                     return
                 await self._answer(session, call)
         finally:
@@ -199,13 +199,13 @@ class TwilioRest:
         call.result = call.stream.result()
         if call.stream.closed_by == "server" and twiml.redirect:  # Twilio runs the <Redirect>
             try:
-                await fetch_twiml(session, twiml.redirect, {**self._params(call), "CallStatus": "in-progress"},
+                await fetch_twiml(session, twiml.redirect, {**self.call_params(call), "CallStatus": "in-progress"},
                                   self.auth_token)
             except CallError as e:
                 if "has no <Response><Connect><Stream" not in str(e):  # <Hangup/>: the call is over
                     call.result.protocol_errors.append(str(e))
         call.status = "completed"
-        await self._callback(session, call, call.form.get("StatusCallback"), self._status(call))
+        await self.callback(session, call, call.form.get("StatusCallback"), self.status_params(call))
 
     async def _detect(self, session: aiohttp.ClientSession, call: FakeCall, verdict: str, after_s: float):
         while not call.stream.t0:
@@ -213,20 +213,20 @@ class TwilioRest:
         await asyncio.sleep(max(0.0, call.stream.t0 + after_s - asyncio.get_running_loop().time()))
         params = {"AccountSid": self.account_sid, "AnsweredBy": verdict, "CallSid": call.sid,
                   "MachineDetectionDuration": str(round(after_s * 1000))}
-        await self._callback(session, call, call.form.get("AsyncAmdStatusCallback"), params)
+        await self.callback(session, call, call.form.get("AsyncAmdStatusCallback"), params)
 
-    def _params(self, call: FakeCall) -> dict[str, str]:
+    def call_params(self, call: FakeCall) -> dict[str, str]:
         return {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": call.sid,
                 "Called": call.form["To"], "Caller": call.form["From"], "Direction": "outbound-api",
                 "From": call.form["From"], "To": call.form["To"]}
 
-    def _status(self, call: FakeCall) -> dict[str, str]:
-        params = {**self._params(call), "CallStatus": call.status}
+    def status_params(self, call: FakeCall) -> dict[str, str]:
+        params = {**self.call_params(call), "CallStatus": call.status}
         if call.answered_at:
             params["CallDuration"] = str(round(time.monotonic() - call.answered_at))
         return params
 
-    async def _callback(self, session: aiohttp.ClientSession, call: FakeCall, url: str | None,
+    async def callback(self, session: aiohttp.ClientSession, call: FakeCall, url: str | None,
                         params: dict[str, str]) -> None:
         if not url:
             return

@@ -203,7 +203,8 @@ async def test_the_line_relays_the_pages_stream_signed_and_a_rest_hangup_stops_i
     twilio = TwilioRest(ACCOUNT, AUTH, answer="browser")
     url = await twilio.start(free_port())
     stream_url = f"ws://127.0.0.1:{port}/ws/twilio"
-    twiml = f'<Response><Connect><Stream url="{stream_url}"><Parameter name="token" value="t1"/></Stream></Connect></Response>'
+    twiml = (f'<Response><Connect><Stream url="{stream_url}"><Parameter name="token" value="t1"/></Stream>'
+             '</Connect></Response>')
     basic = "Basic " + base64.b64encode(f"{ACCOUNT}:{AUTH}".encode()).decode()
     calls = f"{url}/2010-04-01/Accounts/{ACCOUNT}/Calls"
     try:
@@ -242,3 +243,19 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         while not predicate():
             await asyncio.sleep(0.02)
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_call_nobody_answers_ends_no_answer_after_the_requests_timeout():
+    twilio = TwilioRest(ACCOUNT, AUTH, answer="browser")
+    url = await twilio.start(free_port())
+    basic = "Basic " + base64.b64encode(f"{ACCOUNT}:{AUTH}".encode()).decode()
+    twiml = '<Response><Connect><Stream url="ws://127.0.0.1:9/ws/twilio"/></Connect></Response>'
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": basic}) as session:
+            async with session.post(f"{url}/2010-04-01/Accounts/{ACCOUNT}/Calls.json", data={
+                    "To": "+15550100002", "From": "+15550100001", "Twiml": twiml, "Timeout": "5"}) as r:
+                sid = (await r.json())["sid"]
+        await asyncio.wait_for(twilio.calls[sid].done.wait(), 30)
+    finally:
+        await twilio.stop()
+    assert twilio.calls[sid].status == "no-answer" and not twilio.calls[sid].answered_at
