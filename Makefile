@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 export PORT
 
-.PHONY: run status stop test call bench live-check clean run-outbound call-outbound
+.PHONY: run status stop test call bench live-check clean run-outbound call-outbound phone-line
 
 # What is installed, one stamp each: the runtime dependencies (`make run`), and the test or bench
 # extras on top of them. A venv made by `make test` is one `make run` uses as it is; `make test` after
@@ -71,6 +71,11 @@ run-outbound: $(VENV)/.installed
 call-outbound: $(VENV)/.installed
 	@$(OUTBOUND_ENV) $(PY) -m softphone outbound --url http://127.0.0.1:$(PORT) --answer $(ANSWER) \
 		--rest-port $(TWILIO_REST_PORT)
+
+# Or, instead of call-outbound, the stand-in alone until Ctrl-C: its calls ring the browser phone, so a
+# person answers (http://127.0.0.1:$(PORT)/phone, "Call me"). It holds the stand-in's port meanwhile.
+phone-line: $(VENV)/.installed
+	@$(OUTBOUND_ENV) $(PY) -m softphone line --rest-port $(TWILIO_REST_PORT)
 
 clean:
 	rm -rf $(VENV) .run out *.egg-info

@@ -15,7 +15,7 @@ from common import messages as m
 from common.lifecycle import cancel_all, spawn
 from common.logs import call_context, name_call, register_call
 from common.settings import Settings
-from gateway import backends, limits, media_ws, metrics, outbound, phone, security, twiml
+from gateway import backends, limits, media_ws, metrics, outbound, phone, phone_dial, security, twiml
 from gateway.admission import Admissions
 from gateway.lag_gate import LagGate
 from gateway.pipeline import Pipeline
@@ -252,7 +252,8 @@ def make_app(settings: Settings) -> web.Application:
             raise web.HTTPServiceUnavailable(text="starting")
         return await handler(request)
     app.router.add_get("/metrics", metrics_endpoint)
-    outbound.setup(app, settings, outbound.Keys(PIPELINE, ADMISSIONS, COUNTERS), refusal)  # POST /calls, its webhooks
+    dialler = outbound.setup(app, settings, outbound.Keys(PIPELINE, ADMISSIONS, COUNTERS), refusal)  # POST /calls
     if settings.phone:
+        phone_dial.setup(app, settings, dialler, counters)  # the browser phone's "Call me"
         phone.setup(app, PIPELINE, settings)  # the browser phone (development): /phone and its transcripts
     return app

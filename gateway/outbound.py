@@ -115,6 +115,10 @@ class Dialler:
             self._count("calls_api_refused")
             log.warning("POST /calls refused (%d): %s", e.status, e)
             return _error(e.status, str(e))
+        return await self.dial_checked(dial)
+
+    async def dial_checked(self, dial: DialRequest) -> web.Response:
+        """Place a checked request, if there is room and the rate allows (also the browser phone's)."""
         why = self.refusal(self.app)
         if why:
             self._count("calls_api_busy")

@@ -25,7 +25,7 @@ from gateway import security
 WEB_DIR = Path(__file__).resolve().parents[1] / "softphone" / "web"
 JS = "text/javascript"
 # A closed set, so no request can name any other file on disk.
-ASSETS = {"phone.js": JS, "twilio.js": JS, "dsp.js": JS, "worklet.js": JS, "phone.css": "text/css"}
+ASSETS = {"phone.js": JS, "incoming.js": JS, "twilio.js": JS, "dsp.js": JS, "worklet.js": JS, "phone.css": "text/css"}
 CALL_SID = re.compile(r"CA[0-9a-f]{32}")
 PING_S = 15.0  # an SSE comment this often, so a page that went away shows up as a failed write
 QUEUE_MAX = 256  # transcript events held per listener; a page that falls further behind misses some

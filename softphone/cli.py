@@ -1,11 +1,13 @@
 """``python -m softphone call``: place one call from the command line and keep what was heard.
-``python -m softphone outbound``: have the bridge dial out, and answer through the Twilio REST stand-in."""
+``python -m softphone outbound``: have the bridge dial out, and answer through the Twilio REST stand-in.
+``python -m softphone line``: the stand-in alone, ringing the browser phone (``/phone``'s "Call me")."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import wave
 from collections.abc import Mapping
@@ -17,7 +19,7 @@ import numpy as np
 from common.g711 import decode_ulaw
 from softphone.caller import CallError, CallResult, place_call
 from softphone.speech import speech_like
-from softphone.twilio_rest import ANSWERS, call_outbound
+from softphone.twilio_rest import ANSWERS, TwilioRest, call_outbound
 
 RATE = 8000
 
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the voicemail message prompt (policy message); empty: hang up on machines")
     out.add_argument("--rest-port", type=int, default=8090, help="where the stand-in serves "
                                                                  "(the bridge's TWILIO_API_URL)")
+    line = commands.add_parser("line", help="serve the Twilio REST stand-in until stopped; its calls ring "
+                                            "the browser phone at /phone (docs/outbound.md)")
+    line.add_argument("--rest-port", type=int, default=8090, help="where the stand-in serves "
+                                                                  "(the bridge's TWILIO_API_URL)")
     return parser
 
 
@@ -60,6 +66,8 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "outbound":
         return outbound(args, env)
+    if args.command == "line":
+        return browser_line(args.rest_port, env)
     try:
         for path in (args.out, args.summary):
             if path is not None:
@@ -97,6 +105,29 @@ def outbound(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     heard = call.result.reply_heard_s if call.result else 0.0
     print(f"call {placed['call_sid']} to {args.to}, answered as {args.answer}: {heard:.2f} s of the bridge "
           f"heard, final status {call.status}")
+    return 0
+
+
+def browser_line(port: int, env: Mapping[str, str]) -> int:
+    """The stand-in, with the bridge's credentials from the environment, until Ctrl-C or SIGTERM."""
+    async def serve() -> None:
+        twilio = TwilioRest(env.get("TWILIO_ACCOUNT_SID", ""), env.get("TWILIO_AUTH_TOKEN", ""), answer="browser")
+        await twilio.start(port)
+        print(f"Twilio REST stand-in on {twilio.url}: its calls ring the browser phone; open /phone on the "
+              "bridge and press Call me (Ctrl-C stops it)", flush=True)
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
+        try:
+            await stopped.wait()
+        finally:
+            await twilio.stop()
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        print(f"softphone: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

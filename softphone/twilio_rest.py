@@ -2,7 +2,8 @@
 (https://www.twilio.com/docs/voice/api/call-resource). The real ``twilio`` client talks to it over HTTP
 (``TWILIO_API_URL``), and it "answers" each call by playing Twilio's part against the bridge with the
 softphone: as a human (a short "Hello?", then speech once greeted), as a voicemail (a long greeting,
-a beep, then silence while it records), or not at all (no answer, busy).
+a beep, then silence while it records), or not at all (no answer, busy); or it rings the browser phone
+and a person answers (``answer="browser"``, softphone/browser_line.py).
 
 Callbacks follow Twilio's documented fields and are signed like every Twilio webhook:
 - AsyncAmdStatusCallback (https://www.twilio.com/docs/voice/answering-machine-detection): AccountSid,
@@ -29,6 +30,7 @@ import numpy as np
 from aiohttp import web
 
 from common.g711 import ULAW_SILENCE, encode_ulaw
+from softphone.browser_line import BrowserLine
 from softphone.result import CallResult
 from softphone.speech import silence, speech_like
 from softphone.stream import FRAME, MediaStream
@@ -79,6 +81,7 @@ class TwilioRest:
     def __init__(self, account_sid: str, auth_token: str, answer: str = "human", ring_s: float = 0.5):
         self.account_sid, self.auth_token = account_sid, auth_token
         self.answer, self.ring_s, self.detect = answer, ring_s, True
+        self.line = BrowserLine(self, amd_after_s=HELLO_S + SPEECH_END_S)  # calls answered in a browser
         self.calls: dict[str, FakeCall] = {}
         self.updates: list[tuple[str, dict[str, str]]] = []
         self._tasks: set[asyncio.Task] = set()
@@ -90,6 +93,7 @@ class TwilioRest:
         base = f"/{API_VERSION}/Accounts/{{account}}/Calls"
         app.router.add_post(base + ".json", self.create)
         app.router.add_post(base + "/{sid}.json", self.update)
+        self.line.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
@@ -140,6 +144,8 @@ class TwilioRest:
         if form.get("Status") in ("completed", "canceled"):
             if call.stream is not None:
                 call.stream.end_call()  # Twilio ends the stream with `stop`, then the call
+            elif call.answer == "browser" and call.status == "in-progress":
+                self.line.end_call(call)
             elif call.status in ("queued", "ringing"):
                 call.status = "canceled"
         elif "Twiml" in form or "Url" in form:
@@ -159,10 +165,12 @@ class TwilioRest:
         try:
             async with aiohttp.ClientSession() as session:
                 call.status = "ringing"
+                if call.answer == "browser":
+                    return await self.line.ring(session, call)
                 await asyncio.sleep(self.ring_s)
                 if call.status == "canceled" or call.answer in ("no-answer", "busy"):
                     call.status = "canceled" if call.status == "canceled" else call.answer
-                    await self._callback(session, call, call.form.get("StatusCallback"), self._status(call))
+                    await self.callback(session, call, call.form.get("StatusCallback"), self.status_params(call))
                     return
                 await self._answer(session, call)
         finally:
@@ -191,13 +199,13 @@ class TwilioRest:
         call.result = call.stream.result()
         if call.stream.closed_by == "server" and twiml.redirect:  # Twilio runs the <Redirect>
             try:
-                await fetch_twiml(session, twiml.redirect, {**self._params(call), "CallStatus": "in-progress"},
+                await fetch_twiml(session, twiml.redirect, {**self.call_params(call), "CallStatus": "in-progress"},
                                   self.auth_token)
             except CallError as e:
                 if "has no <Response><Connect><Stream" not in str(e):  # <Hangup/>: the call is over
                     call.result.protocol_errors.append(str(e))
         call.status = "completed"
-        await self._callback(session, call, call.form.get("StatusCallback"), self._status(call))
+        await self.callback(session, call, call.form.get("StatusCallback"), self.status_params(call))
 
     async def _detect(self, session: aiohttp.ClientSession, call: FakeCall, verdict: str, after_s: float):
         while not call.stream.t0:
@@ -205,20 +213,20 @@ class TwilioRest:
         await asyncio.sleep(max(0.0, call.stream.t0 + after_s - asyncio.get_running_loop().time()))
         params = {"AccountSid": self.account_sid, "AnsweredBy": verdict, "CallSid": call.sid,
                   "MachineDetectionDuration": str(round(after_s * 1000))}
-        await self._callback(session, call, call.form.get("AsyncAmdStatusCallback"), params)
+        await self.callback(session, call, call.form.get("AsyncAmdStatusCallback"), params)
 
-    def _params(self, call: FakeCall) -> dict[str, str]:
+    def call_params(self, call: FakeCall) -> dict[str, str]:
         return {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": call.sid,
                 "Called": call.form["To"], "Caller": call.form["From"], "Direction": "outbound-api",
                 "From": call.form["From"], "To": call.form["To"]}
 
-    def _status(self, call: FakeCall) -> dict[str, str]:
-        params = {**self._params(call), "CallStatus": call.status}
+    def status_params(self, call: FakeCall) -> dict[str, str]:
+        params = {**self.call_params(call), "CallStatus": call.status}
         if call.answered_at:
             params["CallDuration"] = str(round(time.monotonic() - call.answered_at))
         return params
 
-    async def _callback(self, session: aiohttp.ClientSession, call: FakeCall, url: str | None,
+    async def callback(self, session: aiohttp.ClientSession, call: FakeCall, url: str | None,
                         params: dict[str, str]) -> None:
         if not url:
             return

@@ -12,10 +12,12 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -27,11 +29,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from common import messages as m
 from common.g711 import decode_ulaw, encode_ulaw
 from common.settings import SettingsError, load
-from gateway import phone
+from gateway import phone, phone_dial
 from gateway import twilio_codec as tw
 from gateway.app import PIPELINE, make_app
-from harness.stack import Stack, wait_for
+from harness.stack import Stack, free_port, wait_for
 from softphone.speech import silence, speech_like
+from softphone.twilio_rest import TwilioRest
 
 # Debian's Chromium, headless, with a fake microphone that plays a file and no permission prompt.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -205,13 +208,25 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
 def chromium(tmp_path_factory):
     """Headless Chromium; yields its DevTools port. Its fake microphone loops 0.5 s of silence, 1.5 s
     of speech-like audio and 4 s of silence."""
+    yield from launch_chromium(tmp_path_factory.mktemp("chromium"), [
+        silence(0.5, WAV_RATE), speech_like(1.5, seed=11, rate=WAV_RATE), silence(4.0, WAV_RATE)])
+
+
+@pytest.fixture(scope="module")
+def callee_chromium(tmp_path_factory):
+    """Chromium whose fake microphone answers a call as a person would: a short "Hello?", a pause long
+    enough to be greeted in, then something to talk about (looped)."""
+    yield from launch_chromium(tmp_path_factory.mktemp("callee"), [
+        silence(0.3, WAV_RATE), speech_like(0.5, seed=13, rate=WAV_RATE), silence(5.0, WAV_RATE),
+        speech_like(1.5, seed=11, rate=WAV_RATE), silence(6.0, WAV_RATE)])
+
+
+def launch_chromium(home: Path, microphone: list[np.ndarray]):
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run does this)")
-    home = tmp_path_factory.mktemp("chromium")
     wav = home / "caller.wav"
-    write_wav(wav, np.concatenate([silence(0.5, WAV_RATE), speech_like(1.5, seed=11, rate=WAV_RATE),
-                                   silence(4.0, WAV_RATE)]), WAV_RATE)
+    write_wav(wav, np.concatenate(microphone), WAV_RATE)
     profile, log = home / "profile", home / "chromium.log"
     with open(log, "wb") as out:
         # Port 0: Chromium picks a free one and writes it to DevToolsActivePort (no race for a port).
@@ -389,3 +404,151 @@ async def test_call_from_the_browser(chromium, phone_stack, tmp_path):
     counters = stack.health()["counters"]
     assert counters.get("twilio_rejected", 0) == 0, "every message the page sent must be Twilio's"
     wait_for(lambda: stack.health()["calls"] == 0, 10, "the gateway to free the call", stack.log)
+
+
+# --- "Call me": the bridge dials the page, through the real twilio client and the REST stand-in -------
+
+ACCOUNT = "AC" + "0" * 32
+AUTH = "test-auth-token"
+API_TOKEN = "test-api-token"
+OUTBOUND = {"TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": AUTH, "BRIDGE_API_TOKEN": API_TOKEN,
+            "BRIDGE_DIAL_ALLOW": "+1555*", "BRIDGE_DIAL_FROM": "+15550100001"}
+
+
+@pytest.mark.parametrize("env, why", [
+    ({}, "BRIDGE_API_TOKEN is not set"),
+    ({**OUTBOUND, "TWILIO_API_URL": "https://api.twilio.com"}, "would ring a real phone"),
+])
+async def test_call_me_is_offered_disabled_with_the_reason(chromium, tmp_path, env, why):
+    async with TestClient(TestServer(gateway_app(tmp_path, **env))) as client, aiohttp.ClientSession() as session:
+        page = await Page.open(session, chromium)
+        try:
+            await page.goto(str(client.make_url("/phone")))
+            await page.until("phone.callMe && !phone.callMe.why.startsWith('Checking')", 10, "the check")
+            offer = await page.eval("({...phone.callMe, disabled: document.querySelector('#call-me').disabled,"
+                                    " shown: document.querySelector('#call-me-why').textContent})")
+        finally:
+            await page.close()
+    assert offer["disabled"] and not offer["available"] and why in offer["shown"], offer
+
+
+async def test_call_me_says_when_the_stand_in_is_not_running(chromium, tmp_path):
+    app = gateway_app(tmp_path, **OUTBOUND, TWILIO_API_URL=f"http://127.0.0.1:{free_port()}")
+    async with TestClient(TestServer(app)) as client, aiohttp.ClientSession() as session:
+        page = await Page.open(session, chromium)
+        try:
+            await page.goto(str(client.make_url("/phone")))
+            shown = await page.until("document.querySelector('#call-me-why').textContent.includes('phone-line')"
+                                     " && document.querySelector('#call-me-why').textContent", 10, "the reason")
+            assert await page.eval("document.querySelector('#call-me').disabled")
+        finally:
+            await page.close()
+    assert "make phone-line" in shown
+
+
+@pytest.fixture(scope="module")
+def line_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def outbound_stack(tmp_path_factory, line_port):
+    """The stack set up as `make run-outbound` sets it, with production heartbeats (see phone_stack)."""
+    s = Stack(tmp_path_factory.mktemp("call-me") / "run", **OUTBOUND, TWILIO_API_URL=f"http://127.0.0.1:{line_port}",
+              GEMINI_SILENCE_MS="300", BRIDGE_HEARTBEAT_S="1").start()
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.log.read_text(), s.log.read_text()[-8000:]
+
+
+@pytest.fixture
+async def line(line_port):
+    """The Twilio REST stand-in as `make phone-line` runs it: its calls ring the browser phone."""
+    twilio = TwilioRest(ACCOUNT, AUTH, answer="browser")
+    await twilio.start(line_port)
+    yield twilio
+    await twilio.stop()
+
+
+def metrics(stack) -> str:
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def counted(text: str, name: str, label: str, value: str) -> float:
+    found = re.search(rf'{name}{{{label}="{re.escape(value)}"}} (\S+)', text)
+    return float(found[1]) if found else 0.0
+
+
+def call_events(stack, sid: str) -> list[tuple[str, str | None]]:
+    path = stack.run_dir / "transcripts" / f"{sid}.jsonl"
+    wait_for(lambda: '"ended"' in path.read_text(), 15, "the call's final status", stack.log)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return lines, [(x["event"], x.get("by") or x.get("status")) for x in lines if x["role"] == "call"]
+
+
+async def ring(page: Page, stack) -> str:
+    await page.goto(stack.url + "/phone")
+    await page.until("phone.callMe && phone.callMe.available", 15, "Call me to be offered")
+    await page.click("#call-me")
+    await page.until("phone.state === 'ringing' && phone.lineStatus === 'ringing'", 15, "the page to ring")
+    return await page.eval("phone.callSid")
+
+
+async def test_call_me_rings_the_page_and_a_person_answers(callee_chromium, outbound_stack, line, tmp_path):
+    stack = outbound_stack
+    before = metrics(stack)
+    async with aiohttp.ClientSession() as session:
+        page = await Page.open(session, callee_chromium)
+        try:
+            sid = await ring(page, stack)
+            assert await page.eval("document.querySelector('#status').textContent") == \
+                "Incoming call from +15550100001"
+            await page.screenshot(tmp_path / "ringing.png")
+            await page.click("#answer")
+            await page.until("phone.state === 'in-call'", 15, "the stream to start")
+            # The held greeting, once detection said human; then the echo of what the person said.
+            await page.until("phone.transcript.filter(line => line.role === 'model').length >= 2 && "
+                             "phone.queued === 0 && phone.marksEchoed === phone.marksReceived", 40,
+                             "the greeting, then an echoed turn")
+            state = await page.eval("window.phone")
+            await page.click("#call")  # hang up
+            await page.until("phone.state === 'ended' && phone.lineStatus === 'completed'", 15, "the call's end")
+        finally:
+            await page.close()
+
+    assert not state["errors"], state["errors"]
+    assert state["callSid"] == sid and state["framesSent"] > 100 and state["replyPeakDb"] > -20
+    model = [x["text"] for x in state["transcript"] if x["role"] == "model"]
+    assert model[0] == phone_dial.GREETING and model.count(phone_dial.GREETING) == 1, model
+    assert any("echo of" in text for text in model[1:]), model
+    lines, events = call_events(stack, sid)
+    assert events == [("dialled", None), ("answered", "human"), ("ended", "completed")]
+    assert [x["text"] for x in lines if x["role"] == "model"].count(phone_dial.GREETING) == 1
+    after = metrics(stack)
+    greeted = ("bridge_gateway_events_total", "event", "outbound_answered_greet")
+    assert counted(after, *greeted) == counted(before, *greeted) + 1
+    hung_up = ("bridge_calls_ended_total", "outcome", "caller hung up")
+    wait_for(lambda: counted(metrics(stack), *hung_up) == counted(before, *hung_up) + 1, 10, "the outcome")
+    assert stack.health()["counters"].get("twilio_rejected", 0) == 0
+    assert [p for p, _, status in line.calls[sid].callbacks if status != 204] == []
+
+
+async def test_call_me_declined_ends_busy(callee_chromium, outbound_stack, line):
+    stack = outbound_stack
+    before = metrics(stack)
+    async with aiohttp.ClientSession() as session:
+        page = await Page.open(session, callee_chromium)
+        try:
+            sid = await ring(page, stack)
+            await page.click("#decline")
+            await page.until("phone.state === 'ended' && phone.lineStatus === 'busy'", 15, "the call's end")
+            state = await page.eval("window.phone")
+        finally:
+            await page.close()
+    assert not state["errors"] and state["framesSent"] == 0, state
+    _, events = call_events(stack, sid)
+    assert events == [("dialled", None), ("ended", "busy")]
+    busy = ("bridge_calls_ended_total", "outcome", "outbound busy")
+    assert counted(metrics(stack), *busy) == counted(before, *busy) + 1
+    wait_for(lambda: stack.health()["pending_streams"] == 0, 10, "the call's place freed", stack.log)

@@ -3,6 +3,7 @@
 // TwiML's <Parameter>s), then the microphone as 20 ms µ-law frames, and plays the replies with
 // Twilio's mark and clear semantics (worklet.js). Transcripts come on a side channel (/phone/events):
 // the stream itself carries Twilio's protocol and nothing else.
+import { setupCallMe } from './incoming.js';
 import * as tw from './twilio.js';
 
 const FRAME = 160; // µ-law bytes in a 20 ms frame
@@ -243,6 +244,7 @@ function draw() {
   $('clears').textContent = stats.clears;
   const latest = stats.latenciesMs[stats.latenciesMs.length - 1];
   $('latency').textContent = latest === undefined ? '—' : `${latest} ms`;
+  drawCallMe();
   $('after').textContent = stats.after.length ? `then ${stats.after.map((v) => `<${v}>`).join(' ')}` : '';
   list($('transcript'), stats.transcript, (line, li) => {
     li.className = line.role;
@@ -277,6 +279,9 @@ $('call').addEventListener('click', () => {
     problem(error.message);
     current.end(error.message);
   });
+});
+const drawCallMe = setupCallMe(Call, {
+  stats, fresh, setState, problem, render, current: () => call, adopt: (incoming) => { call = incoming; },
 });
 setInterval(() => stats.state === 'in-call' && render(), 500);
 render();
