@@ -15,12 +15,13 @@ A 20 ms frame is speech when all of these hold:
   line comes back attenuated by the handset and the network's echo canceller);
 - a voice-activity detector (``voice``, WebRTC's by default) hears a voice in it.
 
-Speech must then run ``confirm_ms`` (gaps up to ``gap_ms`` bridged) before it counts, and the frame
-that confirms it must still be ``over_before_db`` louder than the line was in the ``before_ms`` before
-the run began: "uh-huh", "mm-hm", "okay" and clicks are shorter and do not clear the playback, nor
-does one whose run a burst of noise or babble drags on past ``confirm_ms``; a caller who keeps talking
-does. For ``guard_ms`` from the start of each model turn nothing counts: the line's echo canceller is
-still converging on the new sound, and the echo's level is not known yet.
+Speech must then run ``confirm_ms`` (gaps up to ``gap_ms`` bridged) before it counts, and the frames
+that begin and confirm the run must be ``over_before_db`` louder than the line was in the
+``before_ms`` before the run began (a voice over the line, not the swing of babble or of a burst of
+noise). "Uh-huh", "mm-hm", "okay" and clicks are shorter and do not clear the playback, nor does one
+that a swell of noise drags on past ``confirm_ms``; a caller who keeps talking does.
+For ``guard_ms`` from the start of each model turn nothing counts: the line's echo canceller is still
+converging on the new sound, and the echo's level is not known yet.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PLAYOUT_TAIL_S = 1.0  # the gateway's and Twilio's buffers: the model may still 
 NOISE_RISE_DB_PER_S = 1.0
 ECHO_AHEAD_S = 0.1
 NOISE_RESET = 10 ** (-15 / 10)  # 15 dB under the noise level
-BEFORE_MS = 200  # the line just before a run of speech: what a confirming frame must stand out from
+BEFORE_MS = 200  # the line just before a run of speech: what its first and confirming frames stand out from
 OVER_BEFORE_DB = 6.0  # by this much (a voice over the line, not the line's own swing)
 
 Voice = Callable[[bytes], bool]  # 20 ms of 16 kHz PCM16 -> a voice in it?
@@ -168,8 +169,13 @@ class BargeInDetector:
                 self._run_from, self._fired = None, False
             return False
         if self._run_from is None:
-            self._run_from = at - FRAME_S
-            self._before = self._level_before(at)
+            # A run begins only on a frame well over the line just before it (its mean): a swell of
+            # babble or of a burst of noise, passing the gates but no louder than the line already
+            # was, does not begin a run that a backchannel after it would carry to ``confirm_s``.
+            before = self._level_before(at)
+            if level < before * self.over_before:
+                return False
+            self._run_from, self._before = at - FRAME_S, before
         self._last_speech = at
         # It counts only on a frame still well over what the line carried before the run began: a
         # backchannel over a burst of noise or babble has ended by ``confirm_s``, and the noise that

@@ -175,14 +175,16 @@ def louder_than(dbfs):
         32768 ** 2 * 10 ** (dbfs / 10)
 
 
+@pytest.mark.parametrize("swell_from", [2.3, 1.7])  # after the caller spoke; before
 @pytest.mark.parametrize("caller_s, fires", [(0.3, False), (2.0, True)])
-def test_a_run_confirms_only_on_a_frame_over_the_line_before_it(caller_s, fires):
-    """A backchannel over a burst of noise whose swell carries the run past the confirmation does not
-    trigger (the swell is no louder than the burst was before the caller spoke); a caller who keeps
-    talking over the same burst does."""
+def test_a_run_begins_and_confirms_only_on_frames_over_the_line_before_it(caller_s, fires, swell_from):
+    """A backchannel over a burst of noise, with a swell of the burst just after it (that would carry
+    the run past the confirmation) or just before it (that would begin the run early), does not
+    trigger: the swell is no louder than the burst was before; a caller who keeps talking does."""
     caller = noise(4.0, -60)
     caller[RATE:4 * RATE] += noise(3.0, -30, seed=6)
-    caller[int(2.3 * RATE):int(2.6 * RATE)] *= 10 ** (4 / 20)  # the burst swells after the backchannel
+    swell = slice(int(swell_from * RATE), int((swell_from + 0.3) * RATE))
+    caller[swell] *= 10 ** (4 / 20)
     caller[2 * RATE:int((2 + caller_s) * RATE)] += speech(caller_s, -16, seed=7)
     fired = feed(BargeInDetector(voice=louder_than(-27)), caller, model_from=1.5)
     assert bool(fired) == fires
