@@ -33,6 +33,7 @@ MODEL_DBFS = -16.0
 ECHO_DB, ECHO_DELAY_S = -20.0, 0.25
 LEAD_S = 2.0  # line noise before the model's turn starts
 BACKCHANNEL_MAX_S = 0.4
+FRAME = 320  # 20 ms at 16 kHz
 BURST_S = (0.3, 1.5)
 BURST_GAP_S = (1.0, 3.0)
 
@@ -173,6 +174,7 @@ class Trial:
     caller: np.ndarray
     model: np.ndarray
     speech: list[tuple[float, float]] = field(default_factory=list)
+    speech_db: list[np.ndarray] = field(default_factory=list)  # each utterance alone: dBFS per 20 ms
 
     @property
     def playing_s(self) -> float:
@@ -204,6 +206,20 @@ def _add(t: Trial, voice: np.ndarray, at: float) -> None:
     voice = voice[:max(0, len(t.caller) - i)]
     t.caller[i:i + len(voice)] += voice
     t.speech.append((at, at + len(voice) / RATE))
+    frames = len(voice) // FRAME
+    power = np.mean(voice[:frames * FRAME].reshape(frames, FRAME) ** 2, axis=1) / 32768 ** 2
+    t.speech_db.append(10 * np.log10(power + 1e-12))
+
+
+def evidence_s(t: Trial) -> float | None:
+    """The earliest an interruption can be told from a backchannel by its sound (s from its start): the
+    end of its first 20 ms frame that begins after ``BACKCHANNEL_MAX_S`` in which the caller's voice
+    alone is louder than the line's noise. A backchannel has ended by then; before it, a caller who
+    goes on talking and one who said "uh-huh" sound alike."""
+    noise_dbfs = SPEECH_DBFS - t.snr_db
+    first = round(BACKCHANNEL_MAX_S * RATE / FRAME)
+    loud = np.flatnonzero(t.speech_db[0][first:] > noise_dbfs)
+    return (first + loud[0] + 1) * FRAME / RATE if len(loud) else None
 
 
 def corpus(seed: int = 1, per_condition: int = 12, snrs: tuple[float, ...] = (20.0, 10.0, 5.0)) -> list[Trial]:

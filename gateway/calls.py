@@ -92,9 +92,10 @@ class Call:
             self._finish_turns()
         return echo
 
-    def barge_in(self) -> int:
-        """Drop everything not yet heard and send Twilio ``clear``; returns the interrupted turn."""
-        turn = self.playout.clear()
+    def barge_in(self, source: str) -> int:
+        """Drop everything not yet heard and send Twilio ``clear``; returns the interrupted turn.
+        ``source``: who cut the model off (gateway/pipeline.py BARGE_SOURCES), for the transcript."""
+        turn = self.playout.clear(interrupted_by=source)
         # Queued media goes; queued marks stay (Twilio echoes them at once, closing the books).
         self._out = [item for item in self._out if item[0] != "media"]
         self._queue("clear", None)

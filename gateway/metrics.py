@@ -46,10 +46,15 @@ class BridgeCollector:
             ended.add_metric([outcome], n)
         yield ended
         events = CounterMetricFamily("bridge_gateway_events", "Gateway events: rejected inputs, refusals, "
-                                     "moves after faults, barge-ins", labels=["event"])
+                                     "moves after faults", labels=["event"])
         for name, n in sorted(self._events().items()):
             events.add_metric([name], n)
         yield events
+        barge_ins = CounterMetricFamily("bridge_barge_ins", "Model turns cut off because the caller spoke, by "
+                                        "who heard it (gateway/pipeline.py BARGE_SOURCES)", labels=["source"])
+        for source, n in sorted(p.barge_ins.items()):
+            barge_ins.add_metric([source], n)
+        yield barge_ins
         tokens = CounterMetricFamily("bridge_model_tokens", "Model tokens of ended calls, as the service "
                                      "reported them (model_client/usage.py)", labels=["direction", "modality"])
         for key, n in sorted(p.tokens.items()):
@@ -60,7 +65,7 @@ class BridgeCollector:
 
     def _events(self) -> dict[str, int]:
         p = self.pipeline
-        return {**self.counters, **p.moves, "barge_ins": p.barge_ins, "unknown_call": p.unknown_call,
+        return {**self.counters, **p.moves, "unknown_call": p.unknown_call,
                 "pipeline_rejected": p.router.rejected, "pipeline_dropped": p.router.dropped,
                 "peer_disconnects": p.router.disconnects, "call_state_errors": p.state.errors}
 

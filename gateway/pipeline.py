@@ -35,6 +35,12 @@ from gateway.hold import sound_from
 from gateway.prewarm import Prewarm
 from gateway.replay import CallerRing
 
+# Who cut the model off (the ``source`` label of bridge_barge_ins_total, and the transcript's
+# ``interrupted_by``): Gemini's own ``interrupted``; the bridge's detector on the caller's audio
+# (model_client/barge.py, CallerSpeech "vad"); Gemini's voice-activity start while the caller still
+# hears a turn Gemini has finished generating (CallerSpeech "gemini").
+BARGE_SOURCES = {"interrupted": "gemini_interrupted", "vad": "bridge_detector", "gemini": "gemini_activity"}
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +55,7 @@ class Pipeline(Failover, Prewarm):
         self.state = make_call_state(settings.redis_url)  # dispositions, handles: gateway/call_state.py
         self.hold_sound = sound_from(settings.hold_audio)  # a bad BRIDGE_HOLD_AUDIO stops the gateway here
         self.unknown_call = 0
-        self.barge_ins = 0
+        self.barge_ins = dict.fromkeys(BARGE_SOURCES.values(), 0)  # by who cut the model off
         self.moves = {"repinned": 0, "reassigned": 0, "replayed_frames": 0, "lost_no_peer": 0}
         self.outcomes: dict[str, int] = {}  # calls ended, by why (gateway/metrics.py)
         self.tokens: dict[str, int] = {}  # model tokens of ended calls, "<direction>_<modality>" (gateway/usage.py)
@@ -198,13 +204,13 @@ class Pipeline(Failover, Prewarm):
         elif isinstance(msg, m.TurnDone):
             call.turn_done(msg.turn)
         elif isinstance(msg, m.Interrupt):
-            self._barge_in(call, "the model was interrupted")
+            self._barge_in(call, "interrupted")
         elif isinstance(msg, m.CallerSpeech):
             call.caller_spoke = True
             if call.hold is not None:
                 call.hold.stop("the caller speaks")
             if call.playout.playing:  # the model finished generating; the caller still hears it
-                self._barge_in(call, f"the caller spoke over playback ({msg.source})")
+                self._barge_in(call, msg.source)
         elif isinstance(msg, m.Transcript):
             self.on_transcript(call, msg)
             if msg.role == "caller":
@@ -234,11 +240,13 @@ class Pipeline(Failover, Prewarm):
             log.error("unexpected %s from the pipeline dropped", type(msg).__name__)
 
     def _barge_in(self, call: Call, why: str) -> None:
+        """``why``: "interrupted" (Gemini's) or a CallerSpeech source."""
         if not call.playout.playing and not call.playout.generating:
             return
-        self.barge_ins += 1
-        turn = call.barge_in()
-        log.info("barge-in (%s): turn %d cleared", why, turn)
+        source = BARGE_SOURCES.get(why, "other")  # a newer model_client's source: counted, not lost
+        self.barge_ins[source] = self.barge_ins.get(source, 0) + 1
+        turn = call.barge_in(source)
+        log.info("barge-in (%s): turn %d cleared", source, turn)
 
     def _action(self, call: Call, msg: m.Action) -> None:
         if msg.kind == "hold":

@@ -25,6 +25,7 @@ class TurnState:
     played: int = 0  # bytes whose mark came back before any clear
     done: bool = False  # the model finished generating it
     interrupted: bool = False
+    interrupted_by: str = ""  # who cut it off (gateway/pipeline.py BARGE_SOURCES)
     finished: bool = False  # done and every mark back (or cleared): nothing of it is queued anywhere
 
     @property
@@ -145,7 +146,7 @@ class Playout:
             state.played += nbytes
         return Echo(turn, name, flushed, state.heard_ms, self._check_finished(turn))
 
-    def clear(self) -> int:
+    def clear(self, interrupted_by: str = "") -> int:
         """Barge-in: drop what is held, count what is queued at Twilio as flushed. Returns the turn
         that was playing (0 if none). The caller sends Twilio ``clear``."""
         turn = self.latest
@@ -158,6 +159,7 @@ class Playout:
         for number, state in self.turns.items():
             if not state.finished:
                 state.interrupted = state.done = True
+                state.interrupted_by = interrupted_by
                 self._check_finished(number)
         return turn
 

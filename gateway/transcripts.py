@@ -38,11 +38,12 @@ class TranscriptLog:
         text = "".join(self._model.pop(turn, [])).strip()
         if not text and not state.sent:
             return
-        what = "interrupted" if state.interrupted else "complete"
+        what = f"interrupted by {state.interrupted_by or 'the caller'}" if state.interrupted else "complete"
         log.info("model turn %d (%s, heard %d of %d ms): %s", turn, what, state.heard_ms, state.sent_ms,
                  text)
         self._write({"role": "model", "turn": turn, "text": text, "sent_ms": state.sent_ms,
-                     "heard_ms": state.heard_ms, "interrupted": state.interrupted})
+                     "heard_ms": state.heard_ms, "interrupted": state.interrupted,
+                     **({"interrupted_by": state.interrupted_by} if state.interrupted else {})})
 
     def event(self, what: str, **details: str) -> None:
         """Something that happened to the call rather than in the conversation (an outbound call's

@@ -15,10 +15,13 @@ A 20 ms frame is speech when all of these hold:
   line comes back attenuated by the handset and the network's echo canceller);
 - a voice-activity detector (``voice``, WebRTC's by default) hears a voice in it.
 
-Speech must then run ``confirm_ms`` (gaps up to ``gap_ms`` bridged) before it counts: "uh-huh",
-"mm-hm", "okay" and clicks are shorter and do not clear the playback; a caller who keeps talking
-does. For ``guard_ms`` from the start of each model turn nothing counts: the line's echo canceller is
-still converging on the new sound, and the echo's level is not known yet.
+Speech must then run ``confirm_ms`` (gaps up to ``gap_ms`` bridged) before it counts, and the frames
+that begin and confirm the run must be ``over_before_db`` louder than the line was in the
+``before_ms`` before the run began (a voice over the line, not the swing of babble or of a burst of
+noise). "Uh-huh", "mm-hm", "okay" and clicks are shorter and do not clear the playback, nor does one
+that a swell of noise drags on past ``confirm_ms``; a caller who keeps talking does.
+For ``guard_ms`` from the start of each model turn nothing counts: the line's echo canceller is still
+converging on the new sound, and the echo's level is not known yet.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ PLAYOUT_TAIL_S = 1.0  # the gateway's and Twilio's buffers: the model may still 
 NOISE_RISE_DB_PER_S = 1.0
 ECHO_AHEAD_S = 0.1
 NOISE_RESET = 10 ** (-15 / 10)  # 15 dB under the noise level
+BEFORE_MS = 200  # the line just before a run of speech: what its first and confirming frames stand out from
+OVER_BEFORE_DB = 6.0  # by this much (a voice over the line, not the line's own swing)
 
 Voice = Callable[[bytes], bool]  # 20 ms of 16 kHz PCM16 -> a voice in it?
 
@@ -68,12 +73,16 @@ def any_sound(frame: bytes) -> bool:
 class BargeInDetector:
     def __init__(self, *, voice: Voice | None = None, floor_db: float = -50.0, echo_margin_db: float = 15.0,
                  noise_margin_db: float = 9.0, confirm_ms: int = 400, gap_ms: int = 300, guard_ms: int = 200,
-                 echo_back_s: float = 0.6, only_while_playing: bool = True, noise_fall_db_per_s: float = 3.0):
+                 echo_back_s: float = 0.6, only_while_playing: bool = True, noise_fall_db_per_s: float = 3.0,
+                 over_before_db: float = OVER_BEFORE_DB, before_ms: int = BEFORE_MS):
         self.voice = voice or webrtc_voice()
         self.floor, self.echo_margin = from_db(floor_db), from_db(echo_margin_db)
         self.noise_margin = from_db(noise_margin_db)
         self.confirm_s, self.gap_s, self.guard_s = confirm_ms / 1000, gap_ms / 1000, guard_ms / 1000
         self.echo_back_s = echo_back_s
+        self.over_before, self.before_s = from_db(over_before_db), before_ms / 1000
+        self._recent: deque[tuple[float, float]] = deque()  # (frame end, power) of the frames lately heard
+        self._before = SILENT  # the line's mean power just before the current run of speech began
         self.only_while_playing = only_while_playing
         self._noise_rise = from_db(NOISE_RISE_DB_PER_S * FRAME_S)
         self._noise_fall = from_db(-noise_fall_db_per_s * FRAME_S)
@@ -129,7 +138,8 @@ class BargeInDetector:
                 at = now - (whole - start - FRAME_BYTES) / (2 * RATE)
                 speech = level > threshold and level > self._noise * self.noise_margin \
                     and at >= self._turn_from + self.guard_s and self.voice(frame)
-                onset |= self._frame(speech, at)
+                onset |= self._frame(speech, at, level)
+                self._remember(at, level)
         return onset
 
     def _track_noise(self, level: float) -> None:
@@ -142,15 +152,35 @@ class BargeInDetector:
         else:
             self._noise *= self._noise_rise
 
-    def _frame(self, speech: bool, at: float) -> bool:
+    def _remember(self, at: float, level: float) -> None:
+        self._recent.append((at, level))
+        while self._recent[0][0] <= at - self.before_s:
+            self._recent.popleft()
+
+    def _level_before(self, at: float) -> float:
+        """The mean power of the line over ``before_s`` up to the frame ending at ``at`` (the mean, not
+        the quietest: babble dips far under its own level between syllables)."""
+        heard = [p for end, p in self._recent if end > at - FRAME_S - self.before_s]
+        return sum(heard) / len(heard) if heard else SILENT
+
+    def _frame(self, speech: bool, at: float, level: float) -> bool:
         if not speech:
             if self._run_from is not None and at - self._last_speech > self.gap_s:
                 self._run_from, self._fired = None, False
             return False
         if self._run_from is None:
-            self._run_from = at - FRAME_S
+            # A run begins only on a frame well over the line just before it (its mean): a swell of
+            # babble or of a burst of noise, passing the gates but no louder than the line already
+            # was, does not begin a run that a backchannel after it would carry to ``confirm_s``.
+            before = self._level_before(at)
+            if level < before * self.over_before:
+                return False
+            self._run_from, self._before = at - FRAME_S, before
         self._last_speech = at
-        if self._fired or at - self._run_from < self.confirm_s:
+        # It counts only on a frame still well over what the line carried before the run began: a
+        # backchannel over a burst of noise or babble has ended by ``confirm_s``, and the noise that
+        # bridges its end to the run's confirmation is no louder than it was before the caller spoke.
+        if self._fired or at - self._run_from < self.confirm_s or level < self._before * self.over_before:
             return False
         self._fired = True
         self._cleared = True

@@ -167,3 +167,25 @@ def test_the_phone_preset_sets_gemini_vad_where_the_variables_are_left_alone(env
     got = (vad.start_of_speech_sensitivity, vad.end_of_speech_sensitivity, vad.prefix_padding_ms,
            vad.silence_duration_ms)
     assert tuple(v.value if hasattr(v, "value") else v for v in got) == expected
+
+
+def louder_than(dbfs):
+    """A stand-in for the voice detector: a voice in every frame over ``dbfs`` (the level gates decide)."""
+    return lambda frame: np.mean(np.frombuffer(frame, dtype="<i2").astype(np.float64) ** 2) > \
+        32768 ** 2 * 10 ** (dbfs / 10)
+
+
+@pytest.mark.parametrize("swell_from", [2.3, 1.7])  # after the caller spoke; before
+@pytest.mark.parametrize("caller_s, fires", [(0.3, False), (2.0, True)])
+def test_a_run_begins_and_confirms_only_on_frames_over_the_line_before_it(caller_s, fires, swell_from):
+    """A backchannel over a burst of noise, with a swell of the burst just after it (that would carry
+    the run past the confirmation) or just before it (that would begin the run early), does not
+    trigger: the swell is no louder than the burst was before; a caller who keeps talking does."""
+    caller = noise(4.0, -60)
+    caller[RATE:4 * RATE] += noise(3.0, -30, seed=6)
+    swell = slice(int(swell_from * RATE), int((swell_from + 0.3) * RATE))
+    caller[swell] *= 10 ** (4 / 20)
+    caller[2 * RATE:int((2 + caller_s) * RATE)] += speech(caller_s, -16, seed=7)
+    fired = feed(BargeInDetector(voice=louder_than(-27)), caller, model_from=1.5)
+    assert bool(fired) == fires
+    assert feed(BargeInDetector(voice=louder_than(-27), over_before_db=0), caller, model_from=1.5)

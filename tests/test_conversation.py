@@ -2,6 +2,7 @@
 barge-in, marks and what was heard, DTMF, transcripts, tools, end_call, transfer, pre-warm."""
 
 import json
+import re
 import urllib.parse
 import urllib.request
 
@@ -47,6 +48,14 @@ def after(stack, call_sid) -> str:
         return r.read().decode()
 
 
+def barge_ins(stack, source) -> float:
+    """The gateway's count of barge-ins from ``source`` (/metrics)."""
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    found = re.search(rf'^bridge_barge_ins_total{{source="{source}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def model_lines(stack, call_sid):
     return [line for line in transcript(stack, call_sid) if line["role"] == "model"]
 
@@ -63,6 +72,7 @@ async def test_barge_in_clears_playback_and_records_what_was_heard(stack):
     assert any(m.flushed for m in result.marks_sent_back), "pending marks come back flushed"
     interrupted = [line for line in model_lines(stack, result.call_sid) if line["interrupted"]]
     assert interrupted and interrupted[0]["heard_ms"] < interrupted[0]["sent_ms"]
+    assert interrupted[0]["interrupted_by"] in ("gemini_interrupted", "bridge_detector", "gemini_activity")
 
 
 async def test_local_barge_in_when_the_model_already_finished(stack):
@@ -70,9 +80,12 @@ async def test_local_barge_in_when_the_model_already_finished(stack):
     # interrupt, so only the bridge's own detector can clear what Twilio is still playing.
     first = speech_like(5.0, seed=3)
     caller = np.concatenate([first, silence(2.8), speech_like(1.0, seed=4)])
+    before = barge_ins(stack, "bridge_detector")
     result = await place_call(stack.url, caller, listen_s=2.0, timeout_s=30)
     assert result.clears
-    assert "caller spoke over playback (vad)" in stack.log.read_text()
+    interrupted = [line for line in model_lines(stack, result.call_sid) if line["interrupted"]]
+    assert [line["interrupted_by"] for line in interrupted] == ["bridge_detector"]
+    assert barge_ins(stack, "bridge_detector") == before + 1
 
 
 async def test_dtmf_reaches_the_model_and_transcripts_are_written(stack):
