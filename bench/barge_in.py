@@ -39,7 +39,7 @@ CATCH_WITHIN_S = 1.5
 TARGETS = {"false_per_min": 0.0, "caught_pct": 99.0, "p99_ms": 500.0}
 
 
-class EnergyToday:
+class EnergyBefore:
     """The detector as it was before the voice-activity detector (energy over a floor and under the
     model's recent level, 160 ms of consecutive loud frames), kept here to compare against."""
 
@@ -91,7 +91,7 @@ def silero_voice() -> barge.Voice | None:
 
 def detectors() -> dict[str, Callable[[], object]]:
     confirm = f"{barge.BargeInDetector().confirm_s * 1000:.0f} ms"
-    found = {"energy, 160 ms (today)": EnergyToday,
+    found = {"energy, 160 ms (before)": EnergyBefore,
              f"energy + noise gate, {confirm}": lambda: barge.BargeInDetector(voice=barge.any_sound),
              f"webrtcvad + noise gate, {confirm} (default)": barge.BargeInDetector}
     if silero_voice() is not None:
