@@ -182,9 +182,10 @@ class GeminiSession(SessionConnections):
             self.line.tools_changed(len(self._tools.tasks()), cancelled=True)
         if msg.server_content is not None:
             self._active = True
-            self._turns.content(msg.server_content, msg.data)
-            self.usage.model_audio(len(msg.data or b""))
-            self.line.content(msg.server_content, len(msg.data or b""), self._turns.turn, time.monotonic())
+            audio = msg.data or b""  # once: the SDK's property serialises every part it looks at
+            self._turns.content(msg.server_content, audio)
+            self.usage.model_audio(len(audio))
+            self.line.content(msg.server_content, len(audio), self._turns.turn, time.monotonic())
         if msg.usage_metadata:
             self.usage.report(msg.usage_metadata, turn_complete=bool(msg.server_content and
                                                                    msg.server_content.turn_complete))
