@@ -134,23 +134,24 @@ class TurnPlayer:
             self._turn.stop()
 
     def start(self, heard: str, heard_tokens: dict[str, int],
-              make_reply: Callable[[], persona.Reply | None]) -> None:
+              make_reply: Callable[[], persona.Reply | None], *, in_thread: bool = False) -> None:
         """Queue a turn: ``heard`` is the input transcription ("" for none), ``heard_tokens`` what the
-        input counts, by modality; ``make_reply`` runs in a thread (resampling a long utterance takes
-        a while)."""
+        input counts, by modality. ``make_reply`` runs on the loop, or ``in_thread`` when it takes a
+        while (resampling a long utterance): a short one costs less than the hop to a thread and back,
+        which waits for the GIL behind every other thread when many turns start at once."""
         previous, self.turns = self._turn, self.turns + 1
         self._turn = turn = _Turn(self.turns, time.monotonic_ns())
-        spawn(self._play(turn, previous, heard, heard_tokens, make_reply),
+        spawn(self._play(turn, previous, heard, heard_tokens, make_reply, in_thread),
               f"{self._label}.turn{turn.number}", self._tasks)
 
     async def _play(self, turn: _Turn, previous: _Turn | None, heard: str, heard_tokens: dict[str, int],
-                    make_reply: Callable[[], persona.Reply | None]) -> None:
+                    make_reply: Callable[[], persona.Reply | None], in_thread: bool) -> None:
         try:
             if previous is not None:
                 await previous.finished.wait()
             if heard and self._opts.input_transcripts:
                 await self._send(wire.input_transcription(heard))
-            reply = await asyncio.to_thread(make_reply)
+            reply = await asyncio.to_thread(make_reply) if in_thread else make_reply()
             if reply is not None:
                 await self._reply(turn, reply, heard_tokens)
         except Gone:
