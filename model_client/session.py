@@ -71,6 +71,7 @@ class GeminiSession(SessionConnections):
         self.usage = UsageMeter()  # the call's tokens (model_client/usage.py)
         conversation = Conversation()  # told to a fresh session, should a handle be refused
         self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)
+        self.emit = self._turns.emit  # after the model's audio held in this loop pass (turns.py)
         self._dialer = Dialer(client, settings, toolbox, conversation, on_connect=on_connect)
         self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
@@ -80,7 +81,7 @@ class GeminiSession(SessionConnections):
         context.last_words = self._turns.last_words  # end_call, transfer_call
         self.line = LineWatch(call, settings, LineActions(
             say=partial(self._queue.add, TEXT), stream_end=partial(self._queue.add, STREAM_END, None),
-            reconnect=weak(self._reconnect), emit=emit), self.stats)
+            reconnect=weak(self._reconnect), emit=self.emit), self.stats)
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
