@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SETUP_TIMEOUT_S = 30.0
 MAX_CLOSE_REASON = 123  # bytes, by RFC 6455
 TEXT_CHARS_PER_TOKEN = 4
+ECHO_ON_LOOP_S = 5.0  # an utterance up to this long is echoed on the loop (cheap); a longer one in a thread
 
 
 # Method names, not bound methods: a session holding its own bound methods is a reference cycle.
@@ -242,7 +243,7 @@ class LiveSession(FaultKnobs):
             return
         who = self._settings.emulator_persona
         self._player.start(persona.heard(speech.utterance), {"AUDIO": round(speech.seconds * TOKENS_PER_S)},
-                           lambda: persona.reply(who, speech.utterance))
+                           lambda: persona.reply(who, speech.utterance), in_thread=speech.seconds > ECHO_ON_LOOP_S)
 
     def _text_turn(self, text: str) -> None:
         if self._no_reply():

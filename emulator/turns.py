@@ -80,6 +80,31 @@ class _Turn:
     heard_ns: int = 0  # when the caller's end of turn was detected (monotonic ns)
     barge: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    pause: asyncio.Future | None = None  # the stream's wait before its next chunk, ended early by stop()
+
+    def stop(self) -> None:
+        self.barge.set()
+        if self.pause is not None and not self.pause.done():
+            self.pause.set_result(None)
+
+    async def paused(self, seconds: float) -> bool:
+        """Wait up to ``seconds``, unless stopped; True if stopped. A timer and a future rather than
+        asyncio.wait_for, which makes a task per wait: one per audio chunk of every reply."""
+        if seconds > 0 and not self.barge.is_set():
+            loop = asyncio.get_running_loop()
+            self.pause = loop.create_future()
+            timer = loop.call_later(seconds, _wake, self.pause)
+            try:
+                await self.pause
+            finally:
+                timer.cancel()
+                self.pause = None
+        return self.barge.is_set()
+
+
+def _wake(pause: asyncio.Future) -> None:
+    if not pause.done():
+        pause.set_result(None)
 
 
 class TurnPlayer:
@@ -101,31 +126,32 @@ class TurnPlayer:
     def barge_in(self) -> None:
         """The caller started speaking: cut the running turn short (unless setup said NO_INTERRUPTION)."""
         if self._turn is not None and not self._turn.finished.is_set() and self._opts.interrupts:
-            self._turn.barge.set()
+            self._turn.stop()
 
     def cut(self) -> None:
         """The model cuts its own running turn short (a tool result scheduled INTERRUPT)."""
         if self._turn is not None and not self._turn.finished.is_set():
-            self._turn.barge.set()
+            self._turn.stop()
 
     def start(self, heard: str, heard_tokens: dict[str, int],
-              make_reply: Callable[[], persona.Reply | None]) -> None:
+              make_reply: Callable[[], persona.Reply | None], *, in_thread: bool = False) -> None:
         """Queue a turn: ``heard`` is the input transcription ("" for none), ``heard_tokens`` what the
-        input counts, by modality; ``make_reply`` runs in a thread (resampling a long utterance takes
-        a while)."""
+        input counts, by modality. ``make_reply`` runs on the loop, or ``in_thread`` when it takes a
+        while (resampling a long utterance): a short one costs less than the hop to a thread and back,
+        which waits for the GIL behind every other thread when many turns start at once."""
         previous, self.turns = self._turn, self.turns + 1
         self._turn = turn = _Turn(self.turns, time.monotonic_ns())
-        spawn(self._play(turn, previous, heard, heard_tokens, make_reply),
+        spawn(self._play(turn, previous, heard, heard_tokens, make_reply, in_thread),
               f"{self._label}.turn{turn.number}", self._tasks)
 
     async def _play(self, turn: _Turn, previous: _Turn | None, heard: str, heard_tokens: dict[str, int],
-                    make_reply: Callable[[], persona.Reply | None]) -> None:
+                    make_reply: Callable[[], persona.Reply | None], in_thread: bool) -> None:
         try:
             if previous is not None:
                 await previous.finished.wait()
             if heard and self._opts.input_transcripts:
                 await self._send(wire.input_transcription(heard))
-            reply = await asyncio.to_thread(make_reply)
+            reply = await asyncio.to_thread(make_reply) if in_thread else make_reply()
             if reply is not None:
                 await self._reply(turn, reply, heard_tokens)
         except Gone:
@@ -169,7 +195,7 @@ class TurnPlayer:
                 await self._send(wire.audio(chunk, "".join(slots[i]) if together else ""))
                 if i == 0:
                     self.turns_ns.append((turn.heard_ns, time.monotonic_ns()))
-            if await _within(turn.barge, start + (i + 1) * CHUNK_MS / 1000 / PACE - loop.time()):
+            if await turn.paused(start + (i + 1) * CHUNK_MS / 1000 / PACE - loop.time()):
                 return False
         return True
 
@@ -188,12 +214,3 @@ def _spread(pieces: list[str], chunks: int) -> list[list[str]]:
         slots[j * chunks // len(pieces)].append(piece)
     return slots
 
-
-async def _within(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; True if it is set."""
-    if seconds > 0 and not event.is_set():
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-    return event.is_set()

@@ -21,7 +21,7 @@ INPUT_RATE = 16000
 OUTPUT_MIME = "audio/pcm;rate=24000"
 MAX_FRAME = 1 << 20
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
-_URLSAFE = str.maketrans("-_", "+/")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 class Malformed(ValueError):
@@ -82,11 +82,12 @@ def _pcm(blob: Any) -> bytes:
 
 
 def b64decode(text: str) -> bytes:
-    """Either alphabet, padded or not (the SDK sends URL-safe with padding; proto3 JSON allows all)."""
-    text = text.translate(_URLSAFE)
+    """Either alphabet, padded or not (the SDK sends URL-safe with padding; proto3 JSON allows all).
+    Checked in C (strict mode) rather than by base64.b64decode's regex: this runs on every frame."""
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error as e:
+        data = text.encode("ascii").translate(_URLSAFE)
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
         raise Malformed(f"bad base64 audio: {e}") from None
 
 
@@ -114,10 +115,13 @@ def audio(pcm24k: bytes, transcript: str = "") -> str:
     """A chunk of the model's audio; with ``transcript``, its output transcription in the same event
     (the generations that send several parts per event)."""
     data = base64.b64encode(pcm24k).decode("ascii")  # standard alphabet, as proto3 JSON writes bytes
-    content: dict = {"modelTurn": {"parts": [{"inlineData": {"mimeType": OUTPUT_MIME, "data": data}}]}}
-    if transcript:
-        content["outputTranscription"] = {"text": transcript}
-    return _frame({"serverContent": content})
+    # Formatted, not json.dumps'd: a reply streams many of these, and base64 needs no escaping.
+    said = ',"outputTranscription":{"text":%s}' % json.dumps(transcript) if transcript else ""
+    text = '{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"%s","data":"%s"}}]}%s}}' % (
+        OUTPUT_MIME, data, said)
+    if len(text) >= MAX_FRAME:
+        raise AssertionError(f"server frame of {len(text)} bytes would break the SDK's 1 MiB limit")
+    return text
 
 
 def output_transcription(text: str) -> str:

@@ -166,11 +166,10 @@ class SessionConnections:
 
     async def _receive(self, conn: Connection) -> None:
         try:
-            while True:  # receive() ends at every turn_complete
-                async for msg in conn.session.receive():
-                    if conn is not self.connection:
-                        return  # handed over: the new connection speaks from now on
-                    self._handle(msg)
+            async for msg in conn.messages():
+                if conn is not self.connection:
+                    return  # handed over: the new connection speaks from now on
+                self._handle(msg)
         except errors.APIError as e:
             ended = Ended(code=e.code, detail=str(e))
         except (OSError, websockets.WebSocketException) as e:

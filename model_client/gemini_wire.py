@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import time
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import websockets
 from google import genai
@@ -26,6 +26,7 @@ from google.genai import errors, types
 
 from common.settings import Settings
 from model_client.config import live_config
+from model_client.gemini_receive import Receiver, receives_audio_directly
 from model_client.reconnect import Conversation, Ended, Opening
 from model_client.send_queue import AUDIO, STREAM_END, TEXT, Outgoing
 from model_client.tools import Toolbox
@@ -44,6 +45,7 @@ class Connection:
         self.handle, self.replay_from, self.number = handle, replay_from, number
         self.session = None
         self.direct_audio = False  # audio_text written on the SDK's socket (see send)
+        self.receiver: Receiver | None = None  # the model's audio read without the SDK's parsing
         self._stack = contextlib.AsyncExitStack()
 
     async def open(self, client: genai.Client, model: str, config: types.LiveConnectConfig) -> None:
@@ -53,6 +55,20 @@ class Connection:
         self.direct_audio = await sends_audio_text(self.session)
         if not self.direct_audio:
             _warn_sdk_audio()
+        if await receives_audio_directly(self.session):
+            self.receiver = Receiver(self.session)
+        else:
+            _warn_sdk_receive()
+
+    def messages(self) -> AsyncIterator[types.LiveServerMessage]:
+        """Everything the model says on this connection, until it ends (the SDK's APIError, or the
+        socket's own exception)."""
+        return self.receiver.messages() if self.receiver is not None else self._sdk_messages()
+
+    async def _sdk_messages(self) -> AsyncIterator[types.LiveServerMessage]:
+        while True:  # the SDK's receive() ends at every turn_complete
+            async for msg in self.session.receive():
+                yield msg
 
     async def send(self, item: Outgoing) -> None:
         if item.kind == AUDIO and self.direct_audio:
@@ -120,6 +136,12 @@ class Dialer:
 def _warn_sdk_audio() -> None:
     log.warning("this google-genai sends audio differently from what model_client/gemini_wire.py "
                 "expects: caller audio goes through send_realtime_input (dearer per send)")
+
+
+@functools.cache  # once per process
+def _warn_sdk_receive() -> None:
+    log.warning("this google-genai parses the model's audio differently from what "
+                "model_client/gemini_receive.py expects: every message goes through the SDK (dearer)")
 
 
 def audio_blob(pcm16k: bytes) -> types.Blob:

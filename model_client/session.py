@@ -71,6 +71,7 @@ class GeminiSession(SessionConnections):
         self.usage = UsageMeter()  # the call's tokens (model_client/usage.py)
         conversation = Conversation()  # told to a fresh session, should a handle be refused
         self._turns = ModelTurns(call, emit, self.barge, conversation, turn=turn)
+        self.emit = self._turns.emit  # after the model's audio held in this loop pass (turns.py)
         self._dialer = Dialer(client, settings, toolbox, conversation, on_connect=on_connect)
         self._queue = SendQueue(send_gap_s=settings.send_ms / 1000)
         self._journal = Journal(int(settings.replay_s * PCM_BYTES_PER_S))
@@ -80,7 +81,7 @@ class GeminiSession(SessionConnections):
         context.last_words = self._turns.last_words  # end_call, transfer_call
         self.line = LineWatch(call, settings, LineActions(
             say=partial(self._queue.add, TEXT), stream_end=partial(self._queue.add, STREAM_END, None),
-            reconnect=weak(self._reconnect), emit=emit), self.stats)
+            reconnect=weak(self._reconnect), emit=self.emit), self.stats)
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle
@@ -182,9 +183,10 @@ class GeminiSession(SessionConnections):
             self.line.tools_changed(len(self._tools.tasks()), cancelled=True)
         if msg.server_content is not None:
             self._active = True
-            self._turns.content(msg.server_content, msg.data)
-            self.usage.model_audio(len(msg.data or b""))
-            self.line.content(msg.server_content, len(msg.data or b""), self._turns.turn, time.monotonic())
+            audio = msg.data or b""  # once: the SDK's property serialises every part it looks at
+            self._turns.content(msg.server_content, audio)
+            self.usage.model_audio(len(audio))
+            self.line.content(msg.server_content, len(audio), self._turns.turn, time.monotonic())
         if msg.usage_metadata:
             self.usage.report(msg.usage_metadata, turn_complete=bool(msg.server_content and
                                                                    msg.server_content.turn_complete))

@@ -1,6 +1,10 @@
 """What the model says, as our messages: its audio numbered into turns, its transcripts and its
 interruptions.
 
+The model's audio that arrives in one pass of the event loop leaves as one ``AudioDown`` per call: a
+loop that has fallen behind finds several chunks of a call waiting, and one message costs every stage
+less than several. Everything else for the call (``emit``) leaves after the audio held before it.
+
 Turn ids are ours: a model turn starts with its first audio and ends at ``turn_complete`` or
 ``interrupted``, or when its connection is lost (``cut``). They continue across connections, and a
 session that takes a call over from another model_client starts after the gateway's newest turn.
@@ -8,6 +12,7 @@ session that takes a call over from another model_client starts after the gatewa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 class ModelTurns:
     def __init__(self, call: str, emit: Callable[[object], None], barge: BargeInDetector,
                  conversation: Conversation, turn: int = 0):
-        self.call, self.emit = call, emit
+        self.call, self._out = call, emit
         self.barge = barge  # hears the model's level, to tell its echo from the caller
         self.conversation = conversation  # for a fresh session, should a handle be refused
         self.turn = turn  # the latest model turn
@@ -32,6 +37,20 @@ class ModelTurns:
         self.seq = 0  # of the model's audio messages, for the whole call
         self.last_turn: int | None = None  # set by end_call/transfer_call: no later turn is played
         self.unplayed = 0  # model messages after the goodbye, not passed on
+        self._held: list[bytes] = []  # the model's audio of this loop pass, for the current turn
+
+    def emit(self, msg: object) -> None:
+        """A message for the call, after the model's audio held before it."""
+        self.flush()
+        self._out(msg)
+
+    def flush(self) -> None:
+        if self._held:
+            audio = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+            self._held = []
+            self.seq += 1
+            self._out(m.AudioDown(call=self.call, seq=self.seq, t_in=time.monotonic_ns(), audio=audio,
+                                  turn=self.turn))
 
     def last_words(self) -> None:
         """The line is leaving (end_call, transfer_call): the goodbye, the turn under way or else the
@@ -76,7 +95,7 @@ class ModelTurns:
         if new_turn:
             self.turn += 1
             self.in_turn = True
-        self.seq += 1
         self.barge.model_audio(audio, time.monotonic(), new_turn=new_turn)
-        self.emit(m.AudioDown(call=self.call, seq=self.seq, t_in=time.monotonic_ns(), audio=audio,
-                              turn=self.turn))
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._held.append(audio)

@@ -181,6 +181,8 @@ SETUP = json.dumps({"setup": {"model": "models/" + MODEL}})
     ['{"realtime_input": {"text": "hi"}}'],  # not a setup first
     [SETUP, SETUP],
     [SETUP, '{"realtimeInput": {"audio": {"data": "@@@@", "mimeType": "audio/pcm;rate=16000"}}}'],
+    [SETUP, '{"realtimeInput": {"audio": {"data": "AAÄA", "mimeType": "audio/pcm;rate=16000"}}}'],
+    [SETUP, '{"realtimeInput": {"audio": {"data": "AA=A", "mimeType": "audio/pcm;rate=16000"}}}'],
     [SETUP, '{"realtime_input": {"audio": {"data": "AAAA", "mime_type": "video/mp4"}}}'],
     [SETUP, '{"someUnknownKey": {}}'],
 ])

@@ -183,7 +183,7 @@ async def test_a_refused_transfer_leaves_the_floor_open():
     assert turns.last_turn is None and not out
 
 
-def test_every_part_of_a_several_part_event_is_used(caplog):
+async def test_every_part_of_a_several_part_event_is_used(caplog):  # ModelTurns runs on a loop
     """3.1 and 3.8 put audio parts and the transcript in one event: all of it reaches the call."""
     out: list = []
     turns = ModelTurns("c1", out.append, BargeInDetector(), Conversation())
