@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 import reprlib
+from itertools import chain
 from dataclasses import fields
 from typing import NamedTuple
 
@@ -82,7 +83,13 @@ def check_columns(calls: list, ints: dict[str, list], extra: list, *, extra_expe
                   audio: bytes) -> None:
     """An AudioRun's columns: one row per call (each call once), ``ints`` and ``extra`` (empty unless
     ``extra_expected``) of ints, and ``sizes`` cutting ``audio`` exactly."""
-    n = len(calls)
+    n, sizes = len(calls), ints["sizes"]
+    # Every run between our stages passes: one pass over all its ints, then the checks below only to
+    # name what is wrong.
+    if n and all(len(column) == n for column in ints.values()) and len(extra) == (n if extra_expected else 0) \
+            and set(map(type, calls)) == {str} and set(map(type, chain(*ints.values(), extra))) == {int} \
+            and len(set(calls)) == n and min(sizes) >= 0 and sum(sizes) == len(audio):
+        return
     if not n or any(len(column) != n for column in ints.values()) or len(extra) != (n if extra_expected else 0):
         raise WireError(f"AudioRun columns of unequal lengths ({n} calls)")
     for name, column, kind in (("calls", calls, str), *((k, v, int) for k, v in ints.items()),
@@ -91,7 +98,6 @@ def check_columns(calls: list, ints: dict[str, list], extra: list, *, extra_expe
             raise WireError(f"AudioRun {name} must all be {kind.__name__}")
     if len(set(calls)) != n:
         raise WireError("AudioRun holds a call twice")
-    sizes = ints["sizes"]
     if min(sizes) < 0 or sum(sizes) != len(audio):
         raise WireError(f"AudioRun sizes do not cut its {len(audio)} bytes of audio")
 
