@@ -495,7 +495,7 @@ async def ring(page: Page, stack) -> str:
     return await page.eval("phone.callSid")
 
 
-async def test_call_me_rings_the_page_and_a_person_answers(callee_chromium, outbound_stack, line, tmp_path):
+async def test_call_me_rings_the_page_and_a_person_answers(callee_chromium, outbound_stack, line):
     stack = outbound_stack
     before = metrics(stack)
     async with aiohttp.ClientSession() as session:
@@ -504,7 +504,6 @@ async def test_call_me_rings_the_page_and_a_person_answers(callee_chromium, outb
             sid = await ring(page, stack)
             assert await page.eval("document.querySelector('#status').textContent") == \
                 "Incoming call from +15550100001"
-            await page.screenshot(tmp_path / "ringing.png")
             await page.click("#answer")
             await page.until("phone.state === 'in-call'", 15, "the stream to start")
             # The held greeting, once detection said human; then the echo of what the person said.
