@@ -234,8 +234,8 @@ def main() -> None:
     p.add_argument("--steps", default="10,25,50,75,100")
     p.add_argument("--step-s", type=float, default=20.0)
     p.add_argument("--per-worker", type=int, default=50, help="calls per load-generator process")
-    p.add_argument("--transcoders", type=int, default=2)
-    p.add_argument("--model-clients", type=int, default=2)
+    p.add_argument("--transcoders", type=int, default=0, help="default: the stack's own (0: from the cores)")
+    p.add_argument("--model-clients", type=int, default=0, help="default: the stack's own (0: from the cores)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the stack under test (repeatable), e.g. GEMINI_SEND_MS=20")
     p.add_argument("--keep-going", action="store_true", help="run every step even past capacity")

@@ -14,7 +14,10 @@ Calls are added step by step. For each step: the model_client's CPU (% of one co
 what that implies for sessions per core (100 / CPU per session: the process's cost grows with its
 sessions); its CPU per message (each AudioUp in and AudioDown out counted); model turns received
 against utterances said (every utterance is echoed, so a shortfall is lost replies or a session that
-fell behind); and the emulator's and this generator's CPU apart (the emulator stands in for Google:
+fell behind); each turn's latency as this process sees it, from the last 20 ms of an utterance sent
+to the first AudioDown of its reply (the emulator's VAD waiting for ``GEMINI_SILENCE_MS`` of silence
+included), p50/p99 over the step, and the model_client's event-loop lag p99 (from its ``Stats``, a
+bucket bound); and the emulator's and this generator's CPU apart (the emulator stands in for Google:
 ~0.3 % of a core per session). Attach py-spy to the pid printed at the start to see where the
 model_client's time goes.
 """
@@ -34,6 +37,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from bench.caller_view import percentile_ms, spread
 from bench.load import TICKS, cpu_ticks
 from bench.report import save_report
 from common import messages as m
@@ -45,6 +49,7 @@ RATE, FRAME = 16000, 320  # PCM16 16 kHz, 20 ms
 PERIOD_NS = 20_000_000
 SAY_FRAMES, QUIET_FRAMES = 50, 100  # 1 s of sound, 2 s of silence
 AUDIO_UP, AUDIO_DOWN, TURN_DONE = m.AudioUp.TAG, m.AudioDown.TAG, m.TurnDone.TAG
+LOOP_LAG = "loop_lag_ms"  # the model_client's histogram in its Stats
 
 
 def caller_cycle() -> list[bytes]:
@@ -84,6 +89,10 @@ class Harness:
         self.seq: list[int] = []
         self.due: list[int] = []
         self.counts = {"up": 0, "down": 0, "turns": 0, "ended": 0, "said": 0}
+        self.said_at: list[int] = []  # per call: when its latest utterance ended (0: answered)
+        self.turn_of: list[int] = []  # per call: its latest model turn
+        self.turn_ms: list[float] = []  # end of utterance -> first AudioDown of the reply
+        self.loop_lag: list[int] = []  # the model_client's latest loop-lag counts per bucket
         self.last_beat = 0.0
 
     def _start(self, module: str) -> subprocess.Popen:
@@ -104,6 +113,8 @@ class Harness:
         self.tc.send(m.pack(new))
         now = time.monotonic_ns()
         self.seq += [0] * len(new)
+        self.said_at += [0] * len(new)
+        self.turn_of += [0] * len(new)
         self.due = [now + PERIOD_NS + i * PERIOD_NS // total for i in range(total)]  # spread evenly
         self.calls = total
 
@@ -122,6 +133,8 @@ class Harness:
                 k = self.seq[i] % len(self.frames)
                 self.seq[i] += 1
                 self.counts["said"] += k == SAY_FRAMES  # an utterance just ended
+                if k == SAY_FRAMES - 1:
+                    self.said_at[i] = now  # its last sound goes now
                 batch.append((AUDIO_UP, f"c{i}", self.seq[i], now, self.frames[k]))
                 self.due[i] += PERIOD_NS
         if batch:
@@ -152,13 +165,26 @@ class Harness:
                 self.gw.send_multipart([route, m.pack([hello])])
             elif item[0] == m.CallEnd.TAG:
                 self.counts["ended"] += 1
+            elif item[0] == m.Stats.TAG and isinstance(lag := item[3].get(LOOP_LAG), list):
+                self.loop_lag = lag[:-1]
+
+    def _reply(self, call: str, turn: int) -> None:
+        i = int(call[1:])
+        if turn > self.turn_of[i]:
+            self.turn_of[i] = turn
+            if self.said_at[i]:
+                self.turn_ms.append((time.monotonic_ns() - self.said_at[i]) / 1e6)
+                self.said_at[i] = 0
 
     def _from_model_to_transcoder(self, frame: bytes) -> None:
         for item in msgpack.unpackb(frame, raw=False):
             if item[0] == AUDIO_DOWN:
                 self.counts["down"] += 1
+                self._reply(item[1], item[5])
             elif item[0] == m.AudioRun.TAG and item[1] == AUDIO_DOWN:
                 self.counts["down"] += len(item[2])
+                for call, turn in zip(item[2], item[7]):
+                    self._reply(call, turn)
             elif item[0] == TURN_DONE:
                 self.counts["turns"] += 1
             elif item[0] == m.CallEnd.TAG:
@@ -170,9 +196,13 @@ class Harness:
         self.add_calls(calls)
         self.play(warmup_s)
         before, cpu0, t0 = dict(self.counts), self._cpu(), time.monotonic()
+        lag0, self.turn_ms = list(self.loop_lag), []
         self.play(seconds)
-        wall, cpu1 = time.monotonic() - t0, self._cpu()
+        wall, cpu1, lag1 = time.monotonic() - t0, self._cpu(), list(self.loop_lag)
         self.play(3.0)  # the replies to the step's last utterances
+        turn_p50, turn_p99 = spread(self.turn_ms)
+        lag_p99 = percentile_ms(list(np.cumsum(lag0 or [0] * len(lag1))), list(np.cumsum(lag1)), 0.99) \
+            if lag1 else None
         got = {k: self.counts[k] - before[k] for k in self.counts}
         pct = {k: 100 * (cpu1[k] - cpu0[k]) / wall for k in cpu0}
         per_session = pct["model_client"] / calls
@@ -182,6 +212,7 @@ class Harness:
                 "sessions_per_core": round(100 / per_session) if per_session else None,
                 "us_per_message": round(1e6 * cpu_s / messages, 1),
                 "utterances": got["said"], "turns": got["turns"], "calls_ended": got["ended"],
+                "turn_p50_ms": turn_p50, "turn_p99_ms": turn_p99, "loop_lag_p99_ms": lag_p99,
                 "emulator_cpu_pct": round(pct["emulator"], 1), "generator_cpu_pct": round(pct["self"], 1)}
 
     def _cpu(self) -> dict[str, float]:
@@ -217,19 +248,25 @@ def main() -> None:
             harness.connect()
             print(f"model_client pid {harness.model.pid} (py-spy top --pid {harness.model.pid})", flush=True)
             print(f"{'sessions':>8} {'mc CPU %':>8} {'% /session':>10} {'sessions/core':>13} {'µs/msg':>7} "
-                  f"{'turns/utterances':>16} {'ended':>5} {'emulator %':>10} {'generator %':>11}", flush=True)
+                  f"{'turns/utterances':>16} {'ended':>5} {'turn p50/p99 ms':>15} {'loop lag p99':>12} "
+                  f"{'emulator %':>10} {'generator %':>11}", flush=True)
             for n in (int(s) for s in args.steps.split(",")):
                 row = harness.run_step(n, args.step_s, args.warmup_s)
                 rows.append(row)
                 print(f"{n:>8} {row['model_client_cpu_pct']:>8} {row['cpu_pct_per_session']:>10} "
                       f"{row['sessions_per_core']!s:>13} {row['us_per_message']:>7} "
                       f"{row['turns']:>7}/{row['utterances']:<8} {row['calls_ended']:>5} "
+                      f"{_ms(row['turn_p50_ms']):>7}/{_ms(row['turn_p99_ms']):<7} {'≤' + _ms(row['loop_lag_p99_ms']):>12} "
                       f"{row['emulator_cpu_pct']:>10} {row['generator_cpu_pct']:>11}", flush=True)
         finally:
             harness.close()
     report = {"command": "python -m bench.model_client " + " ".join(sys.argv[1:]), "env": extra,
               "load_average": os.getloadavg(), "steps": rows}
     save_report(args.json, report)
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ all. Declared as there: one ``setting(...)`` each, in the order the docs list th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from common import setting_readers as readers
 from common.messages import LIVENESS
@@ -33,10 +34,16 @@ class ProcessSettings(DerivedValues):
         "BRIDGE_METRICS_TOKEN", "", secret=True, group=GATEWAY,
         doc="`/metrics` answers loopback peers; with this set, also anyone sending "
             "`Authorization: Bearer <token>` (a Prometheus elsewhere)")
-    transcoders: int = setting("BRIDGE_TRANSCODERS", 2, lo=1, hi=64, group=PROCESSES,
-                               doc="transcoder processes (supervisord `numprocs`)")
-    model_clients: int = setting("BRIDGE_MODEL_CLIENTS", 1, lo=1, hi=64, group=PROCESSES,
-                                 doc="model_client processes (supervisord `numprocs`)")
+    # A model_client costs 2-3 times a transcoder per call; two transcoders, so that one can die without a
+    # gap in any call (docs/performance.md#what-a-caller-feels).
+    transcoders: int = setting(
+        "BRIDGE_TRANSCODERS", 0, lo=0, hi=64, read=partial(readers.process_count, cores_each=4, least=2),
+        group=PROCESSES, doc="transcoder processes (supervisord `numprocs`); `0`: one per 4 cores the "
+                             "container may use, at least two")
+    model_clients: int = setting(
+        "BRIDGE_MODEL_CLIENTS", 0, lo=0, hi=64, read=partial(readers.process_count, cores_each=2, least=1),
+        group=PROCESSES, doc="model_client processes (supervisord `numprocs`); `0`: one per 2 cores the "
+                             "container may use, at least one")
     process_num: int = setting("PROCESS_NUM", 0, lo=0, hi=63, group=PROCESSES,
                                doc="set by supervisord for each of `numprocs` copies")
     run_dir: str = setting(

@@ -30,6 +30,31 @@ def run_dir(env: Env, spec: Spec, values: dict) -> str:
     return path
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by its cgroup's CPU quota."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota = f.read()
+    except OSError:
+        quota = ""
+    return cores_allowed(len(os.sched_getaffinity(0)), quota)
+
+
+def cores_allowed(affinity: int, cpu_max: str) -> int:
+    """``affinity`` cores, capped by a cgroup v2 ``cpu.max`` ("150000 100000": 1.5 CPUs, so 2; "max
+    100000": no cap). A container limited to 2 CPUs on a 64-core host has 2."""
+    try:
+        quota, period = cpu_max.split()
+        return affinity if quota == "max" else min(affinity, max(1, -(-int(quota) // int(period))))
+    except ValueError:
+        return affinity
+
+
+def process_count(env: Env, spec: Spec, values: dict, *, cores_each: int, least: int) -> int:
+    """The value; unset or ``0``: one process per ``cores_each`` usable cores, at least ``least``."""
+    return read(env, spec) or max(least, usable_cores() // cores_each)
+
+
 def from_template(env: Env, spec: Spec, values: dict) -> str:
     """The value, else the default the docs show with ``$PORT`` and ``$BRIDGE_RUN_DIR`` filled in."""
     value = text(env, spec) or spec.shown.strip("`")

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common.settings import Settings
+from common import settings as settings_module
 from common.stack import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,9 @@ def clean_env(run_dir: Path, **extra: str) -> dict[str, str]:
                NO_PROXY="127.0.0.1,localhost",
                # Admission by loop lag refuses calls whenever the box is slow, which on a small shared
                # CI box says more about the box than the test; tests/test_lag_gate.py turns it on.
-               BRIDGE_ADMIT_LAG_MS="0")
+               BRIDGE_ADMIT_LAG_MS="0",
+               # The same processes on any box (by default their number follows the cores).
+               BRIDGE_TRANSCODERS="2", BRIDGE_MODEL_CLIENTS="1")
     env.update(extra)
     return env
 
@@ -93,7 +95,7 @@ class Stack:
     def _started(self) -> bool:
         """Every model_client is live and has done its Gemini check (so its check session is over)."""
         health = self.health()
-        expected = int(self.env.get("BRIDGE_MODEL_CLIENTS") or Settings.model_clients)
+        expected = settings_module.load(self.env).model_clients
         settled = [p for p in health["peers"] if p.get("backend") not in (None, "checking", "unknown")]
         return health["status"] == "ok" and len(settled) >= expected
 

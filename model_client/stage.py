@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Sessions per process, with headroom under what one core carries (docs/performance.md#code-choices):
 # past ~90% CPU the loop falls off a cliff, so the gateway must not assign more than this.
-CAPACITY = 150
+CAPACITY = 200
 CLIENT_WAIT_S = 20  # the emulator, started alongside, may take this long to write its certificate and listen
 BACKLOG_LIMIT = 500  # messages kept for a pre-warmed call until its transcoder says CallStart
 

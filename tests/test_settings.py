@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common import setting_docs
+from common import setting_docs, setting_readers
 from common.setting_types import SPEC
 from common.settings import PERSONAS, RESAMPLERS, Settings, SettingsError, load, specs
 
@@ -64,7 +64,7 @@ def test_api_key_never_in_repr():
     ({"BRIDGE_HEARTBEAT_S": "1e9"}, "BRIDGE_HEARTBEAT_S must be >= 0.05 and <= 60"),
     ({"PUBLIC_URL": "ftp://x"}, "PUBLIC_URL must start with http:// or https://"),
     ({"GATEWAY_ENDPOINT": "udp://x"}, "GATEWAY_ENDPOINT must start with ipc:// or tcp://"),
-    ({"BRIDGE_TRANSCODERS": "0"}, "BRIDGE_TRANSCODERS must be >= 1"),
+    ({"BRIDGE_TRANSCODERS": "-1"}, "BRIDGE_TRANSCODERS must be >= 0"),
     ({"GOOGLE_GENAI_USE_VERTEXAI": "maybe"}, "GOOGLE_GENAI_USE_VERTEXAI must be true or false"),
     ({"GOOGLE_GENAI_USE_VERTEXAI": "1"}, "needs GOOGLE_CLOUD_PROJECT"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got 'LOUD'"),
@@ -94,6 +94,23 @@ def test_every_number_is_bounded_and_its_default_within():
     numbers = [s for s in specs() if s.kind in (int, float)]
     assert numbers and all(s.lo is not None and s.hi is not None for s in numbers)
     assert all(s.default is None or s.lo <= s.default <= s.hi for s in numbers)
+
+
+@pytest.mark.parametrize("affinity, cpu_max, cores", [
+    (4, "max 100000", 4), (64, "200000 100000", 2), (64, "150000 100000", 2), (2, "50000 100000", 1),
+    (8, "", 8), (8, "not a quota", 8)])
+def test_cores_are_the_affinity_capped_by_the_cgroup_quota(affinity, cpu_max, cores):
+    assert setting_readers.cores_allowed(affinity, cpu_max) == cores
+
+
+@pytest.mark.parametrize("cores, transcoders, model_clients", [(1, 2, 1), (2, 2, 1), (4, 2, 2), (8, 2, 4),
+                                                                (16, 4, 8)])
+def test_process_counts_follow_the_cores_unless_set(monkeypatch, cores, transcoders, model_clients):
+    monkeypatch.setattr(setting_readers, "usable_cores", lambda: cores)
+    config = load({})
+    assert (config.transcoders, config.model_clients) == (transcoders, model_clients)
+    assert load({"BRIDGE_TRANSCODERS": "1", "BRIDGE_MODEL_CLIENTS": "3"}).transcoders == 1
+    assert load({"BRIDGE_TRANSCODERS": "1", "BRIDGE_MODEL_CLIENTS": "3"}).model_clients == 3
 
 
 @pytest.mark.parametrize("spec", BOUNDED, ids=lambda s: s.env)
