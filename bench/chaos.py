@@ -34,7 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from xmlrpc.client import Fault, ServerProxy
+from xmlrpc.client import ServerProxy
 
 import numpy as np
 from supervisor.xmlrpc import SupervisorTransport
@@ -184,24 +184,25 @@ class Supervisor:
         os.kill(pid, signal.SIGKILL)
         return pid
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, wait: bool = True) -> None:
         transport = SupervisorTransport(None, None, self.sock)
         try:
-            ServerProxy("http://127.0.0.1", transport=transport).supervisor.stopProcess(name)
+            ServerProxy("http://127.0.0.1", transport=transport).supervisor.stopProcess(name, wait)
         finally:
             transport.close()
 
     def kill9_and_keep_down(self, name: str) -> int:
-        """SIGKILL, then stop supervisord from restarting it (it may already be starting again)."""
-        pid = self.kill9(name)
-
-        def down():
-            try:
-                self.stop(name)
-            except Fault:
-                pass  # not running at this instant: try again
-            return self.processes()[name]["statename"] == "STOPPED"
-        wait_for(down, 10, f"{name} to stay down", self.stack.log)
+        """SIGKILL, and supervisord does not start it again: told to stop the process first, it waits
+        for it to exit. Frozen meanwhile (SIGSTOP), the process never runs its SIGTERM handler, so the
+        SIGKILL is the death its peers see. (A stop after the kill could come while supervisord is
+        already starting it again: the new process takes the port back for an instant and drops
+        whatever connects then.)"""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGSTOP)
+        self.stop(name, wait=False)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: self.processes()[name]["statename"] == "STOPPED", 10, f"{name} to stay down",
+                 self.stack.log)
         return pid
 
     def wait_restarted(self, name: str, old_pid: int, timeout: float = 20.0) -> int:
