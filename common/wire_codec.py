@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import operator
 import reprlib
-from itertools import chain
 from dataclasses import fields
+from itertools import chain
 from typing import NamedTuple
 
 import msgpack

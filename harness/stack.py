@@ -86,18 +86,18 @@ class Stack:
             self.proc = subprocess.Popen([sys.executable, "-m", "common.stack"], cwd=ROOT, env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         try:
-            wait_for(self._started, timeout, "the stack to be ready", self.log)
+            model_clients = settings_module.load(self.env).model_clients
+            wait_for(lambda: self._started(model_clients), timeout, "the stack to be ready", self.log)
         except BaseException:
             self.stop()  # never leave a half-started stack running behind a failed test
             raise
         return self
 
-    def _started(self) -> bool:
+    def _started(self, model_clients: int) -> bool:
         """Every model_client is live and has done its Gemini check (so its check session is over)."""
         health = self.health()
-        expected = settings_module.load(self.env).model_clients
         settled = [p for p in health["peers"] if p.get("backend") not in (None, "checking", "unknown")]
-        return health["status"] == "ok" and len(settled) >= expected
+        return health["status"] == "ok" and len(settled) >= model_clients
 
     def health(self) -> dict:
         if self.proc.poll() is not None:
