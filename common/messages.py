@@ -68,6 +68,7 @@ class CallStart:
     instruction: str = ""  # this call's system instruction, instead of SYSTEM_INSTRUCTION (outbound calls)
     greeting: str = ""  # this call's greeting prompt, instead of BRIDGE_GREETING
     hold_greeting: bool = False  # the greeting waits for a Greet (an outbound call: until a human answers)
+    age_ms: int = 0  # how long the call has been up (a call under way): the longest call counts from its start
 
 
 @dataclass(slots=True)

@@ -167,7 +167,7 @@ class Settings(ProcessSettings):
     max_call_s: float = setting(
         "BRIDGE_MAX_CALL_S", 0.0, lo=0, hi=86400, shown="`0` (off)", group=CONVERSATION,
         doc="longest call: the model warns the caller a minute before (a quarter of the time, if less), "
-            "then says goodbye and the call ends")
+            "then says goodbye and the call ends (counted from the call's first stream, across faults)")
     input_pause_ms: int = setting(
         "BRIDGE_INPUT_PAUSE_MS", 1000, lo=0, hi=60_000, group=CONVERSATION,
         doc="caller audio stops arriving this long while the stream is up: Gemini is told the audio "

@@ -47,6 +47,7 @@ class CallRecord:
     turn: int = 0  # the newest turn id the call has seen: a resumed session numbers after it
     transcript: str = ""  # "host:path" of the transcript file the call began writing
     touched: float = 0.0
+    began: float = 0.0  # wall clock: when the call's first stream started (the longest call counts from it)
 
     def to_redis(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}

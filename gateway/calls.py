@@ -30,6 +30,12 @@ HANGUP_MAX_S = 30.0  # ... and never longer than this for it to finish playing
 MAX_UNWRITTEN = 200  # messages waiting for the socket (~20 s of audio and marks); then the oldest goes
 
 
+def age_ms(began: float) -> int:
+    """How long ago a call began (``began``: wall clock, 0 if not known), for the model_client that
+    takes it: its longest-call clock counts from there."""
+    return max(0, round((time.time() - began) * 1000)) if began else 0
+
+
 @dataclass
 class Call:
     id: str
@@ -48,6 +54,7 @@ class Call:
     caller_spoke: bool = False  # the caller's voice was detected (an outbound greeting may wait for it)
     end_reason: str = ""  # set when we know better than the stream why the call ends (outbound: voicemail)
     started: float = field(default_factory=time.monotonic)
+    began: float = 0.0  # wall clock: when the call's first stream started, here or at another gateway
     first_audio_s: float | None = None  # stream start → first model audio sent to Twilio
     counters: dict = field(default_factory=dict)  # the gateway's /healthz counters
     usage: CallUsage = field(default_factory=CallUsage)  # model tokens, as the model_clients report them

@@ -17,7 +17,7 @@ from common import messages as m
 from common.link import Peer, RouterLink
 from common.logs import call_context
 from common.settings import Settings
-from gateway.calls import Call
+from gateway.calls import Call, age_ms
 
 REPIN_REPLAY_MARGIN_S = 0.5  # a re-pin replays audio sent since this long before the transcoder was last heard
 
@@ -87,7 +87,7 @@ class Failover:
         turn = max(call.playout.latest, call.playout.cleared_turn)
         self.router.send(call.transcoder, self._opening(m.CallStart(
             call=call.id, call_sid=call.call_sid, stream_sid=call.stream_sid, params=call.params,
-            model=call.model, resume_handle=call.resume_handle, resume=True, turn=turn)))
+            model=call.model, resume_handle=call.resume_handle, resume=True, turn=turn, age_ms=age_ms(call.began))))
         frames = call.ring.frames(since_ns)
         for msg in frames:
             self.router.send(call.transcoder, msg)

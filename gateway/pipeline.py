@@ -28,7 +28,7 @@ from common.link import Peer, RouterLink, new_epoch
 from common.logs import call_context
 from common.settings import Settings
 from common.stats import LATENCY_BUCKETS_MS, Histogram, watch_loop_lag
-from gateway.calls import Call
+from gateway.calls import Call, age_ms
 from gateway.call_state import make_call_state, transcript_pointer
 from gateway.failover import Failover
 from gateway.hold import sound_from
@@ -120,7 +120,7 @@ class Pipeline(Failover, Prewarm):
         known = self._carry_on(call)
         self.router.send(call.transcoder, self._opening(m.CallStart(
             call=call.id, call_sid=call.call_sid, stream_sid=call.stream_sid, params=params, model=call.model,
-            resume_handle=call.resume_handle, resume=False, turn=known.turn)))
+            resume_handle=call.resume_handle, resume=False, turn=known.turn, age_ms=age_ms(call.began))))
         log.info("pinned to transcoder %s and model_client %s", transcoder.route.decode(), call.model)
         self.on_call_start(call)
         return True
@@ -134,10 +134,14 @@ class Pipeline(Failover, Prewarm):
             call.resume_handle = known.handle
             log.info("the call carries on: its Gemini session resumes from the kept handle (turn %d)",
                      known.turn)
-        if not known.transcript:
-            self.state.update(call.call_sid, transcript=here)
-        elif known.transcript != here:
+        if known.transcript and known.transcript != here:
             log.info("transcript continues from %s", known.transcript)
+        first = {"transcript": here} if not known.transcript else {}
+        if not known.began:
+            first["began"] = time.time()
+        if first:
+            known = self.state.update(call.call_sid, **first)
+        call.began = known.began
         return known
 
     # --- calls → pipeline ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import replace
 from common import messages as m
 from common.link import RouterLink
 from common.logs import call_context
-from gateway.calls import Call
+from gateway.calls import Call, age_ms
 
 PREWARM_TTL_S = 60.0  # a pre-warmed session whose stream never came is closed after this
 
@@ -43,7 +43,7 @@ class Prewarm:
         known = self.state.get(call_sid)  # a call resuming on a fresh stream carries on its session
         self.router.send(model.route, self._opening(m.CallStart(
             call=call_id, call_sid=call_sid, stream_sid="", params={}, model=model.endpoint,
-            resume_handle=known.handle, resume=False, turn=known.turn)))
+            resume_handle=known.handle, resume=False, turn=known.turn, age_ms=age_ms(known.began))))
 
     def _opening(self, start: m.CallStart) -> m.CallStart:
         """``start`` with what an outbound call brought (POST /calls), if it is one."""

@@ -62,13 +62,14 @@ class LineActions(NamedTuple):
 
 class LineWatch:
     def __init__(self, call: str, settings: Settings, actions: LineActions, stats: dict[str, int],
-                 now: float | None = None):
+                 now: float | None = None, age_s: float = 0.0):
         self.call, self.settings, self.actions, self.stats = call, settings, actions, stats
         for name in ("idle_prompts", "idle_hangups", "stall_nudges", "stall_reconnects", "stall_apologies",
                      "stall_recovered", "input_pauses", "max_call_warnings", "max_call_ends"):
             stats.setdefault(name, 0)
         now = time.monotonic() if now is None else now
-        self._started = self._last_tick = now
+        self._last_tick = now
+        self._started = now - age_s  # the call's start: it may have begun at another model_client
         # the caller
         self._last_audio = 0.0  # when caller audio last arrived (0: the stream has not begun)
         self._input_paused = False

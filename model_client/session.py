@@ -56,11 +56,13 @@ class GeminiSession(SessionConnections):
     def __init__(self, call: str, client: genai.Client, settings: Settings, toolbox: Toolbox,
                  context: ToolContext, emit: Callable[[object], None], on_end: Callable[[str], None],
                  handle: str = "", turn: int = 0, resumed: bool = False, *,
-                 on_connect: OnConnect = lambda error, resuming: "", hold_greeting: bool = False):
+                 on_connect: OnConnect = lambda error, resuming: "", hold_greeting: bool = False,
+                 age_s: float = 0.0):
         """``handle``, ``turn``, ``resumed``: the call is under way (taken over from another
         model_client, or a stream that came back): carry on from there, without a greeting.
         ``on_connect``: told each connect's outcome (gemini_wire.Dialer). ``hold_greeting``: an outbound
-        call; the greeting, and the callee's audio, wait for ``greet()`` (a human answered, or a machine)."""
+        call; the greeting, and the callee's audio, wait for ``greet()`` (a human answered, or a machine).
+        ``age_s``: how long the call has been up already (the longest call counts from its start)."""
         self.call, self.settings, self.context = call, settings, context
         self.emit, self.on_end = emit, on_end
         self.handle = handle  # the latest resumption handle
@@ -81,7 +83,7 @@ class GeminiSession(SessionConnections):
         context.last_words = self._turns.last_words  # end_call, transfer_call
         self.line = LineWatch(call, settings, LineActions(
             say=partial(self._queue.add, TEXT), stream_end=partial(self._queue.add, STREAM_END, None),
-            reconnect=weak(self._reconnect), emit=self.emit), self.stats)
+            reconnect=weak(self._reconnect), emit=self.emit), self.stats, age_s=age_s)
         self._last_t_in = 0  # the newest caller frame received
         self._sent_t_in = 0  # the newest caller frame sent to Gemini
         self._active = False  # the model did something since the latest handle

@@ -232,7 +232,7 @@ class ModelClientStage:
         return GeminiSession(
             call=msg.call, client=client, settings=call_settings(self.settings, msg), toolbox=self.toolbox,
             context=context, emit=self._emit, on_end=self._session_ended, handle=msg.resume_handle,
-            turn=msg.turn, resumed=msg.resume, hold_greeting=msg.hold_greeting,
+            turn=msg.turn, resumed=msg.resume, hold_greeting=msg.hold_greeting, age_s=msg.age_ms / 1000,
             on_connect=lambda error, resuming: self._connect_result(msg.call, error, resuming=resuming))
 
     def _start_session(self, route: bytes | None, msg: m.CallStart, session) -> None:
@@ -245,6 +245,8 @@ class ModelClientStage:
             how = " (pre-warm)"
         elif msg.resume:
             how = " (taking over a live call%s)" % (", resuming its handle" if msg.resume_handle else "")
+        if msg.age_ms >= 1000:  # a call under way (a first stream's age is a few ms)
+            how += f" (the call began {msg.age_ms / 1000:.1f} s ago)"
         log.info("session starting%s; %d sessions", how, len(self.sessions))
 
     def _end(self, call: str, reason: str) -> None:

@@ -29,7 +29,8 @@ def test_what_twiml_after_does(kept, now, then):
 
 
 def test_a_record_survives_the_trip_through_redis_and_ignores_unknown_fields():
-    record = CallRecord("transfer", "sip:desk@example.com", 2, "emu-abc", 7, "host:/t/CA1.jsonl", 12.5)
+    record = CallRecord("transfer", "sip:desk@example.com", 2, "emu-abc", 7, "host:/t/CA1.jsonl", 12.5,
+                        began=1765000000.25)
     raw = {k.encode(): v.encode() for k, v in record.to_redis().items()}
     assert CallRecord.from_redis({**raw, b"added_later": b"x"}) == record
 

@@ -6,7 +6,9 @@ survive (the emulator's log shows the session resumed by handle, its turn count 
 the caller audio lost to the fault must be bounded (bench/chaos.py measures it: ``Echo.gap_ms``)."""
 
 import asyncio
+import json
 import logging
+import re
 import time
 
 import pytest
@@ -15,6 +17,7 @@ from bench.chaos import BASE_ENV, Supervisor, echo_of, emulator_log, heard_of, h
 from bench.failover import Failover
 from harness.stack import Stack, wait_for
 from softphone.caller import place_call
+from softphone.speech import silence
 from softphone.webhook import new_sid
 
 pytestmark = pytest.mark.e2e
@@ -132,6 +135,32 @@ async def test_only_model_client_killed_the_call_waits_for_its_restart(tmp_path)
     assert "none live: waiting up to" in text
 
 
+async def test_a_call_moved_to_another_model_client_keeps_its_longest_call_clock(tmp_path):
+    """The longest call counts from the call's start, not from the session that took it over: the
+    goodbye comes ``BRIDGE_MAX_CALL_S`` after the call began, though its model_client died 3 s in."""
+    limit = 8.0
+    stack = start(tmp_path, BRIDGE_MODEL_CLIENTS="2", BRIDGE_MAX_CALL_S=str(limit), BRIDGE_IDLE_PROMPT_S="0",
+                  BRIDGE_IDLE_HANGUP_S="0")
+    sup, sid = Supervisor(stack), new_sid("CA")
+    try:
+        began = time.time()
+        call = asyncio.create_task(place_call(stack.url, silence(0.5), listen_s=25.0, call_sid=sid, timeout_s=60))
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(lambda: sup.kill9(holder(stack, sid, "model_client")))
+        result = await asyncio.wait_for(call, 60)
+        assert result.closed_by == "server"
+        assert stack.health()["counters"]["reassigned"] == 1
+        wait_for(lambda: stack.health()["calls"] == 0, 10, "the gateway to end the call", stack.log)
+        written = (stack.run_dir / "transcripts" / f"{sid}.jsonl").read_text()
+    finally:
+        stop(stack)
+    lines = [json.loads(line) for line in written.splitlines()]
+    goodbye = [line["t"] for line in lines if line["role"] == "line" and "reached, goodbye" in line["text"]]
+    assert len(goodbye) == 1, lines
+    # From its start, the new model_client alone would say goodbye at 3 s + the move + the limit.
+    assert limit <= goodbye[0] - began < limit + 2.0, goodbye[0] - began
+
+
 async def test_go_away_every_few_seconds(tmp_path):
     stack = start(tmp_path, EMULATOR_GOAWAY_AFTER_S="2")
     try:
@@ -196,6 +225,9 @@ async def test_gateway_killed_the_call_carries_on_at_the_other_stack(tmp_path, r
             log.warning("no stream for %.2f s while the call moved", result.stream_gaps_s[0])
             resumed = [s for s in emulator_log(two) if s["resumed_from"] is not None]
             assert len(resumed) == 1 and resumed[0]["resumed_from"] >= 1 and resumed[0]["turns"] == 3, resumed
+            # The call's start came through Redis too: its longest-call clock carries on.
+            age = re.search(r"the call began ([0-9.]+) s ago", two.log.read_text())
+            assert age and float(age[1]) >= 2.0, "the other stack did not learn when the call began"
         finally:
             stop(one)
             text = stop(two)

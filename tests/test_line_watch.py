@@ -198,6 +198,19 @@ def test_the_longest_call_is_warned_then_ended(limit, warn_at):
     assert (line.stats["max_call_warnings"], line.stats["max_call_ends"]) == (1, 1)
 
 
+def test_a_call_taken_over_keeps_its_longest_call_clock():
+    """A call that began 500 s ago at another model_client (``age_s``) is warned 40 s from here."""
+    line = Line(BRIDGE_MAX_CALL_S="600", BRIDGE_IDLE_PROMPT_S="0", BRIDGE_IDLE_HANGUP_S="0",
+                BRIDGE_INPUT_PAUSE_MS="0")
+    line.watch = LineWatch("c1", line.watch.settings, line.watch.actions, line.stats, now=0.0, age_s=500.0)
+    line.wait(39)
+    assert line.said == []
+    line.wait(1.5)
+    assert len(line.said) == 1 and "about 60 seconds" in line.said[0]
+    line.wait(60)
+    assert line.said[-1] == MAX_CALL_GOODBYE and len(line.actions("hangup")) == 1
+
+
 def test_a_turn_that_only_called_a_tool_is_not_a_stall():
     line = Line(BRIDGE_STALL_S="4")
     line.watch.tools_changed(1)
