@@ -157,6 +157,7 @@ async def test_a_call_moved_to_another_model_client_keeps_its_longest_call_clock
     lines = [json.loads(line) for line in written.splitlines()]
     goodbye = [line["t"] for line in lines if line["role"] == "line" and "reached, goodbye" in line["text"]]
     assert len(goodbye) == 1, lines
+    log.warning("goodbye %.2f s after the call began (limit %g s)", goodbye[0] - began, limit)
     # From its start, the new model_client alone would say goodbye at 3 s + the move + the limit.
     assert limit <= goodbye[0] - began < limit + 2.0, goodbye[0] - began
 
