@@ -109,8 +109,9 @@ def test_process_counts_follow_the_cores_unless_set(monkeypatch, cores, transcod
     monkeypatch.setattr(setting_readers, "usable_cores", lambda: cores)
     config = load({})
     assert (config.transcoders, config.model_clients) == (transcoders, model_clients)
-    assert load({"BRIDGE_TRANSCODERS": "1", "BRIDGE_MODEL_CLIENTS": "3"}).transcoders == 1
-    assert load({"BRIDGE_TRANSCODERS": "1", "BRIDGE_MODEL_CLIENTS": "3"}).model_clients == 3
+    chosen = load({"BRIDGE_TRANSCODERS": "1", "BRIDGE_MODEL_CLIENTS": "3"})
+    assert chosen.transcoders == 1
+    assert chosen.model_clients == 3
 
 
 @pytest.mark.parametrize("spec", BOUNDED, ids=lambda s: s.env)
